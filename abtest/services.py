@@ -1,0 +1,316 @@
+"""Variant and experiment services: the only code that writes those tables.
+
+Each function takes a Session, validates everything before writing, and raises a
+`ServiceError` naming the field so that a failed call changes nothing stored.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from abtest.errors import Conflict, Invalid, NotFound
+from abtest.tables import (
+    VARIANT_KINDS,
+    Experiment,
+    ExperimentArm,
+    Promotion,
+    Variant,
+    utcnow,
+)
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
+WEIGHT_TOLERANCE = 1e-6
+DEFAULT_TEST_SETTINGS: dict[str, Any] = {
+    "alpha": 0.05,
+    "margin": -0.01,  # non-inferiority margin on the absolute difference (treatment - control)
+    "sequential": True,
+    "cache": True,
+    "overrides": {},
+}
+
+
+def _check_name(value: str, field_name: str) -> str:
+    if not isinstance(value, str) or not NAME_PATTERN.match(value):
+        raise Invalid(
+            field_name,
+            f"{value!r} is not a valid name (letters, digits, '_', '.', ':' or '-', at most 100)",
+        )
+    return value
+
+
+# --- variants ---------------------------------------------------------------------------------
+
+
+def register_variant(
+    session: Session,
+    name: str,
+    kind: str,
+    config: dict[str, Any] | None = None,
+    description: str = "",
+    actor: str = "unknown",
+) -> Variant:
+    _check_name(name, "name")
+    if kind not in VARIANT_KINDS:
+        raise Invalid("kind", f"{kind!r} is not one of {', '.join(VARIANT_KINDS)}")
+    if config is not None and not isinstance(config, dict):
+        raise Invalid("config", "must be a JSON object")
+    if session.scalar(select(Variant.id).where(Variant.name == name)) is not None:
+        raise Conflict("name", f"a variant named {name!r} already exists")
+    # The teacher is the platform's reference arm: it needs no offline gate.
+    status = "champion" if kind == "teacher" and not _has_champion(session) else "registered"
+    variant = Variant(
+        name=name, kind=kind, config=config or {}, description=description, status=status
+    )
+    session.add(variant)
+    session.flush()
+    if status == "champion":
+        record_promotion(session, variant, "registered", "champion", actor, "first teacher")
+    return variant
+
+
+def _has_champion(session: Session) -> bool:
+    return session.scalar(select(Variant.id).where(Variant.status == "champion")) is not None
+
+
+def get_variant(session: Session, name: str, field_name: str = "name") -> Variant:
+    variant = session.scalar(select(Variant).where(Variant.name == name))
+    if variant is None:
+        raise NotFound(field_name, f"no variant named {name!r}")
+    return variant
+
+
+def list_variants(session: Session) -> Sequence[Variant]:
+    return session.scalars(select(Variant).order_by(Variant.id)).all()
+
+
+def champion(session: Session) -> Variant | None:
+    return session.scalar(select(Variant).where(Variant.status == "champion"))
+
+
+def record_promotion(
+    session: Session,
+    variant: Variant,
+    from_status: str,
+    to_status: str,
+    actor: str,
+    reason: str = "",
+    gate_run_id: int | None = None,
+    experiment_key: str | None = None,
+) -> Promotion:
+    promotion = Promotion(
+        variant_id=variant.id,
+        from_status=from_status,
+        to_status=to_status,
+        actor=actor,
+        reason=reason,
+        gate_run_id=gate_run_id,
+        experiment_key=experiment_key,
+    )
+    session.add(promotion)
+    variant.status = to_status
+    session.flush()
+    return promotion
+
+
+def is_cleared_for_traffic(variant: Variant) -> bool:
+    """Only the teacher, an approved or a champion variant may serve an experiment arm."""
+    return variant.kind == "teacher" or variant.status in ("approved", "champion")
+
+
+# --- experiments ------------------------------------------------------------------------------
+
+
+@dataclass
+class ArmSpec:
+    name: str
+    variant: str
+    weight: float
+    control: bool = False
+
+
+@dataclass
+class ExperimentSpec:
+    key: str
+    arms: list[ArmSpec]
+    seed: str | None = None
+    coverage: float = 1.0
+    namespace: str | None = None
+    namespace_range: tuple[float, float] = (0.0, 1.0)
+    description: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def _validate_arms(arms: Sequence[ArmSpec]) -> None:
+    if len(arms) < 2:
+        raise Invalid("arms", "an experiment needs at least two arms")
+    names = [arm.name for arm in arms]
+    if len(set(names)) != len(names):
+        raise Invalid("arms", f"arm names must be unique, got {names}")
+    for index, arm in enumerate(arms):
+        _check_name(arm.name, f"arms.{index}.name")
+        if not isinstance(arm.weight, int | float) or not math.isfinite(arm.weight):
+            raise Invalid(f"arms.{index}.weight", "must be a finite number")
+        if not 0 <= arm.weight <= 1:
+            raise Invalid(f"arms.{index}.weight", f"{arm.weight} is outside 0..1")
+    total = sum(arm.weight for arm in arms)
+    if abs(total - 1) > WEIGHT_TOLERANCE:
+        raise Invalid("arms", f"weights must sum to 1, they sum to {total:g}")
+    controls = [arm.name for arm in arms if arm.control]
+    if len(controls) != 1:
+        raise Invalid("arms", f"exactly one arm must be the control, got {len(controls)}")
+
+
+def _validate_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(settings) - set(DEFAULT_TEST_SETTINGS))
+    if unknown:
+        raise Invalid(f"settings.{unknown[0]}", f"unknown test setting; known: {sorted(DEFAULT_TEST_SETTINGS)}")
+    merged = {**DEFAULT_TEST_SETTINGS, **settings}
+    if not 0 < float(merged["alpha"]) < 0.5:
+        raise Invalid("settings.alpha", "must be between 0 and 0.5")
+    if not -1 < float(merged["margin"]) <= 0:
+        raise Invalid("settings.margin", "must be in (-1, 0]: how much worse treatment may be")
+    if not isinstance(merged["overrides"], dict):
+        raise Invalid("settings.overrides", "must map project ids to arm names")
+    return merged
+
+
+def create_experiment(session: Session, spec: ExperimentSpec) -> Experiment:
+    _check_name(spec.key, "key")
+    if session.scalar(select(Experiment.id).where(Experiment.key == spec.key)) is not None:
+        raise Conflict("key", f"an experiment with key {spec.key!r} already exists")
+    _validate_arms(spec.arms)
+    if not 0 <= spec.coverage <= 1:
+        raise Invalid("coverage", f"{spec.coverage} is outside 0..1")
+    start, end = spec.namespace_range
+    if not 0 <= start < end <= 1:
+        raise Invalid("namespace_range", f"({start}, {end}) must satisfy 0 <= start < end <= 1")
+    settings = _validate_settings(spec.settings)
+    arm_names = {arm.name for arm in spec.arms}
+    for project, arm_name in settings["overrides"].items():
+        if arm_name not in arm_names:
+            raise Invalid(f"settings.overrides.{project}", f"no arm named {arm_name!r}")
+    variants = [
+        get_variant(session, arm.variant, f"arms.{i}.variant") for i, arm in enumerate(spec.arms)
+    ]
+    experiment = Experiment(
+        key=spec.key,
+        seed=spec.seed or spec.key,
+        coverage=spec.coverage,
+        namespace=spec.namespace,
+        namespace_start=start,
+        namespace_end=end,
+        description=spec.description,
+        settings=settings,
+    )
+    experiment.arms = [
+        ExperimentArm(name=arm.name, variant=variant, weight=arm.weight, is_control=arm.control)
+        for arm, variant in zip(spec.arms, variants, strict=True)
+    ]
+    session.add(experiment)
+    session.flush()
+    return experiment
+
+
+def get_experiment(session: Session, key: str, field_name: str = "key") -> Experiment:
+    experiment = session.scalar(select(Experiment).where(Experiment.key == key))
+    if experiment is None:
+        raise NotFound(field_name, f"no experiment with key {key!r}")
+    return experiment
+
+
+def list_experiments(session: Session, status: str | None = None) -> Sequence[Experiment]:
+    query = select(Experiment).order_by(Experiment.id)
+    if status:
+        query = query.where(Experiment.status == status)
+    return session.scalars(query).all()
+
+
+def start_experiment(session: Session, key: str) -> Experiment:
+    experiment = get_experiment(session, key)
+    if experiment.status == "running":
+        raise Conflict("status", f"experiment {key!r} is already running")
+    if experiment.status == "concluded":
+        raise Conflict("status", f"experiment {key!r} is concluded and cannot restart")
+    blocked = [arm for arm in experiment.arms if not is_cleared_for_traffic(arm.variant)]
+    if blocked:
+        names = ", ".join(f"{a.name} ({a.variant.name}: {a.variant.status})" for a in blocked)
+        raise Conflict(
+            "arms", f"arms without a passing gate cannot receive traffic: {names}; run `abtest gate`"
+        )
+    experiment.status = "running"
+    experiment.started_at = experiment.started_at or utcnow()
+    experiment.stopped_at = None
+    session.flush()
+    return experiment
+
+
+def stop_experiment(session: Session, key: str) -> Experiment:
+    experiment = get_experiment(session, key)
+    if experiment.status != "running":
+        raise Conflict("status", f"experiment {key!r} is {experiment.status}, not running")
+    experiment.status = "stopped"
+    experiment.stopped_at = utcnow()
+    session.flush()
+    return experiment
+
+
+def update_arm_weights(session: Session, key: str, weights: dict[str, float]) -> Experiment:
+    """Change weights mid-experiment; sticky assignments keep already-assigned projects."""
+    experiment = get_experiment(session, key)
+    arms = {arm.name: arm for arm in experiment.arms}
+    unknown = sorted(set(weights) - set(arms))
+    if unknown:
+        raise Invalid(f"weights.{unknown[0]}", "no such arm")
+    specs = [
+        ArmSpec(a.name, a.variant.name, weights.get(a.name, a.weight), a.is_control)
+        for a in experiment.arms
+    ]
+    _validate_arms(specs)
+    for spec in specs:
+        arms[spec.name].weight = spec.weight
+    session.flush()
+    return experiment
+
+
+def experiment_summary(experiment: Experiment) -> dict[str, Any]:
+    return {
+        "key": experiment.key,
+        "status": experiment.status,
+        "seed": experiment.seed,
+        "coverage": experiment.coverage,
+        "namespace": experiment.namespace,
+        "namespace_range": [experiment.namespace_start, experiment.namespace_end],
+        "settings": experiment.settings,
+        "created_at": experiment.created_at.isoformat() if experiment.created_at else None,
+        "started_at": experiment.started_at.isoformat() if experiment.started_at else None,
+        "stopped_at": experiment.stopped_at.isoformat() if experiment.stopped_at else None,
+        "shipped_arm": experiment.shipped_arm,
+        "arms": [
+            {
+                "name": arm.name,
+                "variant": arm.variant.name,
+                "weight": arm.weight,
+                "control": arm.is_control,
+            }
+            for arm in experiment.arms
+        ],
+    }
+
+
+def variant_summary(variant: Variant) -> dict[str, Any]:
+    return {
+        "name": variant.name,
+        "kind": variant.kind,
+        "status": variant.status,
+        "version": variant.version,
+        "config": variant.config,
+        "description": variant.description,
+        "created_at": variant.created_at.isoformat() if variant.created_at else None,
+    }

@@ -1,0 +1,226 @@
+"""ORM tables (SQLAlchemy 2.0 typed mapping). Alembic's `migrations/` is generated from these."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+VARIANT_KINDS = ("teacher", "openai_student", "local_student", "recorded", "knn_student")
+VARIANT_STATUSES = ("registered", "approved", "champion", "retired")
+EXPERIMENT_STATUSES = ("draft", "running", "stopped", "concluded")
+EVENT_TYPES = ("start", "export")
+ROLES = ("app", "engineer", "analyst")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Variant(Base):
+    """A model configuration that can serve an arm: the teacher or a student."""
+
+    __tablename__ = "variants"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    kind: Mapped[str] = mapped_column(String(30))
+    config: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    status: Mapped[str] = mapped_column(String(20), default="registered")
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (
+        CheckConstraint(f"kind IN {VARIANT_KINDS}", name="kind"),
+        CheckConstraint(f"status IN {VARIANT_STATUSES}", name="status"),
+    )
+
+
+class GateRun(Base):
+    """One offline evaluation of a variant against the promotion gate."""
+
+    __tablename__ = "gate_runs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    variant_id: Mapped[int] = mapped_column(ForeignKey("variants.id", ondelete="CASCADE"), index=True)
+    champion_id: Mapped[int | None] = mapped_column(ForeignKey("variants.id"), nullable=True)
+    test_set_hash: Mapped[str] = mapped_column(String(64))
+    policy_version: Mapped[str] = mapped_column(String(40))
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    failures: Mapped[list[Any]] = mapped_column(JSONType, default=list)
+    passed: Mapped[bool] = mapped_column(Boolean)
+    actor: Mapped[str] = mapped_column(String(100), default="unknown")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Promotion(Base):
+    """Audit trail of variant status changes (approve, champion, retire)."""
+
+    __tablename__ = "promotions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    variant_id: Mapped[int] = mapped_column(ForeignKey("variants.id", ondelete="CASCADE"), index=True)
+    from_status: Mapped[str] = mapped_column(String(20))
+    to_status: Mapped[str] = mapped_column(String(20))
+    gate_run_id: Mapped[int | None] = mapped_column(ForeignKey("gate_runs.id"), nullable=True)
+    experiment_key: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    actor: Mapped[str] = mapped_column(String(100), default="unknown")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Experiment(Base):
+    __tablename__ = "experiments"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(100), unique=True)
+    seed: Mapped[str] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(20), default="draft")
+    coverage: Mapped[float] = mapped_column(Float, default=1.0)
+    namespace: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    namespace_start: Mapped[float] = mapped_column(Float, default=0.0)
+    namespace_end: Mapped[float] = mapped_column(Float, default=1.0)
+    # Test settings: alpha, non-inferiority margin, sequential or fixed, cache on/off, overrides.
+    settings: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    shipped_arm: Mapped[str | None] = mapped_column(String(100), nullable=True)
+
+    arms: Mapped[list[ExperimentArm]] = relationship(
+        back_populates="experiment", order_by="ExperimentArm.id", cascade="all, delete-orphan"
+    )
+
+    __table_args__ = (
+        CheckConstraint(f"status IN {EXPERIMENT_STATUSES}", name="status"),
+        CheckConstraint("coverage >= 0 AND coverage <= 1", name="coverage"),
+        CheckConstraint(
+            "namespace_start >= 0 AND namespace_start < namespace_end AND namespace_end <= 1",
+            name="namespace_range",
+        ),
+    )
+
+
+class ExperimentArm(Base):
+    __tablename__ = "experiment_arms"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(100))
+    variant_id: Mapped[int] = mapped_column(ForeignKey("variants.id"))
+    weight: Mapped[float] = mapped_column(Float)
+    is_control: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    experiment: Mapped[Experiment] = relationship(back_populates="arms")
+    variant: Mapped[Variant] = relationship(lazy="joined")
+
+    __table_args__ = (
+        UniqueConstraint("experiment_id", "name"),
+        CheckConstraint("weight >= 0 AND weight <= 1", name="weight"),
+    )
+
+
+class Assignment(Base):
+    """The sticky, first assignment of a project in an experiment."""
+
+    __tablename__ = "assignments"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
+    project_id: Mapped[str] = mapped_column(String(200))
+    arm_id: Mapped[int] = mapped_column(ForeignKey("experiment_arms.id", ondelete="CASCADE"))
+    source: Mapped[str] = mapped_column(String(20), default="hash")  # hash | override
+    assigned_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (UniqueConstraint("experiment_id", "project_id"),)
+
+
+class Event(Base):
+    """A start or export of an editing project; `client_event_id` makes retries idempotent."""
+
+    __tablename__ = "events"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    client_event_id: Mapped[str] = mapped_column(String(100), unique=True)
+    type: Mapped[str] = mapped_column(String(10))
+    project_id: Mapped[str] = mapped_column(String(200))
+    experiment_id: Mapped[int | None] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), nullable=True
+    )
+    arm_id: Mapped[int | None] = mapped_column(
+        ForeignKey("experiment_arms.id", ondelete="CASCADE"), nullable=True
+    )
+    occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    latency_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    served_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    fallback: Mapped[bool] = mapped_column(Boolean, default=False)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    cache_hit: Mapped[bool] = mapped_column(Boolean, default=False)
+    cost_usd: Mapped[float | None] = mapped_column(Float, nullable=True)
+    tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    intent: Mapped[str | None] = mapped_column(Text, nullable=True)
+    output: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    attributes: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+
+    __table_args__ = (
+        CheckConstraint(f"type IN {EVENT_TYPES}", name="type"),
+        Index("ix_events_experiment_arm_type_day", "experiment_id", "arm_id", "type", "occurred_at"),
+        Index("ix_events_project", "project_id", "experiment_id"),
+    )
+
+
+class Report(Base):
+    """A stored significance report for one experiment and period."""
+
+    __tablename__ = "reports"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
+    period_end: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    decision: Mapped[str] = mapped_column(String(40))
+    srm: Mapped[bool] = mapped_column(Boolean, default=False)
+    body: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (UniqueConstraint("experiment_id", "period_end"),)
+
+
+class ApiKey(Base):
+    """An API key, stored as a SHA-256 hash with its role."""
+
+    __tablename__ = "api_keys"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+    __table_args__ = (CheckConstraint(f"role IN {ROLES}", name="role"),)

@@ -1,0 +1,31 @@
+"""Alembic environment: uses the engine handed over by `abtest.db.alembic_config`."""
+
+from alembic import context
+from sqlalchemy import create_engine
+
+from abtest.tables import Base
+
+config = context.config
+target_metadata = Base.metadata
+
+
+def run_migrations_online() -> None:
+    engine = config.attributes.get("engine")
+    if engine is None:
+        from abtest.settings import get_settings
+        from abtest.db import normalize_url
+
+        engine = create_engine(normalize_url(get_settings().database_url))
+    with engine.begin() as connection:
+        context.configure(
+            connection=connection,
+            target_metadata=target_metadata,
+            render_as_batch=connection.dialect.name == "sqlite",
+            compare_type=True,
+        )
+        context.run_migrations()
+
+
+if context.is_offline_mode():
+    raise SystemExit("offline (--sql) migrations are not supported; run against a database")
+run_migrations_online()
