@@ -170,7 +170,10 @@ def _validate_arms(arms: Sequence[ArmSpec]) -> None:
 def _validate_settings(settings: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(settings) - set(DEFAULT_TEST_SETTINGS))
     if unknown:
-        raise Invalid(f"settings.{unknown[0]}", f"unknown test setting; known: {sorted(DEFAULT_TEST_SETTINGS)}")
+        raise Invalid(
+            f"settings.{unknown[0]}",
+            f"unknown test setting; known: {sorted(DEFAULT_TEST_SETTINGS)}",
+        )
     merged = {**DEFAULT_TEST_SETTINGS, **settings}
     if not 0 < float(merged["alpha"]) < 0.5:
         raise Invalid("settings.alpha", "must be between 0 and 0.5")
@@ -242,7 +245,8 @@ def start_experiment(session: Session, key: str) -> Experiment:
     if blocked:
         names = ", ".join(f"{a.name} ({a.variant.name}: {a.variant.status})" for a in blocked)
         raise Conflict(
-            "arms", f"arms without a passing gate cannot receive traffic: {names}; run `abtest gate`"
+            "arms",
+            f"arms without a passing gate cannot receive traffic: {names}; run `abtest gate`",
         )
     experiment.status = "running"
     experiment.started_at = experiment.started_at or utcnow()

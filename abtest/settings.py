@@ -28,6 +28,7 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         default=None, description="Redis URL for sticky assignment and caches; unset: in-process."
     )
+    redis_prefix: str = Field(default="abtest:", description="Prefix of every Redis key.")
     openai_api_key: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("ABTEST_OPENAI_API_KEY", "OPENAI_API_KEY")
     )
@@ -75,7 +76,9 @@ def load_settings(**overrides: object) -> Settings:
     """Read and validate settings; raise `SettingsError` naming the variable at fault."""
     unknown = _unknown_variables(dict(os.environ))
     if unknown:
-        raise SettingsError(f"unknown setting {unknown[0]} (known: {sorted(Settings.model_fields)})")
+        raise SettingsError(
+            f"unknown setting {unknown[0]} (known: {sorted(Settings.model_fields)})"
+        )
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:

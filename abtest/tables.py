@@ -73,7 +73,9 @@ class GateRun(Base):
 
     __tablename__ = "gate_runs"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    variant_id: Mapped[int] = mapped_column(ForeignKey("variants.id", ondelete="CASCADE"), index=True)
+    variant_id: Mapped[int] = mapped_column(
+        ForeignKey("variants.id", ondelete="CASCADE"), index=True
+    )
     champion_id: Mapped[int | None] = mapped_column(ForeignKey("variants.id"), nullable=True)
     test_set_hash: Mapped[str] = mapped_column(String(64))
     policy_version: Mapped[str] = mapped_column(String(40))
@@ -89,7 +91,9 @@ class Promotion(Base):
 
     __tablename__ = "promotions"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    variant_id: Mapped[int] = mapped_column(ForeignKey("variants.id", ondelete="CASCADE"), index=True)
+    variant_id: Mapped[int] = mapped_column(
+        ForeignKey("variants.id", ondelete="CASCADE"), index=True
+    )
     from_status: Mapped[str] = mapped_column(String(20))
     to_status: Mapped[str] = mapped_column(String(20))
     gate_run_id: Mapped[int | None] = mapped_column(ForeignKey("gate_runs.id"), nullable=True)
@@ -192,7 +196,9 @@ class Event(Base):
 
     __table_args__ = (
         CheckConstraint(f"type IN {EVENT_TYPES}", name="type"),
-        Index("ix_events_experiment_arm_type_day", "experiment_id", "arm_id", "type", "occurred_at"),
+        Index(
+            "ix_events_experiment_arm_type_day", "experiment_id", "arm_id", "type", "occurred_at"
+        ),
         Index("ix_events_project", "project_id", "experiment_id"),
     )
 

@@ -12,8 +12,8 @@ target_metadata = Base.metadata
 def run_migrations_online() -> None:
     engine = config.attributes.get("engine")
     if engine is None:
-        from abtest.settings import get_settings
         from abtest.db import normalize_url
+        from abtest.settings import get_settings
 
         engine = create_engine(normalize_url(get_settings().database_url))
     with engine.begin() as connection:

@@ -1,0 +1,3 @@
+from abtest.cli import app
+
+app(prog_name="abtest")

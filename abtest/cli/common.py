@@ -1,0 +1,68 @@
+"""Shared CLI plumbing: settings, database access, error display and --json output."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from abtest import db
+from abtest.errors import ServiceError
+from abtest.settings import Settings, SettingsError, get_settings
+
+console = Console()
+err_console = Console(stderr=True)
+
+JSON_OPTION = typer.Option(False, "--json", help="Print JSON for scripts instead of a table.")
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def settings() -> Settings:
+    try:
+        return get_settings()
+    except SettingsError as exc:
+        fail(str(exc), 2)
+
+
+def engine(check_migrated: bool = True) -> Engine:
+    eng = db.get_engine(settings().database_url)
+    if check_migrated:
+        try:
+            db.ensure_migrated(eng)
+        except db.DatabaseNotMigrated as exc:
+            fail(str(exc), 2)
+    return eng
+
+
+@contextmanager
+def session() -> Iterator[Session]:
+    """A committed-on-success session; a `ServiceError` becomes a clear message and exit 1."""
+    try:
+        with db.session_scope(engine()) as s:
+            yield s
+    except ServiceError as exc:
+        fail(str(exc))
+
+
+def print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+def print_table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(str(row.get(c, "")) for c in columns))
+    console.print(table)
