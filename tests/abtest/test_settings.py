@@ -1,0 +1,35 @@
+import pytest
+
+from abtest.settings import SettingsError, load_settings
+
+
+def test_defaults_use_embedded_sqlite():
+    settings = load_settings()
+    assert settings.database_url.startswith("sqlite")
+    assert settings.redis_url is None
+
+
+def test_unknown_variable_is_named(monkeypatch):
+    monkeypatch.setenv("ABTEST_DATABSE_URL", "sqlite://")
+    with pytest.raises(SettingsError, match="ABTEST_DATABSE_URL"):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("ABTEST_DATABASE_URL", "mysql://x"),
+        ("ABTEST_REDIS_URL", "http://localhost"),
+        ("ABTEST_ARM_TIMEOUT_S", "-1"),
+        ("ABTEST_AUTH_ENABLED", "maybe"),
+    ],
+)
+def test_invalid_value_is_named(monkeypatch, variable, value):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError, match=variable):
+        load_settings()
+
+
+def test_openai_key_is_read_from_the_standard_variable(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    assert load_settings().openai_api_key.get_secret_value() == "sk-test"
