@@ -1,0 +1,205 @@
+"""`abtest demo`: the whole platform end to end on an embedded SQLite database.
+
+A teacher arm and a student arm are registered, the student passes the offline gate, an experiment
+starts, and simulated editing projects go through the router, which logs start and export events.
+
+The simulated user (`export_probability`) is a documented model, not a constant: a user is more
+likely to export when the look they got agrees with what the teacher's *exported* answers look
+like (the dataset keeps, per intent, the teacher output with the highest export rate), and less
+likely when they waited longer:
+
+    q = mean over the three tools of the agreement with the recorded teacher answer
+        (both unused: 1; one used, the other not: 0; adjust and selective adjust:
+        (1 + cosine) / 2; filter: 1 for the same preset, 0.3 for another preset)
+    p(export) = clip(BASE + QUALITY_WEIGHT * q - LATENCY_PENALTY_PER_S * latency_s, 0.01, 0.99)
+
+Intents are drawn from the test split (which no student saw) with probability proportional to
+their popularity (`calls`), so popular intents dominate traffic as in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from abtest import db, services
+from abtest.settings import Settings
+from models.dataset import IntentRecord, load_split
+from models.tools import ToolConfig
+
+BASE = 0.35
+QUALITY_WEIGHT = 0.30
+LATENCY_PENALTY_PER_S = 0.02
+OTHER_FILTER_CREDIT = 0.3
+PLATFORMS = ("ios", "android", "web")
+COUNTRIES = ("US", "BR", "IN", "DE", "JP")
+EXPERIMENT_KEY = "teacher-vs-student"
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    norm = float(np.linalg.norm(a) * np.linalg.norm(b))
+    return float(a @ b / norm) if norm else 0.0
+
+
+def agreement(served: ToolConfig, reference: ToolConfig) -> float:
+    """How close a served configuration is to the reference answer, in [0, 1]."""
+    scores = []
+    for tool in ("adjust", "selective_adjust"):
+        got, want = getattr(served, tool), getattr(reference, tool)
+        if got is None or want is None:
+            scores.append(float(got is None and want is None))
+        else:
+            scores.append((1 + _cosine(got.vector(), want.vector())) / 2)
+    got_filter, want_filter = served.filter, reference.filter
+    if got_filter is None or want_filter is None:
+        scores.append(float(got_filter is None and want_filter is None))
+    else:
+        scores.append(1.0 if got_filter.name == want_filter.name else OTHER_FILTER_CREDIT)
+    return float(np.mean(scores))
+
+
+def export_probability(quality: float, latency_s: float) -> float:
+    p = BASE + QUALITY_WEIGHT * quality - LATENCY_PENALTY_PER_S * latency_s
+    return float(np.clip(p, 0.01, 0.99))
+
+
+@dataclass(frozen=True)
+class SimulatedProject:
+    project_id: str
+    record: IntentRecord
+    attributes: dict[str, Any]
+
+
+def draw_projects(records: list[IntentRecord], n: int, rng: np.random.Generator) -> list[SimulatedProject]:
+    weights = np.array([r.calls for r in records], dtype=float)
+    picks = rng.choice(len(records), size=n, p=weights / weights.sum())
+    return [
+        SimulatedProject(
+            project_id=f"project-{i:06d}",
+            record=records[index],
+            attributes={
+                "platform": PLATFORMS[rng.integers(len(PLATFORMS))],
+                "country": COUNTRIES[rng.integers(len(COUNTRIES))],
+            },
+        )
+        for i, index in enumerate(picks)
+    ]
+
+
+def fresh_sqlite(path: str | Path) -> str:
+    path = Path(path).resolve()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    return f"sqlite:///{path}"
+
+
+def setup_platform(settings: Settings, console: Console) -> None:
+    """Migrate, register the two variants, gate the student and start the experiment."""
+    engine = db.get_engine(settings.database_url)
+    db.upgrade(engine)
+    with db.session_scope(engine) as session:
+        services.register_variant(
+            session, "teacher", "recorded", {}, "GPT-3.5-Turbo's recorded answers", actor="demo"
+        )
+        services.register_variant(
+            session,
+            "knn-student",
+            "knn_student",
+            {"fit": "train"},
+            "nearest neighbours over character n-grams, fitted on the training split",
+            actor="demo",
+        )
+    gate_student(settings, "knn-student", console)
+    with db.session_scope(engine) as session:
+        spec = services.ExperimentSpec(
+            key=EXPERIMENT_KEY,
+            arms=[
+                services.ArmSpec("control", "teacher", 0.5, control=True),
+                services.ArmSpec("student", "knn-student", 0.5),
+            ],
+            description="Does the cheap student keep the project completion rate?",
+        )
+        services.create_experiment(session, spec)
+        services.start_experiment(session, EXPERIMENT_KEY)
+
+
+def gate_student(settings: Settings, name: str, console: Console) -> None:
+    """Until the offline gate lands, approve explicitly and say so."""
+    engine = db.get_engine(settings.database_url)
+    with db.session_scope(engine) as session:
+        variant = services.get_variant(session, name)
+        services.record_promotion(
+            session, variant, variant.status, "approved", "demo", "demo approval"
+        )
+    console.print(f"[yellow]approved {name} for traffic[/]")
+
+
+async def simulate(settings: Settings, projects: list[SimulatedProject], seed: int) -> None:
+    from abtest.runtime import build_router
+
+    rng = np.random.default_rng(seed + 1)
+    engine = db.get_engine(settings.database_url)
+    router = build_router(settings, engine)
+    with Progress() as progress:
+        task = progress.add_task("routing projects", total=len(projects))
+        for project in projects:
+            routed = await router.handle_project(
+                project.project_id, project.record.intent, project.attributes
+            )
+            served = ToolConfig.from_record(routed.output, strict=False)
+            quality = agreement(served, project.record.teacher)
+            if rng.random() < export_probability(quality, routed.latency_ms / 1000):
+                await router.record_export(project.project_id)
+            progress.advance(task)
+
+
+def per_arm_counts(settings: Settings) -> list[dict[str, Any]]:
+    from sqlalchemy import text
+
+    engine = db.get_engine(settings.database_url)
+    query = text(
+        """
+        SELECT a.name AS arm, v.name AS variant,
+               COUNT(DISTINCT CASE WHEN e.type = 'start' THEN e.project_id END) AS starts,
+               COUNT(DISTINCT CASE WHEN e.type = 'export' THEN e.project_id END) AS exports
+        FROM experiment_arms a
+        JOIN variants v ON v.id = a.variant_id
+        JOIN experiments x ON x.id = a.experiment_id
+        LEFT JOIN events e ON e.arm_id = a.id
+        WHERE x.key = :key
+        GROUP BY a.id, a.name, v.name ORDER BY a.id
+        """
+    )
+    with engine.connect() as connection:
+        return [dict(row._mapping) for row in connection.execute(query, {"key": EXPERIMENT_KEY})]
+
+
+def print_rates(rows: list[dict[str, Any]], console: Console) -> None:
+    table = Table(title=f"experiment {EXPERIMENT_KEY}: project completion rate")
+    for column in ("arm", "variant", "starts", "exports", "completion rate"):
+        table.add_column(column)
+    for row in rows:
+        rate = row["exports"] / row["starts"] if row["starts"] else float("nan")
+        table.add_row(
+            row["arm"], row["variant"], str(row["starts"]), str(row["exports"]), f"{rate:.2%}"
+        )
+    console.print(table)
+
+
+def run_demo(projects: int, database: str, seed: int, console: Console) -> list[dict[str, Any]]:
+    settings = Settings(database_url=fresh_sqlite(database))
+    console.print(f"demo database: {settings.database_url}")
+    setup_platform(settings, console)
+    rng = np.random.default_rng(seed)
+    simulated = draw_projects(load_split("test"), projects, rng)
+    asyncio.run(simulate(settings, simulated, seed))
+    rows = per_arm_counts(settings)
+    print_rates(rows, console)
+    return rows
