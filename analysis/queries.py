@@ -1,0 +1,530 @@
+"""SQL aggregation for the online analysis: sufficient statistics per arm and day.
+
+Everything here runs inside the database (GROUP BY arm and day) and returns a handful of small
+records, so memory does not grow with the number of events. The module never imports `abtest`:
+it takes a SQLAlchemy `Connection` and names the tables with lightweight `table()/column()`
+clauses that mirror `abtest/tables.py` (a test checks they agree).
+
+Counting rules (the project is the unit):
+
+* **Scope.** An event belongs to experiment X when its `experiment_id` is X, or when it has no
+  experiment at all and its project is assigned in X (an export logged without experiment/arm).
+  Events at or after `until` (the report's period end, exclusive) are ignored.
+* **Arm.** A project's arm is its sticky assignment in `assignments` (experiment, project); a
+  project without an assignment row falls back to the arm on its start events. Projects with no
+  arm either way are not counted.
+* **Starts.** Distinct projects with at least one start event; duplicates (retries, reloads)
+  count once. A project's start day is the UTC day of its first start.
+* **Exports.** Distinct started projects with at least one export event. An export that arrives
+  before its start still counts (the events are matched per project, not in order); an export
+  of a project that never started is not counted (it cannot complete a project it never began).
+  A project's completion day is the UTC day of ``max(first start, first export)``, so the
+  cumulative sums of the daily rows are exactly the counts an analyst would have seen as of
+  that day.
+* **Guardrails** are per call: start events of the experiment (the routed model calls), with
+  their arm resolved as above. Latency percentiles use linear interpolation (PostgreSQL's
+  ``percentile_cont``; the same ranks computed with window functions on SQLite). Cost per
+  project divides the cost of the calls by the number of started projects.
+* **Segments.** A JSON attribute of the project's first start (``platform``, ``country``; a
+  missing attribute is ``"(none)"``), or intent popularity: the number of started projects in the
+  experiment whose normalised intent (lower-cased, trimmed) equals the project's, reported as
+  the paper's nested subsets r1 (all), r3 and r5 (intents with at least 1, 3, 5 projects).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import Connection, column, func, table
+from sqlalchemy.dialects.postgresql import JSONB, array
+from sqlalchemy.sql.elements import ColumnElement
+
+JSON_TYPE = sa.JSON().with_variant(JSONB(), "postgresql")
+TIMESTAMP = sa.DateTime(timezone=True)
+NO_SEGMENT = "(none)"
+POPULARITY_THRESHOLDS = (1, 3, 5)
+ATTRIBUTE_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+# --- table clauses (names from abtest/tables.py) -----------------------------------------------
+
+events = table(
+    "events",
+    column("id", sa.BigInteger),
+    column("client_event_id", sa.String),
+    column("type", sa.String),
+    column("project_id", sa.String),
+    column("experiment_id", sa.Integer),
+    column("arm_id", sa.Integer),
+    column("occurred_at", TIMESTAMP),
+    column("latency_ms", sa.Float),
+    column("fallback", sa.Boolean),
+    column("error", sa.Text),
+    column("cache_hit", sa.Boolean),
+    column("cost_usd", sa.Float),
+    column("intent", sa.Text),
+    column("attributes", JSON_TYPE),
+)
+assignments = table(
+    "assignments",
+    column("experiment_id", sa.Integer),
+    column("project_id", sa.String),
+    column("arm_id", sa.Integer),
+)
+experiments = table(
+    "experiments",
+    column("id", sa.Integer),
+    column("key", sa.String),
+    column("status", sa.String),
+    column("settings", JSON_TYPE),
+    column("started_at", TIMESTAMP),
+    column("stopped_at", TIMESTAMP),
+)
+experiment_arms = table(
+    "experiment_arms",
+    column("id", sa.Integer),
+    column("experiment_id", sa.Integer),
+    column("name", sa.String),
+    column("weight", sa.Float),
+    column("is_control", sa.Boolean),
+)
+
+# --- result records ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ArmInfo:
+    id: int
+    name: str
+    weight: float
+    is_control: bool
+
+
+@dataclass(frozen=True)
+class ExperimentInfo:
+    id: int
+    key: str
+    status: str
+    settings: dict[str, Any]
+    started_at: datetime | None
+    stopped_at: datetime | None
+    arms: tuple[ArmInfo, ...]
+
+
+@dataclass(frozen=True)
+class ArmDay:
+    """Projects that started (by start day) and completed (by completion day) on one UTC day."""
+
+    arm_id: int
+    day: date
+    starts: int
+    exports: int
+
+
+@dataclass(frozen=True)
+class ArmGuardrails:
+    arm_id: int
+    calls: int
+    projects: int
+    latency_count: int
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
+    fallbacks: int
+    errors: int
+    cache_hits: int
+    cost_usd: float
+
+
+@dataclass(frozen=True)
+class SegmentCounts:
+    arm_id: int
+    segment: str
+    starts: int
+    exports: int
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def _is_postgres(connection: Connection) -> bool:
+    return connection.dialect.name == "postgresql"
+
+
+def _utc_day(connection: Connection, value: ColumnElement[Any]) -> ColumnElement[Any]:
+    if _is_postgres(connection):
+        return sa.cast(func.timezone("UTC", value), sa.Date)
+    # SQLite stores UTC timestamps as ISO text: the day is its first ten characters.
+    return func.substr(value, 1, 10)
+
+
+def _as_date(value: Any) -> date:
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    return date.fromisoformat(str(value)[:10])
+
+
+def _in_scope(experiment_id: int, until: datetime | None) -> list[ColumnElement[bool]]:
+    """Events of the experiment, plus unlabelled events of its assigned projects."""
+    assigned = sa.exists().where(
+        assignments.c.experiment_id == experiment_id,
+        assignments.c.project_id == events.c.project_id,
+    )
+    conditions: list[ColumnElement[bool]] = [
+        sa.or_(
+            events.c.experiment_id == experiment_id,
+            sa.and_(events.c.experiment_id.is_(None), assigned),
+        )
+    ]
+    if until is not None:
+        conditions.append(events.c.occurred_at < until)
+    return conditions
+
+
+def project_outcomes(
+    experiment_id: int, until: datetime | None = None, *, attribute: str | None = None
+) -> sa.Subquery:
+    """One row per started project: arm, first start, first export (or NULL), optional segment."""
+    is_start = events.c.type == "start"
+    columns: list[ColumnElement[Any]] = [
+        events.c.project_id.label("project_id"),
+        func.min(sa.case((is_start, events.c.occurred_at))).label("first_start"),
+        func.min(sa.case((events.c.type == "export", events.c.occurred_at))).label("first_export"),
+        func.min(sa.case((is_start, events.c.arm_id))).label("event_arm_id"),
+    ]
+    if attribute is not None:
+        value = events.c.attributes[attribute].as_string()
+        # The attribute of the project's first start: min() over starts is deterministic.
+        columns.append(func.min(sa.case((is_start, value))).label("segment"))
+    per_project = (
+        sa.select(*columns)
+        .where(*_in_scope(experiment_id, until))
+        .group_by(events.c.project_id)
+        .subquery("per_project")
+    )
+    arm_id = func.coalesce(assignments.c.arm_id, per_project.c.event_arm_id).label("arm_id")
+    selected: list[ColumnElement[Any]] = [
+        per_project.c.project_id,
+        arm_id,
+        per_project.c.first_start,
+        per_project.c.first_export,
+    ]
+    if attribute is not None:
+        selected.append(func.coalesce(per_project.c.segment, NO_SEGMENT).label("segment"))
+    return (
+        sa.select(*selected)
+        .select_from(
+            per_project.outerjoin(
+                assignments,
+                sa.and_(
+                    assignments.c.experiment_id == experiment_id,
+                    assignments.c.project_id == per_project.c.project_id,
+                ),
+            )
+        )
+        .where(per_project.c.first_start.is_not(None))
+        .subquery("projects")
+    )
+
+
+# --- queries -----------------------------------------------------------------------------------
+
+
+def experiment_info(connection: Connection, key: str) -> ExperimentInfo | None:
+    """The experiment's id, settings and arms (control first), or None for an unknown key."""
+    row = connection.execute(
+        sa.select(
+            experiments.c.id,
+            experiments.c.key,
+            experiments.c.status,
+            experiments.c.settings,
+            experiments.c.started_at,
+            experiments.c.stopped_at,
+        ).where(experiments.c.key == key)
+    ).one_or_none()
+    if row is None:
+        return None
+    arms = connection.execute(
+        sa.select(
+            experiment_arms.c.id,
+            experiment_arms.c.name,
+            experiment_arms.c.weight,
+            experiment_arms.c.is_control,
+        )
+        .where(experiment_arms.c.experiment_id == row.id)
+        .order_by(experiment_arms.c.is_control.desc(), experiment_arms.c.id)
+    ).all()
+    return ExperimentInfo(
+        id=row.id,
+        key=row.key,
+        status=row.status,
+        settings=dict(row.settings or {}),
+        started_at=row.started_at,
+        stopped_at=row.stopped_at,
+        arms=tuple(ArmInfo(a.id, a.name, float(a.weight), bool(a.is_control)) for a in arms),
+    )
+
+
+def experiment_keys(connection: Connection, statuses: tuple[str, ...] | None = None) -> list[str]:
+    query = sa.select(experiments.c.key).order_by(experiments.c.id)
+    if statuses:
+        query = query.where(experiments.c.status.in_(statuses))
+    return list(connection.execute(query).scalars())
+
+
+def arm_daily_counts(
+    connection: Connection, experiment_id: int, until: datetime | None = None
+) -> list[ArmDay]:
+    """Starts by start day and exports by completion day, per arm; sorted by arm and day."""
+    projects = project_outcomes(experiment_id, until)
+    completed_at = sa.case(
+        (projects.c.first_export > projects.c.first_start, projects.c.first_export),
+        else_=projects.c.first_start,
+    )
+    start_day = _utc_day(connection, projects.c.first_start).label("day")
+    completion_day = _utc_day(connection, completed_at).label("day")
+    started = sa.select(
+        projects.c.arm_id,
+        start_day,
+        sa.literal(1).label("started"),
+        sa.literal(0).label("exported"),
+    ).where(projects.c.arm_id.is_not(None))
+    exported = sa.select(
+        projects.c.arm_id,
+        completion_day,
+        sa.literal(0).label("started"),
+        sa.literal(1).label("exported"),
+    ).where(projects.c.arm_id.is_not(None), projects.c.first_export.is_not(None))
+    both = sa.union_all(started, exported).subquery("flags")
+    query = (
+        sa.select(
+            both.c.arm_id,
+            both.c.day,
+            func.sum(both.c.started).label("starts"),
+            func.sum(both.c.exported).label("exports"),
+        )
+        .group_by(both.c.arm_id, both.c.day)
+        .order_by(both.c.arm_id, both.c.day)
+    )
+    return [
+        ArmDay(int(r.arm_id), _as_date(r.day), int(r.starts), int(r.exports))
+        for r in connection.execute(query)
+    ]
+
+
+def segment_counts(
+    connection: Connection, experiment_id: int, attribute: str, until: datetime | None = None
+) -> list[SegmentCounts]:
+    """Starts and exports per arm and value of a JSON attribute of the project's first start."""
+    if not ATTRIBUTE_PATTERN.match(attribute or ""):
+        raise ValueError(f"segment attribute {attribute!r} must be a plain identifier")
+    projects = project_outcomes(experiment_id, until, attribute=attribute)
+    query = (
+        sa.select(
+            projects.c.arm_id,
+            projects.c.segment,
+            func.count().label("starts"),
+            func.count(projects.c.first_export).label("exports"),
+        )
+        .where(projects.c.arm_id.is_not(None))
+        .group_by(projects.c.arm_id, projects.c.segment)
+        .order_by(projects.c.segment, projects.c.arm_id)
+    )
+    return [
+        SegmentCounts(int(r.arm_id), str(r.segment), int(r.starts), int(r.exports))
+        for r in connection.execute(query)
+    ]
+
+
+def popularity_counts(
+    connection: Connection,
+    experiment_id: int,
+    until: datetime | None = None,
+    thresholds: tuple[int, ...] = POPULARITY_THRESHOLDS,
+) -> list[SegmentCounts]:
+    """Starts and exports per arm for the nested subsets r_i: intents with >= i projects."""
+    is_start = events.c.type == "start"
+    normalized = func.lower(func.trim(events.c.intent))
+    project_intent = (
+        sa.select(
+            events.c.project_id.label("project_id"),
+            func.min(sa.case((is_start, normalized))).label("intent"),
+        )
+        .where(*_in_scope(experiment_id, until))
+        .group_by(events.c.project_id)
+        .subquery("project_intent")
+    )
+    projects = project_outcomes(experiment_id, until)
+    joined = (
+        sa.select(
+            projects.c.arm_id,
+            projects.c.first_export,
+            project_intent.c.intent,
+        )
+        .select_from(
+            projects.join(project_intent, project_intent.c.project_id == projects.c.project_id)
+        )
+        .where(projects.c.arm_id.is_not(None), project_intent.c.intent.is_not(None))
+        .subquery("with_intent")
+    )
+    popularity = (
+        sa.select(joined.c.intent, func.count().label("calls"))
+        .group_by(joined.c.intent)
+        .subquery("popularity")
+    )
+    per_arm = (
+        sa.select(
+            joined.c.arm_id,
+            popularity.c.calls,
+            func.count().label("starts"),
+            func.count(joined.c.first_export).label("exports"),
+        )
+        .select_from(joined.join(popularity, popularity.c.intent == joined.c.intent))
+        .group_by(joined.c.arm_id, popularity.c.calls)
+    )
+    # Few rows (arm x distinct popularity values): fold them into the nested subsets here.
+    totals: dict[tuple[str, int], list[int]] = {}
+    for row in connection.execute(per_arm):
+        for threshold in thresholds:
+            if int(row.calls) >= threshold:
+                counts = totals.setdefault((f"r{threshold}", int(row.arm_id)), [0, 0])
+                counts[0] += int(row.starts)
+                counts[1] += int(row.exports)
+    return [
+        SegmentCounts(arm_id, segment, starts, exports)
+        for (segment, arm_id), (starts, exports) in sorted(
+            totals.items(), key=lambda item: (int(item[0][0][1:]), item[0][1])
+        )
+    ]
+
+
+def _calls(experiment_id: int, until: datetime | None) -> sa.Subquery:
+    """Start events of the experiment with their resolved arm."""
+    conditions = [events.c.experiment_id == experiment_id, events.c.type == "start"]
+    if until is not None:
+        conditions.append(events.c.occurred_at < until)
+    return (
+        sa.select(
+            func.coalesce(assignments.c.arm_id, events.c.arm_id).label("arm_id"),
+            events.c.project_id,
+            events.c.latency_ms,
+            events.c.fallback,
+            events.c.error,
+            events.c.cache_hit,
+            events.c.cost_usd,
+        )
+        .select_from(
+            events.outerjoin(
+                assignments,
+                sa.and_(
+                    assignments.c.experiment_id == experiment_id,
+                    assignments.c.project_id == events.c.project_id,
+                ),
+            )
+        )
+        .where(*conditions)
+        .subquery("calls")
+    )
+
+
+def _as_int(flag: ColumnElement[Any]) -> ColumnElement[int]:
+    return sa.case((flag, 1), else_=0)
+
+
+def guardrail_stats(
+    connection: Connection, experiment_id: int, until: datetime | None = None
+) -> list[ArmGuardrails]:
+    """Per arm: calls, latency p50/p95, fallback/error/cache-hit counts and total cost."""
+    calls = _calls(experiment_id, until)
+    sums = connection.execute(
+        sa.select(
+            calls.c.arm_id,
+            func.count().label("calls"),
+            func.count(sa.distinct(calls.c.project_id)).label("projects"),
+            func.count(calls.c.latency_ms).label("latency_count"),
+            func.sum(_as_int(calls.c.fallback)).label("fallbacks"),
+            func.sum(_as_int(calls.c.error.is_not(None))).label("errors"),
+            func.sum(_as_int(calls.c.cache_hit)).label("cache_hits"),
+            func.coalesce(func.sum(calls.c.cost_usd), 0.0).label("cost"),
+        )
+        .where(calls.c.arm_id.is_not(None))
+        .group_by(calls.c.arm_id)
+        .order_by(calls.c.arm_id)
+    ).all()
+    percentiles = _latency_percentiles(connection, calls)
+    return [
+        ArmGuardrails(
+            arm_id=int(r.arm_id),
+            calls=int(r.calls),
+            projects=int(r.projects),
+            latency_count=int(r.latency_count),
+            latency_p50_ms=percentiles.get(int(r.arm_id), (None, None))[0],
+            latency_p95_ms=percentiles.get(int(r.arm_id), (None, None))[1],
+            fallbacks=int(r.fallbacks or 0),
+            errors=int(r.errors or 0),
+            cache_hits=int(r.cache_hits or 0),
+            cost_usd=float(r.cost or 0.0),
+        )
+        for r in sums
+    ]
+
+
+def _latency_percentiles(
+    connection: Connection, calls: sa.Subquery, levels: tuple[float, float] = (0.5, 0.95)
+) -> dict[int, tuple[float | None, float | None]]:
+    measured = calls.c.latency_ms.is_not(None)
+    if _is_postgres(connection):
+        query = (
+            sa.select(
+                calls.c.arm_id,
+                func.percentile_cont(array(list(levels))).within_group(calls.c.latency_ms),
+            )
+            .where(calls.c.arm_id.is_not(None), measured)
+            .group_by(calls.c.arm_id)
+        )
+        return {int(arm): (float(v[0]), float(v[1])) for arm, v in connection.execute(query)}
+    return _ranked_percentiles(connection, calls, levels)
+
+
+def _ranked_percentiles(
+    connection: Connection, calls: sa.Subquery, levels: tuple[float, ...]
+) -> dict[int, tuple[float | None, float | None]]:
+    """percentile_cont with window functions: fetch only the two ranks around each position."""
+    ranked = (
+        sa.select(
+            calls.c.arm_id,
+            calls.c.latency_ms,
+            (
+                func.row_number().over(partition_by=calls.c.arm_id, order_by=calls.c.latency_ms) - 1
+            ).label("rank"),
+            func.count().over(partition_by=calls.c.arm_id).label("n"),
+        )
+        .where(calls.c.arm_id.is_not(None), calls.c.latency_ms.is_not(None))
+        .subquery("ranked")
+    )
+    columns: list[ColumnElement[Any]] = [ranked.c.arm_id, func.max(ranked.c.n).label("n")]
+    for index, level in enumerate(levels):
+        position = (ranked.c.n - 1) * level
+        low = sa.cast(position, sa.Integer)  # SQLite truncates towards zero: floor for >= 0
+        high = low + sa.case((position > low, 1), else_=0)
+        columns.append(
+            func.max(sa.case((ranked.c.rank == low, ranked.c.latency_ms))).label(f"lo{index}")
+        )
+        columns.append(
+            func.max(sa.case((ranked.c.rank == high, ranked.c.latency_ms))).label(f"hi{index}")
+        )
+    rows = connection.execute(sa.select(*columns).group_by(ranked.c.arm_id)).mappings()
+    result: dict[int, tuple[float | None, float | None]] = {}
+    for row in rows:
+        values: list[float | None] = []
+        for index, level in enumerate(levels):
+            position = (int(row["n"]) - 1) * level
+            fraction = position - int(position)
+            low, high = float(row[f"lo{index}"]), float(row[f"hi{index}"])
+            values.append(low + (high - low) * fraction)
+        result[int(row["arm_id"])] = (values[0], values[1])
+    return result
