@@ -1,0 +1,1208 @@
+"""Online statistics for the completion rate (exports / starts, the project being the unit).
+
+Small pure functions over sufficient statistics, in the style of GrowthBook's gbstats. Inputs are
+counts; outputs are frozen dataclasses. Facts of the data that make a number undefined (an arm
+with no starts, every project exported in both arms) come back as a result whose `message` says
+so and whose undefined numbers are NaN; only programming errors (negative counts, exports >
+starts, alpha outside (0, 1)) raise `ValueError`.
+
+Methods (all two-sided at level `alpha` unless said otherwise):
+
+- Per-arm rate: Wilson score interval (good coverage near 0 and 1, never leaves [0, 1]); equal to
+  `statsmodels.stats.proportion.proportion_confint(method="wilson")`.
+- Difference treatment - control: Wald z with the unpooled variance
+  p_t(1-p_t)/n_t + p_c(1-p_c)/n_c for both the interval and the p-value, so "p < alpha" and
+  "the interval excludes 0" always agree; equal to statsmodels' `confint_proportions_2indep` /
+  `test_proportions_2indep` with `method="wald", compare="diff"`.
+- Ratio treatment / control (the paper's "96.1% of"): delta method on log(ratio), variance
+  (1-p_t)/x_t + (1-p_c)/x_c; equal to statsmodels' `method="log", compare="ratio"`.
+- Several treatments: Holm step-down adjustment of the p-values (`holm_adjust`).
+- Non-inferiority and equivalence: the margin is on the absolute difference (e.g. -0.01 means
+  "at most one percentage point worse"). One-sided tests run at alpha/2, so the verdict is
+  exactly "the displayed (1 - alpha) interval clears the margin": non-inferior when its lower
+  bound is above the margin; equivalent (two one-sided tests, TOST) when it lies inside
+  (-|margin|, +|margin|). This is the conservative CONSORT convention: what you see decides.
+- Sequential: a normal-mixture SPRT (Johari et al. 2017, "Peeking at A/B tests") on the
+  difference and on the log ratio. With the per-project variance plugged in, its boundary is
+  exactly the asymptotic confidence sequence of Waudby-Smith et al. (2023), the one Eppo uses:
+  estimate +- sqrt(V (V + tau^2) / tau^2 * (log((V + tau^2) / V) + 2 log(1 / alpha))), where V
+  is the variance of the estimate now and tau^2 the mixing variance. Tuning: tau^2 is chosen so
+  the sequence is tightest at the planned horizon (`horizon` projects per arm):
+  tau^2 = V_horizon * (2 log(1/alpha) + log(1 + 2 log(1/alpha))), V_horizon being V projected to
+  the horizon (V * n_now / n_horizon). Intervals are intersected over looks and p-values are the
+  running minimum of 1/likelihood-ratio, so the result is valid at any stopping time.
+- Sample ratio mismatch: Pearson chi-square of starts per arm against the configured weights
+  (`scipy.stats.chisquare`), flagged when p < 0.001 by default.
+- Power: the same Wald test; projects per arm (n_c, n_t = ratio * n_c) from
+  n_c = (z_{1-alpha/2} + z_{power})^2 (p_c q_c + p_t q_t / ratio) / mde^2 (the far tail ignored,
+  like statsmodels' `normal_sample_size_one_tail`); power reached counts both tails.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+from scipy import stats as sps
+
+FloatArray = NDArray[np.float64]
+
+DEFAULT_ALPHA = 0.05
+DEFAULT_SRM_THRESHOLD = 0.001
+
+TREATMENT_BETTER = "treatment better"
+TREATMENT_WORSE = "treatment worse"
+NON_INFERIOR = "non-inferior"
+EQUIVALENT = "equivalent"
+INCONCLUSIVE = "inconclusive"
+INSUFFICIENT_DATA = "insufficient data"
+SRM_DO_NOT_TRUST = "srm — do not trust"
+
+#: Every string `decide` can return, strongest warning first.
+DECISIONS: tuple[str, ...] = (
+    SRM_DO_NOT_TRUST,
+    INSUFFICIENT_DATA,
+    TREATMENT_BETTER,
+    TREATMENT_WORSE,
+    EQUIVALENT,
+    NON_INFERIOR,
+    INCONCLUSIVE,
+)
+
+NAN = float("nan")
+
+
+# --------------------------------------------------------------------------------------------
+# Validation helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _check_alpha(alpha: float) -> None:
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+
+
+def _check_counts(exports: ArrayLike, starts: ArrayLike, what: str = "arm") -> None:
+    x = np.asarray(exports, dtype=float)
+    n = np.asarray(starts, dtype=float)
+    if np.any(~np.isfinite(x)) or np.any(~np.isfinite(n)):
+        raise ValueError(f"{what}: counts must be finite numbers")
+    if np.any(x < 0) or np.any(n < 0):
+        raise ValueError(f"{what}: counts must not be negative")
+    if np.any(x > n):
+        raise ValueError(f"{what}: exports cannot exceed starts")
+
+
+def _z(alpha: float) -> float:
+    """The two-sided critical value z_{1 - alpha/2}."""
+    return float(sps.norm.isf(alpha / 2))
+
+
+def _float(value: ArrayLike) -> float:
+    return float(np.asarray(value, dtype=float))
+
+
+# --------------------------------------------------------------------------------------------
+# Vectorised cores (numpy arrays of counts in, arrays out; used by the simulations)
+# --------------------------------------------------------------------------------------------
+
+
+def wilson_interval(
+    successes: ArrayLike, trials: ArrayLike, alpha: float = DEFAULT_ALPHA
+) -> tuple[FloatArray, FloatArray]:
+    """Wilson score interval for successes / trials, elementwise; NaN where trials == 0."""
+    _check_alpha(alpha)
+    x = np.asarray(successes, dtype=float)
+    n = np.asarray(trials, dtype=float)
+    z = _z(alpha)
+    z2 = z * z
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = x / n
+        denom = 1 + z2 / n
+        center = (p + z2 / (2 * n)) / denom
+        half = z * np.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
+        low = np.clip(center - half, 0.0, 1.0)
+        high = np.clip(center + half, 0.0, 1.0)
+    low = np.where(n > 0, low, np.nan)
+    high = np.where(n > 0, high, np.nan)
+    return low, high
+
+
+def difference_stats(
+    control_exports: ArrayLike,
+    control_starts: ArrayLike,
+    treatment_exports: ArrayLike,
+    treatment_starts: ArrayLike,
+) -> tuple[FloatArray, FloatArray]:
+    """Difference p_t - p_c and its unpooled (Wald) variance, elementwise."""
+    xc, nc = np.asarray(control_exports, float), np.asarray(control_starts, float)
+    xt, nt = np.asarray(treatment_exports, float), np.asarray(treatment_starts, float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pc, pt = xc / nc, xt / nt
+        variance = pc * (1 - pc) / nc + pt * (1 - pt) / nt
+    return pt - pc, variance
+
+
+def log_ratio_stats(
+    control_exports: ArrayLike,
+    control_starts: ArrayLike,
+    treatment_exports: ArrayLike,
+    treatment_starts: ArrayLike,
+) -> tuple[FloatArray, FloatArray]:
+    """log(p_t / p_c) and its delta-method variance (1-p_t)/x_t + (1-p_c)/x_c, elementwise."""
+    xc, nc = np.asarray(control_exports, float), np.asarray(control_starts, float)
+    xt, nt = np.asarray(treatment_exports, float), np.asarray(treatment_starts, float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_ratio = np.log(xt / nt) - np.log(xc / nc)
+        variance = 1 / xt - 1 / nt + 1 / xc - 1 / nc
+    return log_ratio, variance
+
+
+def z_test_p_value(estimate: ArrayLike, variance: ArrayLike, null: float = 0.0) -> FloatArray:
+    """Two-sided p-value of a Wald z test of estimate == null; NaN where the variance is 0."""
+    est = np.asarray(estimate, float)
+    var = np.asarray(variance, float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = (est - null) / np.sqrt(var)
+        p = 2 * sps.norm.sf(np.abs(z))
+    return np.where(var > 0, p, np.nan)
+
+
+def fixed_horizon_significant(
+    control_exports: ArrayLike,
+    control_starts: ArrayLike,
+    treatment_exports: ArrayLike,
+    treatment_starts: ArrayLike,
+    alpha: float = DEFAULT_ALPHA,
+) -> NDArray[np.bool_]:
+    """Whether the fixed-horizon Wald test rejects "no difference", elementwise."""
+    diff, var = difference_stats(
+        control_exports, control_starts, treatment_exports, treatment_starts
+    )
+    with np.errstate(invalid="ignore"):
+        return np.asarray(z_test_p_value(diff, var) < alpha)
+
+
+def mixture_tau2(
+    variance: ArrayLike, starts_now: ArrayLike, horizon: ArrayLike, alpha: float
+) -> FloatArray:
+    """Mixing variance tau^2 that makes the confidence sequence tightest at `horizon`.
+
+    `starts_now` and `horizon` must be on the same scale (e.g. projects per arm).
+    """
+    log_inv_alpha = math.log(1 / alpha)
+    factor = 2 * log_inv_alpha + math.log(1 + 2 * log_inv_alpha)
+    var = np.asarray(variance, float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return var * np.asarray(starts_now, float) / np.asarray(horizon, float) * factor
+
+
+def mixture_half_width(variance: ArrayLike, tau2: ArrayLike, alpha: float) -> FloatArray:
+    """Half-width of the normal-mixture SPRT confidence sequence at one look."""
+    v = np.asarray(variance, float)
+    t2 = np.asarray(tau2, float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        radius2 = v * (v + t2) / t2 * (np.log((v + t2) / v) + 2 * math.log(1 / alpha))
+    return np.sqrt(radius2)
+
+
+def mixture_p_value(
+    estimate: ArrayLike, variance: ArrayLike, tau2: ArrayLike, null: float = 0.0
+) -> FloatArray:
+    """1 / (mixture likelihood ratio) at one look, capped at 1 (before the running minimum)."""
+    est = np.asarray(estimate, float)
+    v = np.asarray(variance, float)
+    t2 = np.asarray(tau2, float)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        log_lr = 0.5 * np.log(v / (v + t2)) + t2 * (est - null) ** 2 / (2 * v * (v + t2))
+        p = np.minimum(1.0, np.exp(-log_lr))
+    return np.where(v > 0, p, np.nan)
+
+
+def _running(values: FloatArray, how: str) -> FloatArray:
+    """Running min/max along the last axis, ignoring NaN (NaN until the first number)."""
+    if how == "min":
+        filled = np.where(np.isnan(values), np.inf, values)
+        out = np.minimum.accumulate(filled, axis=-1)
+        return np.where(np.isinf(out), np.nan, out)
+    filled = np.where(np.isnan(values), -np.inf, values)
+    out = np.maximum.accumulate(filled, axis=-1)
+    return np.where(np.isinf(out), np.nan, out)
+
+
+def sequential_bounds(
+    estimate: ArrayLike,
+    variance: ArrayLike,
+    starts_now: ArrayLike,
+    horizon: ArrayLike,
+    alpha: float = DEFAULT_ALPHA,
+    null: float = 0.0,
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Always-valid (low, high, p-value) over looks along the last axis.
+
+    Each look's confidence-sequence interval is intersected with the earlier ones and the
+    p-value is the running minimum, so any look may be the last.
+    """
+    _check_alpha(alpha)
+    est = np.asarray(estimate, float)
+    var = np.asarray(variance, float)
+    tau2 = mixture_tau2(var, starts_now, horizon, alpha)
+    half = mixture_half_width(var, tau2, alpha)
+    valid = var > 0
+    low = np.where(valid, est - half, np.nan)
+    high = np.where(valid, est + half, np.nan)
+    p = mixture_p_value(est, var, tau2, null)
+    return _running(low, "max"), _running(high, "min"), _running(p, "min")
+
+
+def holm_adjust(p_values: ArrayLike) -> FloatArray:
+    """Holm step-down adjusted p-values along the last axis (as statsmodels' multipletests)."""
+    p = np.asarray(p_values, dtype=float)
+    if p.shape == () or p.shape[-1] == 0:
+        return p.copy()
+    m = p.shape[-1]
+    order = np.argsort(p, axis=-1, kind="stable")
+    sorted_p = np.take_along_axis(p, order, axis=-1)
+    scaled = np.minimum(1.0, (m - np.arange(m)) * sorted_p)
+    adjusted_sorted = np.maximum.accumulate(scaled, axis=-1)
+    adjusted = np.empty_like(adjusted_sorted)
+    np.put_along_axis(adjusted, order, adjusted_sorted, axis=-1)
+    return adjusted
+
+
+# --------------------------------------------------------------------------------------------
+# Per-arm rate
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RateEstimate:
+    """Completion rate exports / starts of one arm with its Wilson interval."""
+
+    exports: int
+    starts: int
+    rate: float
+    ci_low: float
+    ci_high: float
+    alpha: float
+    method: str = "wilson"
+    message: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.message is None
+
+
+def completion_rate(exports: int, starts: int, alpha: float = DEFAULT_ALPHA) -> RateEstimate:
+    """Completion rate with a Wilson interval; an arm with no starts has NaN and a message."""
+    _check_alpha(alpha)
+    _check_counts(exports, starts)
+    if starts == 0:
+        return RateEstimate(
+            int(exports), 0, NAN, NAN, NAN, alpha, message="no projects started in this arm"
+        )
+    low, high = wilson_interval(exports, starts, alpha)
+    return RateEstimate(
+        int(exports), int(starts), exports / starts, _float(low), _float(high), alpha
+    )
+
+
+def rate_with_ci(count: int, total: int, alpha: float = DEFAULT_ALPHA) -> RateEstimate:
+    """Any rate count / total (fallback, error, cache hit) with a Wilson interval."""
+    return completion_rate(count, total, alpha)
+
+
+# --------------------------------------------------------------------------------------------
+# Treatment versus control
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Treatment versus control at a fixed horizon.
+
+    `difference` = p_t - p_c with a Wald interval and two-sided p-value; `ratio` = p_t / p_c with
+    a log-delta interval (`ratio_p_value` tests ratio == 1); `relative_lift` = ratio - 1.
+    """
+
+    control: RateEstimate
+    treatment: RateEstimate
+    difference: float
+    difference_ci_low: float
+    difference_ci_high: float
+    difference_se: float
+    p_value: float
+    ratio: float
+    ratio_ci_low: float
+    ratio_ci_high: float
+    ratio_p_value: float
+    alpha: float
+    method: str = "wald-unpooled; log-ratio delta"
+    message: str | None = None
+
+    @property
+    def relative_lift(self) -> float:
+        return self.ratio - 1
+
+    @property
+    def significant(self) -> bool:
+        return bool(self.p_value < self.alpha)
+
+
+def _comparison_message(control: RateEstimate, treatment: RateEstimate) -> str | None:
+    if control.starts == 0 and treatment.starts == 0:
+        return "no projects started in either arm"
+    if control.starts == 0:
+        return "no projects started in the control arm"
+    if treatment.starts == 0:
+        return "no projects started in the treatment arm"
+    return None
+
+
+def compare(
+    control_exports: int,
+    control_starts: int,
+    treatment_exports: int,
+    treatment_starts: int,
+    alpha: float = DEFAULT_ALPHA,
+) -> Comparison:
+    """Absolute difference and relative ratio, each with a (1 - alpha) interval and a p-value."""
+    _check_alpha(alpha)
+    _check_counts(control_exports, control_starts, "control")
+    _check_counts(treatment_exports, treatment_starts, "treatment")
+    control = completion_rate(control_exports, control_starts, alpha)
+    treatment = completion_rate(treatment_exports, treatment_starts, alpha)
+    message = _comparison_message(control, treatment)
+    if message is not None:
+        return Comparison(
+            control, treatment, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, alpha, message=message
+        )
+    z = _z(alpha)
+    notes = []
+    diff, var = (
+        _float(v)
+        for v in difference_stats(
+            control_exports, control_starts, treatment_exports, treatment_starts
+        )
+    )
+    se = math.sqrt(var)
+    if var > 0:
+        diff_low, diff_high = diff - z * se, diff + z * se
+        p_value = _float(z_test_p_value(diff, var))
+    else:
+        diff_low = diff_high = p_value = NAN
+        notes.append(
+            "every rate is 0 or 1, so the difference has no sampling variance to test against"
+        )
+    if control_exports == 0:
+        ratio = ratio_low = ratio_high = ratio_p = NAN
+        notes.append("the control arm has no exports, so the ratio is undefined")
+    elif treatment_exports == 0:
+        ratio, ratio_low, ratio_high, ratio_p = 0.0, NAN, NAN, NAN
+        notes.append("the treatment arm has no exports, so the ratio has no interval")
+    else:
+        log_ratio, log_var = (
+            _float(v)
+            for v in log_ratio_stats(
+                control_exports, control_starts, treatment_exports, treatment_starts
+            )
+        )
+        ratio = math.exp(log_ratio)
+        if log_var > 0:
+            log_se = math.sqrt(log_var)
+            ratio_low = math.exp(log_ratio - z * log_se)
+            ratio_high = math.exp(log_ratio + z * log_se)
+            ratio_p = _float(z_test_p_value(log_ratio, log_var))
+        else:
+            ratio_low = ratio_high = ratio_p = NAN
+    return Comparison(
+        control,
+        treatment,
+        diff,
+        diff_low,
+        diff_high,
+        se,
+        p_value,
+        ratio,
+        ratio_low,
+        ratio_high,
+        ratio_p,
+        alpha,
+        message="; ".join(notes) or None,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Non-inferiority and equivalence
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NonInferiorityResult:
+    """H0: p_t - p_c <= margin (margin < 0). Non-inferior when ci_low > margin.
+
+    `p_value` is one-sided; the test runs at alpha/2 so it agrees with the two-sided
+    (1 - alpha) interval shown next to it.
+    """
+
+    margin: float
+    difference: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    non_inferior: bool
+    alpha: float
+    message: str | None = None
+
+
+def non_inferiority(
+    control_exports: int,
+    control_starts: int,
+    treatment_exports: int,
+    treatment_starts: int,
+    margin: float,
+    alpha: float = DEFAULT_ALPHA,
+) -> NonInferiorityResult:
+    """Non-inferiority of the treatment on the absolute difference, margin <= 0."""
+    if not math.isfinite(margin) or margin > 0:
+        raise ValueError(f"the non-inferiority margin must be <= 0 (how much worse), got {margin}")
+    cmp = compare(control_exports, control_starts, treatment_exports, treatment_starts, alpha)
+    if math.isnan(cmp.difference_ci_low):
+        return NonInferiorityResult(
+            margin, cmp.difference, NAN, NAN, NAN, False, alpha,
+            message=cmp.message or "no interval",
+        )  # fmt: skip
+    p_value = float(sps.norm.sf((cmp.difference - margin) / cmp.difference_se))
+    return NonInferiorityResult(
+        margin,
+        cmp.difference,
+        cmp.difference_ci_low,
+        cmp.difference_ci_high,
+        p_value,
+        bool(cmp.difference_ci_low > margin),
+        alpha,
+        cmp.message,
+    )
+
+
+@dataclass(frozen=True)
+class EquivalenceResult:
+    """Two one-sided tests: H0 diff <= low or diff >= high. Equivalent when both reject at alpha/2.
+
+    `p_value` = max(p_lower, p_upper); equivalent exactly when the (1 - alpha) interval lies
+    inside (low, high).
+    """
+
+    low: float
+    high: float
+    difference: float
+    ci_low: float
+    ci_high: float
+    p_lower: float
+    p_upper: float
+    p_value: float
+    equivalent: bool
+    alpha: float
+    message: str | None = None
+
+
+def equivalence(
+    control_exports: int,
+    control_starts: int,
+    treatment_exports: int,
+    treatment_starts: int,
+    margin: float,
+    alpha: float = DEFAULT_ALPHA,
+) -> EquivalenceResult:
+    """TOST equivalence on the absolute difference within (-|margin|, +|margin|)."""
+    if not math.isfinite(margin) or margin == 0:
+        raise ValueError(f"the equivalence margin must be a non-zero number, got {margin}")
+    low, high = -abs(margin), abs(margin)
+    cmp = compare(control_exports, control_starts, treatment_exports, treatment_starts, alpha)
+    if math.isnan(cmp.difference_ci_low):
+        return EquivalenceResult(
+            low, high, cmp.difference, NAN, NAN, NAN, NAN, NAN, False, alpha,
+            message=cmp.message or "no interval",
+        )  # fmt: skip
+    p_lower = float(sps.norm.sf((cmp.difference - low) / cmp.difference_se))
+    p_upper = float(sps.norm.cdf((cmp.difference - high) / cmp.difference_se))
+    return EquivalenceResult(
+        low,
+        high,
+        cmp.difference,
+        cmp.difference_ci_low,
+        cmp.difference_ci_high,
+        p_lower,
+        p_upper,
+        max(p_lower, p_upper),
+        bool(cmp.difference_ci_low > low and cmp.difference_ci_high < high),
+        alpha,
+        cmp.message,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Sequential testing
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SequentialPath:
+    """Always-valid results at each look (one element per day, cumulative data).
+
+    All arrays have one entry per look. Intervals are intersected over looks, p-values are
+    running minima: read any element as "what we know now", valid however often you peek.
+    """
+
+    control_exports: tuple[int, ...]
+    control_starts: tuple[int, ...]
+    treatment_exports: tuple[int, ...]
+    treatment_starts: tuple[int, ...]
+    difference: tuple[float, ...]
+    difference_ci_low: tuple[float, ...]
+    difference_ci_high: tuple[float, ...]
+    p_value: tuple[float, ...]
+    ratio: tuple[float, ...]
+    ratio_ci_low: tuple[float, ...]
+    ratio_ci_high: tuple[float, ...]
+    horizon: float
+    alpha: float
+    method: str = "normal-mixture SPRT / asymptotic confidence sequence"
+    message: str | None = None
+
+    @property
+    def final(self) -> SequentialResult:
+        return SequentialResult(
+            difference=self.difference[-1],
+            difference_ci_low=self.difference_ci_low[-1],
+            difference_ci_high=self.difference_ci_high[-1],
+            p_value=self.p_value[-1],
+            ratio=self.ratio[-1],
+            ratio_ci_low=self.ratio_ci_low[-1],
+            ratio_ci_high=self.ratio_ci_high[-1],
+            horizon=self.horizon,
+            looks=len(self.difference),
+            alpha=self.alpha,
+            message=self.message,
+        )
+
+
+@dataclass(frozen=True)
+class SequentialResult:
+    """Always-valid interval and p-value after the latest look."""
+
+    difference: float
+    difference_ci_low: float
+    difference_ci_high: float
+    p_value: float
+    ratio: float
+    ratio_ci_low: float
+    ratio_ci_high: float
+    horizon: float
+    looks: int
+    alpha: float
+    method: str = "normal-mixture SPRT / asymptotic confidence sequence"
+    message: str | None = None
+
+    @property
+    def significant(self) -> bool:
+        return bool(self.p_value < self.alpha)
+
+
+def _as_1d(values: ArrayLike | int, name: str) -> NDArray[np.float64]:
+    arr = np.atleast_1d(np.asarray(values, dtype=float))
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be a number or a 1-D sequence of daily counts")
+    return arr
+
+
+def sequential_path(
+    control_daily_exports: ArrayLike,
+    control_daily_starts: ArrayLike,
+    treatment_daily_exports: ArrayLike,
+    treatment_daily_starts: ArrayLike,
+    alpha: float = DEFAULT_ALPHA,
+    horizon: float | None = None,
+) -> SequentialPath:
+    """Always-valid difference and ratio after each day, from DAILY (not cumulative) counts.
+
+    `horizon` is the planned number of projects per arm (e.g. `sample_size(...).control`); the
+    confidence sequence is tightest there. Without it, the latest per-arm count is used (right
+    for reading one final result; for daily reading, fix the horizon before the experiment).
+    """
+    _check_alpha(alpha)
+    arrays = [
+        _as_1d(v, n)
+        for v, n in (
+            (control_daily_exports, "control exports"),
+            (control_daily_starts, "control starts"),
+            (treatment_daily_exports, "treatment exports"),
+            (treatment_daily_starts, "treatment starts"),
+        )
+    ]
+    if len({a.shape[0] for a in arrays}) != 1:
+        raise ValueError("every daily series must have the same number of days")
+    if arrays[0].shape[0] == 0:
+        raise ValueError("at least one day of counts is needed")
+    _check_counts(arrays[0], arrays[1], "control (daily)")
+    _check_counts(arrays[2], arrays[3], "treatment (daily)")
+    xc, nc, xt, nt = (np.cumsum(a) for a in arrays)
+    per_arm = np.minimum(nc, nt)
+    if horizon is None:
+        horizon = float(max(per_arm[-1], 1.0))
+    if not horizon > 0:
+        raise ValueError(f"horizon must be a positive number of projects per arm, got {horizon}")
+    diff, var = difference_stats(xc, nc, xt, nt)
+    d_low, d_high, p = sequential_bounds(diff, var, per_arm, horizon, alpha)
+    log_ratio, log_var = log_ratio_stats(xc, nc, xt, nt)
+    log_var = np.where(np.isfinite(log_var), log_var, np.nan)
+    r_low, r_high, _ = sequential_bounds(log_ratio, log_var, per_arm, horizon, alpha)
+    message = None
+    if np.isnan(p[-1]):
+        message = "not enough data for a sequential test (an arm with no starts, or no variance)"
+
+    def tup(a: ArrayLike) -> tuple[float, ...]:
+        return tuple(float(v) for v in np.asarray(a, dtype=float))
+
+    with np.errstate(over="ignore", invalid="ignore"):
+        ratio = np.exp(log_ratio)
+    return SequentialPath(
+        tuple(int(v) for v in xc),
+        tuple(int(v) for v in nc),
+        tuple(int(v) for v in xt),
+        tuple(int(v) for v in nt),
+        tup(diff),
+        tup(d_low),
+        tup(d_high),
+        tup(p),
+        tup(ratio),
+        tup(np.exp(r_low)),
+        tup(np.exp(r_high)),
+        float(horizon),
+        alpha,
+        message=message,
+    )
+
+
+def sequential_test(
+    control_exports: int,
+    control_starts: int,
+    treatment_exports: int,
+    treatment_starts: int,
+    alpha: float = DEFAULT_ALPHA,
+    horizon: float | None = None,
+) -> SequentialResult:
+    """Always-valid result from one look at cumulative counts (see `sequential_path`)."""
+    return sequential_path(
+        [control_exports], [control_starts], [treatment_exports], [treatment_starts], alpha, horizon
+    ).final
+
+
+# --------------------------------------------------------------------------------------------
+# Sample ratio mismatch
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SrmResult:
+    """Chi-square goodness of fit of starts per arm to the configured weights."""
+
+    starts: tuple[int, ...]
+    weights: tuple[float, ...]
+    expected: tuple[float, ...]
+    statistic: float
+    p_value: float
+    threshold: float
+    flagged: bool
+    message: str | None = None
+
+
+def sample_ratio_mismatch(
+    starts: Sequence[int],
+    weights: Sequence[float],
+    threshold: float = DEFAULT_SRM_THRESHOLD,
+) -> SrmResult:
+    """Pearson chi-square of `starts` against `weights` (normalised); flagged when p < threshold.
+
+    Starts in an arm whose weight is 0 are an SRM by definition (p = 0).
+    """
+    _check_alpha(threshold)
+    observed = np.asarray(starts, dtype=float)
+    w = np.asarray(weights, dtype=float)
+    if observed.ndim != 1 or observed.shape != w.shape:
+        raise ValueError("starts and weights need one entry per arm")
+    if observed.shape[0] < 2:
+        raise ValueError("an SRM check needs at least two arms")
+    if np.any(observed < 0) or np.any(w < 0) or not np.all(np.isfinite(w)):
+        raise ValueError("starts and weights must not be negative")
+    if w.sum() <= 0:
+        raise ValueError("at least one weight must be positive")
+    shares = w / w.sum()
+    total = observed.sum()
+    expected = shares * total
+    base = (tuple(int(s) for s in observed), tuple(float(s) for s in shares))
+    if total == 0:
+        return SrmResult(
+            *base, tuple(0.0 for _ in shares), NAN, NAN, threshold, False,
+            message="no projects started yet",
+        )  # fmt: skip
+    if np.any((expected == 0) & (observed > 0)):
+        return SrmResult(
+            *base, tuple(float(e) for e in expected), math.inf, 0.0, threshold, True,
+            message="projects were assigned to an arm whose weight is 0",
+        )  # fmt: skip
+    keep = expected > 0
+    statistic, p_value = sps.chisquare(observed[keep], expected[keep])
+    flagged = bool(p_value < threshold)
+    message = None
+    if flagged:
+        message = (
+            f"sample ratio mismatch: starts per arm {base[0]} do not match the weights "
+            f"(chi-square p = {p_value:.2g} < {threshold}); assignment or logging is broken"
+        )
+    return SrmResult(
+        *base, tuple(float(e) for e in expected), float(statistic), float(p_value), threshold,
+        flagged, message,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# Power and sample size
+# --------------------------------------------------------------------------------------------
+
+
+def _check_power_inputs(baseline: float, mde: float, alpha: float, ratio: float) -> float:
+    _check_alpha(alpha)
+    if not 0 < baseline < 1:
+        raise ValueError(f"baseline must be a rate in (0, 1), got {baseline}")
+    if mde == 0 or not math.isfinite(mde):
+        raise ValueError(f"mde must be a non-zero absolute difference, got {mde}")
+    treatment_rate = baseline + mde
+    if not 0 < treatment_rate < 1:
+        raise ValueError(f"baseline + mde must stay in (0, 1), got {treatment_rate}")
+    if not ratio > 0 or not math.isfinite(ratio):
+        raise ValueError(f"ratio (treatment size / control size) must be positive, got {ratio}")
+    return treatment_rate
+
+
+def _unit_variance(baseline: float, treatment_rate: float, ratio: float) -> float:
+    """Variance of the difference times n_control (n_treatment = ratio * n_control)."""
+    return baseline * (1 - baseline) + treatment_rate * (1 - treatment_rate) / ratio
+
+
+@dataclass(frozen=True)
+class SampleSize:
+    """Projects needed per arm for the Wald test to detect `mde` with `power`."""
+
+    baseline: float
+    mde: float
+    treatment_rate: float
+    alpha: float
+    power: float
+    ratio: float
+    control_exact: float
+    control: int
+    treatment: int
+    total: int
+    days_needed: int | None = None
+    daily_projects: float | None = None
+
+
+def sample_size(
+    baseline: float,
+    mde: float,
+    alpha: float = DEFAULT_ALPHA,
+    power: float = 0.8,
+    ratio: float = 1.0,
+    daily_projects: float | None = None,
+) -> SampleSize:
+    """Projects per arm: n_c = (z_{1-a/2} + z_power)^2 (p_c q_c + p_t q_t / ratio) / mde^2.
+
+    `mde` is absolute (0.01 = one percentage point), `ratio` = treatment size / control size,
+    `daily_projects` (all arms together) gives the days the experiment needs.
+    """
+    treatment_rate = _check_power_inputs(baseline, mde, alpha, ratio)
+    if not 0 < power < 1:
+        raise ValueError(f"power must be in (0, 1), got {power}")
+    z_sum = _z(alpha) + float(sps.norm.ppf(power))
+    exact = z_sum**2 * _unit_variance(baseline, treatment_rate, ratio) / mde**2
+    control = math.ceil(exact - 1e-9)
+    treatment = math.ceil(control * ratio - 1e-9)
+    total = control + treatment
+    days = None
+    if daily_projects is not None:
+        if not daily_projects > 0:
+            raise ValueError(f"daily projects must be positive, got {daily_projects}")
+        days = math.ceil(total / daily_projects)
+    return SampleSize(
+        baseline, mde, treatment_rate, alpha, power, ratio, exact, control, treatment, total,
+        days, daily_projects,
+    )  # fmt: skip
+
+
+def power_at(
+    baseline: ArrayLike,
+    mde: ArrayLike,
+    control_starts: ArrayLike,
+    treatment_starts: ArrayLike,
+    alpha: float = DEFAULT_ALPHA,
+) -> FloatArray:
+    """Power of the two-sided Wald test for a true difference `mde` (both tails), elementwise."""
+    _check_alpha(alpha)
+    pc = np.asarray(baseline, float)
+    pt = pc + np.asarray(mde, float)
+    nc = np.asarray(control_starts, float)
+    nt = np.asarray(treatment_starts, float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        se = np.sqrt(pc * (1 - pc) / nc + pt * (1 - pt) / nt)
+        shift = np.abs(pt - pc) / se
+    z = _z(alpha)
+    out = sps.norm.cdf(shift - z) + sps.norm.cdf(-shift - z)
+    return np.where((nc > 0) & (nt > 0), out, 0.0)
+
+
+@dataclass(frozen=True)
+class PowerProgress:
+    """Where a running experiment stands against its planned power."""
+
+    baseline: float
+    mde: float
+    alpha: float
+    target_power: float
+    power_reached: float
+    required_per_arm: int
+    control_starts: int
+    treatment_starts: int
+    days_elapsed: float
+    daily_projects: float
+    days_remaining: float
+    message: str | None = None
+
+
+def power_progress(
+    baseline: float,
+    mde: float,
+    control_starts: int,
+    treatment_starts: int,
+    days_elapsed: float,
+    alpha: float = DEFAULT_ALPHA,
+    power: float = 0.8,
+) -> PowerProgress:
+    """Power reached so far, and days still needed at the traffic seen so far.
+
+    The ratio of arm sizes is taken from the starts so far (1 when there are none). Days remaining
+    is 0 once both arms reached their size, and infinite when nothing has started yet.
+    """
+    _check_counts(0, control_starts, "control")
+    _check_counts(0, treatment_starts, "treatment")
+    if days_elapsed < 0:
+        raise ValueError(f"days elapsed must not be negative, got {days_elapsed}")
+    ratio = treatment_starts / control_starts if control_starts and treatment_starts else 1.0
+    need = sample_size(baseline, mde, alpha, power, ratio)
+    reached = _float(power_at(baseline, mde, control_starts, treatment_starts, alpha))
+    total_now = control_starts + treatment_starts
+    daily = total_now / days_elapsed if days_elapsed > 0 else 0.0
+    remaining_projects = max(0, need.control - control_starts) + max(
+        0, need.treatment - treatment_starts
+    )
+    message = None
+    if remaining_projects == 0:
+        days_remaining = 0.0
+    elif daily > 0:
+        # Traffic splits by the weights, so the slower arm sets the pace.
+        share_c = control_starts / total_now
+        share_t = treatment_starts / total_now
+        days_c = max(0, need.control - control_starts) / (daily * share_c) if share_c else math.inf
+        days_t = (
+            max(0, need.treatment - treatment_starts) / (daily * share_t) if share_t else math.inf
+        )
+        days_remaining = float(math.ceil(max(days_c, days_t) - 1e-9))
+    else:
+        days_remaining = math.inf
+        message = "no traffic yet, so the days still needed are unknown"
+    return PowerProgress(
+        baseline, mde, alpha, power, reached, need.control, int(control_starts),
+        int(treatment_starts), float(days_elapsed), daily, days_remaining, message,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# Guardrails
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LatencySummary:
+    """Latency percentiles (same unit as the input, e.g. ms)."""
+
+    count: int
+    p50: float
+    p95: float
+    method: str
+    message: str | None = None
+
+
+def latency_percentiles(values: ArrayLike) -> LatencySummary:
+    """p50 and p95 of raw latency values (linear interpolation, numpy's default)."""
+    arr = np.asarray(values, dtype=float).ravel()
+    arr = arr[~np.isnan(arr)]
+    if arr.size == 0:
+        return LatencySummary(0, NAN, NAN, "values", message="no latencies recorded")
+    if np.any(arr < 0):
+        raise ValueError("latencies must not be negative")
+    p50, p95 = np.quantile(arr, [0.5, 0.95])
+    return LatencySummary(int(arr.size), float(p50), float(p95), "values")
+
+
+def histogram_quantile(q: float, upper_bounds: ArrayLike, counts: ArrayLike) -> float:
+    """Quantile q from a histogram of NON-cumulative counts per bucket (lower bound of the first
+    bucket is 0), interpolating linearly inside the bucket like Prometheus' histogram_quantile.
+    A quantile falling in an infinite last bucket returns the last finite bound."""
+    if not 0 <= q <= 1:
+        raise ValueError(f"quantile must be in [0, 1], got {q}")
+    bounds = np.asarray(upper_bounds, dtype=float)
+    c = np.asarray(counts, dtype=float)
+    if bounds.ndim != 1 or bounds.shape != c.shape or bounds.size == 0:
+        raise ValueError("a histogram needs one count per bucket bound")
+    if np.any(np.diff(bounds) <= 0) or bounds[0] < 0:
+        raise ValueError("bucket bounds must be non-negative and increasing")
+    if np.any(c < 0):
+        raise ValueError("bucket counts must not be negative")
+    total = c.sum()
+    if total == 0:
+        return NAN
+    cum = np.cumsum(c)
+    rank = q * total
+    i = int(np.searchsorted(cum, rank, side="left"))
+    i = min(i, bounds.size - 1)
+    if not math.isfinite(bounds[i]):
+        finite = bounds[np.isfinite(bounds)]
+        return float(finite[-1]) if finite.size else NAN
+    lower = bounds[i - 1] if i > 0 else 0.0
+    below = cum[i - 1] if i > 0 else 0.0
+    in_bucket = c[i]
+    if in_bucket == 0:
+        return float(bounds[i])
+    return float(lower + (bounds[i] - lower) * (rank - below) / in_bucket)
+
+
+def latency_from_histogram(upper_bounds: ArrayLike, counts: ArrayLike) -> LatencySummary:
+    """p50 and p95 from a histogram SQL can return (bucket upper bounds, counts per bucket)."""
+    total = int(np.asarray(counts, dtype=float).sum())
+    p50 = histogram_quantile(0.5, upper_bounds, counts)
+    p95 = histogram_quantile(0.95, upper_bounds, counts)
+    message = "no latencies recorded" if total == 0 else None
+    return LatencySummary(total, p50, p95, "histogram", message)
+
+
+@dataclass(frozen=True)
+class MeanEstimate:
+    """A mean per unit (e.g. cost per project) with a normal interval when the spread is known."""
+
+    total: float
+    count: int
+    mean: float
+    ci_low: float
+    ci_high: float
+    alpha: float
+    message: str | None = None
+
+
+def cost_per_project(
+    total_cost: float,
+    projects: int,
+    sum_of_squares: float | None = None,
+    alpha: float = DEFAULT_ALPHA,
+) -> MeanEstimate:
+    """Cost per project = SUM(cost) / COUNT(project); with SUM(cost^2) per project, a CLT interval.
+
+    The interval uses the sample variance (n - 1) and needs at least two projects.
+    """
+    _check_alpha(alpha)
+    if projects < 0 or total_cost < 0 or not math.isfinite(total_cost):
+        raise ValueError("cost and project count must be non-negative")
+    if projects == 0:
+        return MeanEstimate(
+            float(total_cost), 0, NAN, NAN, NAN, alpha, message="no projects to divide the cost by"
+        )
+    mean = total_cost / projects
+    if sum_of_squares is None or projects < 2:
+        note = None if sum_of_squares is None else "an interval needs at least two projects"
+        return MeanEstimate(float(total_cost), int(projects), mean, NAN, NAN, alpha, note)
+    variance = max(0.0, (sum_of_squares - projects * mean * mean) / (projects - 1))
+    half = _z(alpha) * math.sqrt(variance / projects)
+    return MeanEstimate(float(total_cost), int(projects), mean, mean - half, mean + half, alpha)
+
+
+# --------------------------------------------------------------------------------------------
+# Decision
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TreatmentDecision:
+    """The verdict for one treatment against control, with the numbers behind it.
+
+    `decision` is one of `DECISIONS`. `interval` is the (low, high) interval of the difference
+    the verdict was read from (Bonferroni level alpha/k with k treatments, always-valid when
+    sequential); `p_value` is the Holm-adjusted two-sided p-value (always-valid when sequential).
+    """
+
+    arm: str
+    decision: str
+    comparison: Comparison
+    p_value: float
+    interval: tuple[float, float]
+    sequential: SequentialResult | None = None
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ExperimentDecision:
+    """Verdicts for every treatment plus the SRM check that can override them all."""
+
+    control: RateEstimate
+    treatments: dict[str, TreatmentDecision]
+    srm: SrmResult | None
+    margin: float | None
+    alpha: float
+    sequential: bool
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def decisions(self) -> dict[str, str]:
+        return {arm: d.decision for arm, d in self.treatments.items()}
+
+
+CountsLike = tuple[int, int] | tuple[ArrayLike, ArrayLike]
+
+
+def _total(value: ArrayLike) -> int:
+    return int(np.asarray(value, dtype=float).sum())
+
+
+def _verdict(
+    low: float, high: float, p_value: float, alpha: float, margin: float | None
+) -> tuple[str, list[str]]:
+    notes: list[str] = []
+    if math.isnan(low) or math.isnan(high):
+        return INCONCLUSIVE, ["no interval could be computed"]
+    if low > 0:
+        return TREATMENT_BETTER, notes
+    if margin is not None:
+        m = abs(margin)
+        if low > -m and high < m:
+            if high < 0:
+                notes.append("significantly lower than control, but within the margin")
+            return EQUIVALENT, notes
+        if low > margin:
+            if high < 0:
+                notes.append("significantly lower than control, but within the margin")
+            return NON_INFERIOR, notes
+    if high < 0:
+        if margin is not None:
+            notes.append("the interval does not clear the non-inferiority margin")
+        return TREATMENT_WORSE, notes
+    return INCONCLUSIVE, notes
+
+
+def decide(
+    control: CountsLike,
+    treatments: Mapping[str, CountsLike] | Sequence[CountsLike],
+    *,
+    margin: float | None = None,
+    alpha: float = DEFAULT_ALPHA,
+    sequential: bool = False,
+    horizon: float | None = None,
+    weights: Sequence[float] | None = None,
+    srm_threshold: float = DEFAULT_SRM_THRESHOLD,
+) -> ExperimentDecision:
+    """Decide every treatment against control.
+
+    `control` and each treatment are (exports, starts): totals, or daily arrays (NOT
+    cumulative) for a sequential decision. `weights` (control first, then treatments in order)
+    turns on the SRM check; a flagged SRM makes every decision "srm — do not trust" (the verdict
+    it would otherwise have had is kept in the notes). `margin` (<= 0, absolute difference)
+    enables "non-inferior" and "equivalent" (within +-|margin|). With k treatments the intervals
+    are at level alpha/k (Bonferroni) and the p-values Holm-adjusted.
+
+    Rules, in order: SRM flagged -> "srm — do not trust"; an arm with no starts -> "insufficient
+    data"; interval above 0 -> "treatment better"; interval inside (-|m|, |m|) -> "equivalent";
+    lower bound above the margin -> "non-inferior"; interval below 0 -> "treatment worse";
+    otherwise "inconclusive".
+    """
+    _check_alpha(alpha)
+    if margin is not None and (not math.isfinite(margin) or margin > 0):
+        raise ValueError(f"the non-inferiority margin must be <= 0, got {margin}")
+    if isinstance(treatments, Mapping):
+        named = dict(treatments)
+    else:
+        named = {
+            ("treatment" if i == 0 else f"treatment {i + 1}"): t for i, t in enumerate(treatments)
+        }
+    if not named:
+        raise ValueError("at least one treatment is needed")
+    k = len(named)
+    level = alpha / k
+    xc_total, nc_total = _total(control[0]), _total(control[1])
+    control_rate = completion_rate(xc_total, nc_total, alpha)
+    notes: list[str] = []
+    srm = None
+    if weights is not None:
+        starts = [nc_total] + [_total(t[1]) for t in named.values()]
+        srm = sample_ratio_mismatch(starts, weights, srm_threshold)
+        if srm.flagged:
+            notes.append(srm.message or "sample ratio mismatch")
+    if k > 1:
+        notes.append(f"{k} treatments: intervals at level alpha/{k}, p-values Holm-adjusted")
+
+    comparisons: dict[str, Comparison] = {}
+    sequentials: dict[str, SequentialResult | None] = {}
+    raw_p: list[float] = []
+    intervals: dict[str, tuple[float, float]] = {}
+    for arm, (xt, nt) in named.items():
+        cmp = compare(xc_total, nc_total, _total(xt), _total(nt), alpha)
+        comparisons[arm] = cmp
+        if sequential:
+            seq = sequential_path(control[0], control[1], xt, nt, level, horizon).final
+            sequentials[arm] = seq
+            intervals[arm] = (seq.difference_ci_low, seq.difference_ci_high)
+            raw_p.append(seq.p_value)
+        else:
+            sequentials[arm] = None
+            at_level = compare(xc_total, nc_total, _total(xt), _total(nt), level)
+            intervals[arm] = (at_level.difference_ci_low, at_level.difference_ci_high)
+            raw_p.append(cmp.p_value)
+    p_array = np.asarray(raw_p, dtype=float)
+    finite = np.where(np.isnan(p_array), 1.0, p_array)
+    adjusted = np.where(np.isnan(p_array), np.nan, holm_adjust(finite))
+
+    results: dict[str, TreatmentDecision] = {}
+    for i, arm in enumerate(named):
+        cmp = comparisons[arm]
+        arm_notes: list[str] = []
+        if cmp.control.starts == 0 or cmp.treatment.starts == 0:
+            verdict = INSUFFICIENT_DATA
+            arm_notes.append(cmp.message or "an arm has no starts")
+        else:
+            low, high = intervals[arm]
+            verdict, extra = _verdict(low, high, float(adjusted[i]), alpha, margin)
+            arm_notes.extend(extra)
+            if cmp.message:
+                arm_notes.append(cmp.message)
+        if srm is not None and srm.flagged:
+            arm_notes.insert(0, f"without the SRM this would read: {verdict}")
+            verdict = SRM_DO_NOT_TRUST
+        results[arm] = TreatmentDecision(
+            arm,
+            verdict,
+            cmp,
+            float(adjusted[i]),
+            intervals[arm],
+            sequentials[arm],
+            tuple(arm_notes),
+        )
+    return ExperimentDecision(control_rate, results, srm, margin, alpha, sequential, tuple(notes))
