@@ -1,7 +1,73 @@
-"""API routes for this area (filled in by its issue)."""
+"""Gate, promotion and conclusion endpoints (engineers; analysts may read gate runs)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Any
 
-router = APIRouter()
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session
+
+from abtest import gating, services
+from abtest.api.deps import db_session, require_role
+
+router = APIRouter(prefix="/v1", tags=["gates"])
+engineer = [Depends(require_role("engineer"))]
+reader = [Depends(require_role("engineer", "analyst"))]
+
+
+class GateIn(BaseModel):
+    policy: dict[str, Any] | None = Field(
+        default=None, description="Gate policy settings (with `version`); default gate-v1."
+    )
+    actor: str = Field(default="api", min_length=1, max_length=100)
+
+
+class PromoteIn(BaseModel):
+    actor: str = Field(default="api", min_length=1, max_length=100)
+
+
+class ConcludeIn(BaseModel):
+    ship: str = Field(min_length=1, max_length=100, description="The arm that won.")
+    actor: str = Field(default="api", min_length=1, max_length=100)
+
+
+@router.post("/variants/{name}/gate", status_code=201, dependencies=engineer)
+def run_gate(
+    name: str, body: GateIn | None = None, session: Session = Depends(db_session)
+) -> dict[str, Any]:
+    """Evaluate the variant on the current test set and store the gate run (passed or not)."""
+    body = body or GateIn()
+    policy = gating.parse_policy(body.policy)
+    run = gating.run_gate(session, name, body.actor, policy, progress=False)
+    return gating.gate_run_summary(run)
+
+
+@router.get("/variants/{name}/gate-runs", dependencies=reader)
+def list_gate_runs(name: str, session: Session = Depends(db_session)) -> list[dict[str, Any]]:
+    """Gate runs of a variant, newest first."""
+    return [gating.gate_run_summary(run) for run in gating.gate_runs(session, name)]
+
+
+@router.post("/variants/{name}/promote", dependencies=engineer)
+def promote(
+    name: str, body: PromoteIn | None = None, session: Session = Depends(db_session)
+) -> dict[str, Any]:
+    """Approve for traffic; 409 listing the failed criteria without a passing gate run."""
+    body = body or PromoteIn()
+    promotion = gating.promote(session, name, body.actor)
+    return {
+        "variant": services.variant_summary(services.get_variant(session, name)),
+        "promotion": gating.promotion_summary(promotion),
+    }
+
+
+@router.post("/experiments/{key}/conclude", dependencies=engineer)
+def conclude(key: str, body: ConcludeIn, session: Session = Depends(db_session)) -> dict[str, Any]:
+    """Conclude the experiment; the shipped arm's variant becomes the champion."""
+    experiment = gating.conclude_experiment(session, key, body.ship, body.actor)
+    champion = services.champion(session)
+    return {
+        "experiment": services.experiment_summary(experiment),
+        "champion": champion.name if champion else None,
+    }

@@ -103,3 +103,23 @@ def show(key: str, as_json: bool = JSON_OPTION) -> None:
     else:
         for name, value in summary.items():
             typer.echo(f"{name}: {value}")
+
+
+@app.command("conclude")
+def conclude(
+    key: str,
+    ship: str = typer.Option(..., "--ship", help="The arm that won; its variant becomes champion."),
+    actor: str = typer.Option("cli", "--actor", help="Who decides (recorded)."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Conclude an experiment and make the shipped arm's variant the champion."""
+    from abtest import gating
+
+    with session() as s:
+        experiment = gating.conclude_experiment(s, key, ship, actor)
+        summary = services.experiment_summary(experiment)
+        champion = next(a.variant.name for a in experiment.arms if a.name == ship)
+    if as_json:
+        print_json({**summary, "champion": champion})
+    else:
+        typer.echo(f"experiment {key} is concluded; shipped {ship}: {champion} is the champion")

@@ -1,9 +1,153 @@
-"""CLI commands for this area; each module adds its commands in `register`."""
+"""`abtest evaluate` and `abtest gate`: the paper's offline metrics and the promotion gate."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import typer
+from rich.table import Table
+
+from abtest import gating
+from abtest.cli.common import JSON_OPTION, console, fail, print_json, session
+from analysis import offline
+from analysis.gate import GatePolicy, PolicyError, load_policy
+from analysis.offline_io import match_files
+from models.dataset import DatasetError
+
+SUBSETS_OPTION = typer.Option(False, "--subsets", help="Also score the r3 and r5 subsets.")
+
+
+def _scores_table(title: str, scores: offline.OfflineScores, ci: Any = None) -> Table:
+    table = Table(title=title)
+    for column in ("tool", "prec.", "recall", "select.", "quality", "final", "95% CI"):
+        table.add_column(column, no_wrap=True)
+    for tool, s in scores.tools.items():
+        interval = ci.finals[tool] if ci is not None else None
+        table.add_row(
+            tool,
+            f"{s.precision:.3f}",
+            f"{s.recall:.3f}",
+            f"{s.selection:.3f}",
+            f"{s.quality:.3f}",
+            f"{s.final:.3f}",
+            f"{interval.low:.3f}..{interval.high:.3f}" if interval else "",
+        )
+    overall_ci = f"{ci.overall.low:.3f}..{ci.overall.high:.3f}" if ci is not None else ""
+    table.add_row("overall", "", "", "", "", f"{scores.overall:.3f}", overall_ci)
+    return table
+
+
+def _print_scores(subsets: dict[str, offline.OfflineScores], ci: offline.BootstrapResult) -> None:
+    for name, scores in subsets.items():
+        title = f"{name}: {scores.n} intents, parse failures {scores.parse_failure_rate:.1%}"
+        console.print(_scores_table(title, scores, ci if name == "all" else None))
+
+
+def evaluate(
+    predictions: Path = typer.Option(
+        None, "--predictions", help="Predictions, JSON Lines in the dataset's record format."
+    ),
+    truth: Path = typer.Option(None, "--truth", help="Ground truth in the same format."),
+    variant: str = typer.Option(None, "--variant", help="Run this registered variant instead."),
+    test_set: Path = typer.Option(
+        None, "--test-set", help="Test set for --variant (default: the bundled test split)."
+    ),
+    subsets: bool = SUBSETS_OPTION,
+    resamples: int = typer.Option(1000, "--resamples", min=100, help="Bootstrap resamples."),
+    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Score predictions with the paper's offline metrics (files, or a registered variant)."""
+    thresholds = offline.SUBSET_THRESHOLDS if subsets else (1,)
+    if variant is not None:
+        if predictions is not None or truth is not None:
+            fail("--variant: use either --variant or --predictions/--truth, not both")
+        policy = GatePolicy(bootstrap_resamples=resamples, bootstrap_seed=seed)
+        with session() as s:
+            result = gating.evaluate_variant(
+                s, variant, test_set, progress=not as_json, policy=policy
+            )
+        shown = {k: v for k, v in result.subsets.items() if k in _names(thresholds)}
+        if as_json:
+            data = result.as_dict()
+            data["subsets"] = {k: v.as_dict() for k, v in shown.items()}
+            print_json(data)
+        else:
+            _print_scores(shown, result.bootstrap)
+            p95 = result.run.latency_p95_ms
+            typer.echo(f"p95 latency: {p95:.1f} ms" if p95 is not None else "p95 latency: n/a")
+        return
+    if predictions is None or truth is None:
+        fail("--predictions and --truth are both required (or give --variant NAME)")
+    if test_set is not None:
+        fail("--test-set: only used with --variant")
+    try:
+        matched = match_files(predictions, truth)
+    except DatasetError as exc:
+        fail(str(exc))
+    encoded_pred = offline.encode(matched.predictions)
+    encoded_truth = offline.encode([r.teacher for r in matched.truth])
+    scored = offline.score_subsets(
+        encoded_pred, encoded_truth, matched.calls, matched.parse_failures, thresholds
+    )
+    ci = offline.bootstrap(encoded_pred, encoded_truth, resamples=resamples, seed=seed)
+    if as_json:
+        print_json(
+            {
+                "matching": matched.summary(),
+                "subsets": {k: v.as_dict() for k, v in scored.items()},
+                "bootstrap": ci.as_dict(),
+            }
+        )
+        return
+    summary = matched.summary()
+    typer.echo(
+        f"{summary['rows']} truth rows; {summary['missing_predictions']} without a prediction, "
+        f"{summary['unreadable_lines']} unreadable prediction lines, "
+        f"{summary['unmatched_predictions']} predictions for unknown intents"
+    )
+    _print_scores(scored, ci)
+
+
+def _names(thresholds: tuple[int, ...]) -> set[str]:
+    return {offline.subset_name(t) for t in thresholds}
+
+
+def gate(
+    name: str = typer.Argument(..., help="Registered variant to gate."),
+    policy_file: Path = typer.Option(None, "--policy", help="Gate policy JSON (default gate-v1)."),
+    test_set: Path = typer.Option(
+        None, "--test-set", help="Test set (default: the bundled test split, the current one)."
+    ),
+    actor: str = typer.Option("cli", "--actor", help="Who runs the gate (stored)."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Evaluate a variant against the champion and store the gate run; exit 1 when it fails."""
+    try:
+        policy = load_policy(policy_file) if policy_file is not None else GatePolicy()
+    except PolicyError as exc:
+        fail(f"--policy: {exc}")
+    with session() as s:
+        run = gating.run_gate(s, name, actor, policy, test_set, progress=not as_json)
+        summary = gating.gate_run_summary(run)
+    if as_json:
+        print_json(summary)
+    else:
+        verdict = summary["metrics"]["verdict"]
+        for criterion in verdict["criteria"]:
+            mark = "[green]pass[/]" if criterion["passed"] else "[red]FAIL[/]"
+            console.print(f"{mark} {criterion['name']}: {criterion['message']}", highlight=False)
+        state = "PASSED" if summary["passed"] else "FAILED"
+        typer.echo(
+            f"gate run #{summary['id']} for {name}: {state} "
+            f"(policy {summary['policy_version']}, test set {summary['test_set_hash'][:12]})"
+        )
+    if not summary["passed"]:
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the top-level app."""
+    app.command("evaluate")(evaluate)
+    app.command("gate")(gate)

@@ -55,3 +55,21 @@ def show_variant(name: str, as_json: bool = JSON_OPTION) -> None:
     else:
         for key, value in summary.items():
             typer.echo(f"{key}: {value}")
+
+
+@app.command("promote")
+def promote_variant(
+    name: str,
+    actor: str = typer.Option("cli", "--actor", help="Who promotes (recorded)."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Approve a variant for traffic; refused unless its latest gate run on the current test
+    set passed (`abtest gate NAME`)."""
+    from abtest import gating
+
+    with session() as s:
+        summary = gating.promotion_summary(gating.promote(s, name, actor))
+    if as_json:
+        print_json(summary)
+    else:
+        typer.echo(f"variant {name} is approved for traffic ({summary['reason']})")

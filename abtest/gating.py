@@ -1,0 +1,522 @@
+"""The promotion gate as a platform rule: the only code that writes gate runs and approvals.
+
+- `evaluate_variant` runs a registered variant over a test set (batched, with a progress bar)
+  and scores it with `analysis.offline` (read-only).
+- `run_gate` evaluates the candidate, compares it with the champion and stores a `GateRun`
+  (test-set hash, metrics, policy version, verdict, failures, actor, time).
+- `promote` approves a variant for traffic only when its latest gate run on the *current* test
+  set passed; every status change is recorded as a `Promotion`.
+- `conclude_experiment` ends an A/B test and makes the shipped arm's variant the champion.
+
+Champion semantics: the teacher's outputs *are* the ground truth, so a teacher champion scores
+exactly 1.0 on the test set and is not run (no API calls). A gate against a teacher champion (or
+with no champion yet) uses the policy's absolute `teacher_champion_overall_floor` instead of the
+relative criteria (see `analysis.gate`). Once an A/B test ships a student, that student is the
+champion: it is run over the same test set and compared with a paired bootstrap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from abtest import services
+from abtest.errors import Conflict, Invalid
+from abtest.tables import Experiment, GateRun, Promotion, Variant, utcnow
+from analysis import offline
+from analysis.gate import GatePolicy, GateVerdict, PolicyError, evaluate_gate
+from models.arms.base import Arm, ArmError, Prediction
+from models.dataset import DatasetError, IntentRecord, bundled_path, file_hash, load_records
+
+# Variants whose answers are the recorded teacher outputs, i.e. the test truth itself.
+TEACHER_KINDS = ("teacher", "recorded")
+DEFAULT_BATCH_SIZE = 64
+
+
+# --- test sets and arms -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TestSet:
+    path: Path
+    sha256: str
+    records: list[IntentRecord]
+
+    __test__ = False  # not a pytest class
+
+    @property
+    def truth(self) -> list[Any]:
+        return [r.teacher for r in self.records]
+
+    @property
+    def calls(self) -> list[int]:
+        return [r.calls for r in self.records]
+
+
+def current_test_set_path() -> Path:
+    """The platform's test set: the bundled test split (1,000 intents)."""
+    return bundled_path("test")
+
+
+def current_test_set_hash() -> str:
+    return file_hash(current_test_set_path())
+
+
+def load_test_set(path: str | Path | None = None) -> TestSet:
+    """Load a test set (default: the current one); a bad file is an `Invalid('test_set')`."""
+    resolved = Path(path) if path is not None else current_test_set_path()
+    if not resolved.is_file():
+        raise Invalid("test_set", f"{resolved}: no such file")
+    try:
+        records = load_records(resolved)
+    except DatasetError as exc:
+        raise Invalid("test_set", str(exc)) from None
+    if not records:
+        raise Invalid("test_set", f"{resolved}: no records")
+    return TestSet(resolved, file_hash(resolved), records)
+
+
+def _build_local_arm(variant: Variant) -> Arm:
+    """Arms that need no network: the kNN student and the recorded teacher."""
+    config = variant.config or {}
+    if variant.kind == "knn_student":
+        from models.arms.knn import KnnStudent
+
+        model_path = config.get("model_path")
+        if model_path:
+            try:
+                return KnnStudent.load(model_path)
+            except (OSError, TypeError) as exc:
+                raise Invalid("config.model_path", f"cannot load {model_path}: {exc}") from None
+        train_path = config.get("train_path") or bundled_path("train")
+        try:
+            return KnnStudent(name=variant.name).fit(load_records(train_path))
+        except (OSError, DatasetError) as exc:
+            raise Invalid("config.train_path", str(exc)) from None
+    if variant.kind == "recorded":
+        from models.arms.recorded import RecordedTeacherArm
+
+        paths = config.get("paths") or [bundled_path("train"), bundled_path("test")]
+        try:
+            records = [r for p in paths for r in load_records(p)]
+        except (OSError, DatasetError) as exc:
+            raise Invalid("config.paths", str(exc)) from None
+        return RecordedTeacherArm(records, name=variant.name)
+    raise Invalid("kind", f"variant kind {variant.kind!r} has no offline runner yet")
+
+
+def build_variant_arm(variant: Variant) -> Arm:
+    """The arm behind a variant (the shared factory when available, else the local kinds)."""
+    try:
+        from models.arms.factory import build_arm  # type: ignore[import-not-found]
+    except ImportError:
+        return _build_local_arm(variant)
+    try:
+        return build_arm(variant.kind, variant.config or {}, name=variant.name)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise Invalid("config", f"cannot build variant {variant.name!r}: {exc}") from None
+
+
+# --- running a variant --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VariantRun:
+    """A variant's predictions over a test set, aligned with its rows."""
+
+    predictions: list[Prediction | None]
+
+    @property
+    def configs(self) -> list[Any]:
+        return [p.config if p is not None else None for p in self.predictions]
+
+    @property
+    def parse_failures(self) -> list[bool]:
+        return [p is None or bool(p.parse_failures) for p in self.predictions]
+
+    @property
+    def latency_p95_ms(self) -> float | None:
+        latencies = [p.latency_ms for p in self.predictions if p is not None]
+        return float(np.percentile(latencies, 95)) if latencies else None
+
+    @property
+    def errors(self) -> int:
+        return sum(p is None for p in self.predictions)
+
+
+async def _predict_batch(arm: Arm, intents: Sequence[str]) -> list[Prediction | None]:
+    try:
+        return list(await arm.predict_batch(intents))
+    except ArmError:
+        pass
+    out: list[Prediction | None] = []
+    for intent in intents:  # one bad intent should not sink its whole batch
+        try:
+            out.append(await arm.predict(intent))
+        except ArmError:
+            out.append(None)
+    return out
+
+
+def run_arm(
+    arm: Arm,
+    intents: Sequence[str],
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: bool = True,
+    label: str = "predicting",
+    console: Console | None = None,
+) -> VariantRun:
+    """Predict every intent in batches; an `ArmError` leaves that row's prediction missing."""
+    if batch_size < 1:
+        raise Invalid("batch_size", "must be at least 1")
+    results: list[Prediction | None] = []
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    bar = Progress(
+        *columns, console=console or Console(stderr=True), disable=not progress, transient=True
+    )
+
+    async def _all() -> None:
+        with bar:
+            task = bar.add_task(label, total=len(intents))
+            for start in range(0, len(intents), batch_size):
+                chunk = intents[start : start + batch_size]
+                results.extend(await _predict_batch(arm, chunk))
+                bar.advance(task, len(chunk))
+
+    asyncio.run(_all())
+    return VariantRun(results)
+
+
+@dataclass(frozen=True)
+class VariantEvaluation:
+    variant: str
+    test_set: TestSet
+    run: VariantRun
+    subsets: dict[str, offline.OfflineScores]
+    bootstrap: offline.BootstrapResult
+
+    @property
+    def scores(self) -> offline.OfflineScores:
+        return self.subsets["all"]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "variant": self.variant,
+            "test_set": {"path": str(self.test_set.path), "sha256": self.test_set.sha256},
+            "latency_p95_ms": self.run.latency_p95_ms,
+            "arm_errors": self.run.errors,
+            "subsets": {name: s.as_dict() for name, s in self.subsets.items()},
+            "bootstrap": self.bootstrap.as_dict(),
+        }
+
+
+def evaluate_variant(
+    session: Session,
+    name: str,
+    test_set_path: str | Path | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: bool = True,
+    arm_builder: Callable[[Variant], Arm] = build_variant_arm,
+    policy: GatePolicy | None = None,
+) -> VariantEvaluation:
+    """Run a registered variant over the test set and compute the paper's metrics (no writes)."""
+    variant = services.get_variant(session, name)
+    test_set = load_test_set(test_set_path)
+    return _evaluate(variant, test_set, batch_size, progress, arm_builder, policy or GatePolicy())
+
+
+def _evaluate(
+    variant: Variant,
+    test_set: TestSet,
+    batch_size: int,
+    progress: bool,
+    arm_builder: Callable[[Variant], Arm],
+    policy: GatePolicy,
+) -> VariantEvaluation:
+    arm = arm_builder(variant)
+    run = run_arm(
+        arm, [r.intent for r in test_set.records], batch_size, progress, f"{variant.name}"
+    )
+    encoded_truth = offline.encode(test_set.truth)
+    encoded_pred = offline.encode(run.configs)
+    subsets = offline.score_subsets(encoded_pred, encoded_truth, test_set.calls, run.parse_failures)
+    ci = offline.bootstrap(
+        encoded_pred,
+        encoded_truth,
+        resamples=policy.bootstrap_resamples,
+        seed=policy.bootstrap_seed,
+        confidence=policy.bootstrap_confidence,
+    )
+    return VariantEvaluation(variant.name, test_set, run, subsets, ci)
+
+
+# --- gate runs ----------------------------------------------------------------------------------
+
+
+def _comparison_baseline(session: Session, candidate: Variant) -> Variant | None:
+    """The student champion to compare with, or None when the champion is the teacher."""
+    champion = services.champion(session)
+    if champion is None or champion.kind in TEACHER_KINDS:
+        return None
+    return champion
+
+
+def run_gate(
+    session: Session,
+    name: str,
+    actor: str,
+    policy: GatePolicy | None = None,
+    test_set_path: str | Path | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: bool = True,
+    arm_builder: Callable[[Variant], Arm] = build_variant_arm,
+) -> GateRun:
+    """Evaluate `name` against the champion under `policy` and store the gate run."""
+    policy = policy or GatePolicy()
+    variant = services.get_variant(session, name)
+    if variant.kind == "teacher":
+        raise Invalid("name", f"{name!r} is the teacher: it is the reference and needs no gate")
+    test_set = load_test_set(test_set_path)
+    candidate = _evaluate(variant, test_set, batch_size, progress, arm_builder, policy)
+    baseline = _comparison_baseline(session, variant)
+    metrics: dict[str, Any] = {
+        "candidate": candidate.as_dict(),
+        "policy": policy.as_dict(),
+        "champion": None,
+    }
+    if baseline is None:
+        champion = services.champion(session)
+        metrics["champion"] = {
+            "name": champion.name if champion else None,
+            "kind": "teacher",
+            "overall": 1.0,
+            "note": "the teacher's outputs are the test truth; absolute floor applies",
+        }
+        verdict = evaluate_gate(policy, candidate.scores, None, None, candidate.run.latency_p95_ms)
+        champion_id = champion.id if champion else None
+    else:
+        champion_run = run_arm(
+            arm_builder(baseline),
+            [r.intent for r in test_set.records],
+            batch_size,
+            progress,
+            f"{baseline.name} (champion)",
+        )
+        comparison = offline.compare(
+            candidate.run.configs,
+            champion_run.configs,
+            test_set.truth,
+            candidate_parse_failures=candidate.run.parse_failures,
+            champion_parse_failures=champion_run.parse_failures,
+            resamples=policy.bootstrap_resamples,
+            seed=policy.bootstrap_seed,
+            confidence=policy.bootstrap_confidence,
+        )
+        metrics["champion"] = {
+            "name": baseline.name,
+            "kind": baseline.kind,
+            "overall": comparison.champion.overall,
+            "scores": comparison.champion.as_dict(),
+            "bootstrap": comparison.champion_ci.as_dict(),
+        }
+        metrics["difference"] = comparison.difference.as_dict()
+        metrics["final_differences"] = {
+            t: i.as_dict() for t, i in comparison.final_differences.items()
+        }
+        verdict = evaluate_gate(
+            policy,
+            candidate.scores,
+            comparison.champion,
+            comparison.difference,
+            candidate.run.latency_p95_ms,
+        )
+        champion_id = baseline.id
+    metrics["verdict"] = verdict.as_dict()
+    gate_run = GateRun(
+        variant_id=variant.id,
+        champion_id=champion_id,
+        test_set_hash=test_set.sha256,
+        policy_version=verdict.policy_version,
+        metrics=metrics,
+        failures=list(verdict.failures),
+        passed=verdict.passed,
+        actor=actor,
+        created_at=utcnow(),
+    )
+    session.add(gate_run)
+    session.flush()
+    return gate_run
+
+
+def parse_policy(data: dict[str, Any] | None) -> GatePolicy:
+    """A policy from a JSON object (API body / file); errors name the `policy.<field>`."""
+    if data is None:
+        return GatePolicy()
+    try:
+        return GatePolicy.from_mapping(data)
+    except PolicyError as exc:
+        raise Invalid(f"policy.{exc.field}", exc.reason) from None
+    except TypeError as exc:
+        raise Invalid("policy", str(exc)) from None
+
+
+def gate_runs(session: Session, name: str) -> list[GateRun]:
+    variant = services.get_variant(session, name)
+    query = (
+        select(GateRun)
+        .where(GateRun.variant_id == variant.id)
+        .order_by(GateRun.created_at.desc(), GateRun.id.desc())
+    )
+    return list(session.scalars(query).all())
+
+
+def latest_gate_run(session: Session, variant: Variant, test_set_hash: str) -> GateRun | None:
+    query = (
+        select(GateRun)
+        .where(GateRun.variant_id == variant.id, GateRun.test_set_hash == test_set_hash)
+        .order_by(GateRun.created_at.desc(), GateRun.id.desc())
+        .limit(1)
+    )
+    return session.scalar(query)
+
+
+def gate_run_summary(run: GateRun) -> dict[str, Any]:
+    candidate = run.metrics.get("candidate", {}) if run.metrics else {}
+    subsets = candidate.get("subsets", {})
+    return {
+        "id": run.id,
+        "variant_id": run.variant_id,
+        "champion_id": run.champion_id,
+        "passed": run.passed,
+        "failures": list(run.failures or []),
+        "policy_version": run.policy_version,
+        "test_set_hash": run.test_set_hash,
+        "overall": subsets.get("all", {}).get("overall"),
+        "champion_overall": (run.metrics.get("champion") or {}).get("overall"),
+        "actor": run.actor,
+        "created_at": run.created_at.isoformat() if run.created_at else None,
+        "metrics": run.metrics,
+    }
+
+
+# --- promotion and conclusion -------------------------------------------------------------------
+
+
+def promote(session: Session, name: str, actor: str, test_set_hash: str | None = None) -> Promotion:
+    """Approve a variant for traffic; refused (listing the failed criteria) without a passing
+    latest gate run on the current test set."""
+    variant = services.get_variant(session, name)
+    if variant.kind == "teacher":
+        raise Conflict("name", f"{name!r} is the teacher: it serves without promotion")
+    if variant.status in ("approved", "champion"):
+        raise Conflict("status", f"variant {name!r} is already {variant.status}")
+    current = test_set_hash or current_test_set_hash()
+    run = latest_gate_run(session, variant, current)
+    if run is None:
+        other = session.scalar(select(GateRun.id).where(GateRun.variant_id == variant.id))
+        hint = " (its gate runs were on an older test set)" if other is not None else ""
+        raise Conflict(
+            "gate",
+            f"variant {name!r} has no gate run on the current test set {current[:12]}{hint}; "
+            f"run `abtest gate {name}`",
+        )
+    if not run.passed:
+        raise Conflict(
+            "gate",
+            f"variant {name!r} failed its latest gate run #{run.id}: " + "; ".join(run.failures),
+        )
+    return services.record_promotion(
+        session,
+        variant,
+        variant.status,
+        "approved",
+        actor,
+        reason=f"passed gate run #{run.id} ({run.policy_version})",
+        gate_run_id=run.id,
+    )
+
+
+def conclude_experiment(session: Session, key: str, ship_arm: str, actor: str) -> Experiment:
+    """End an A/B test: ship `ship_arm` and make its variant the champion future gates use."""
+    experiment = services.get_experiment(session, key)
+    if experiment.status == "draft":
+        raise Conflict("status", f"experiment {key!r} never ran; there is nothing to conclude")
+    if experiment.status == "concluded":
+        raise Conflict("status", f"experiment {key!r} is already concluded")
+    arms = {arm.name: arm for arm in experiment.arms}
+    if ship_arm not in arms:
+        raise Invalid("ship", f"no arm named {ship_arm!r} (arms: {', '.join(sorted(arms))})")
+    winner = arms[ship_arm].variant
+    previous = services.champion(session)
+    now = utcnow()
+    if experiment.status == "running":
+        experiment.stopped_at = now
+    experiment.status = "concluded"
+    experiment.shipped_arm = ship_arm
+    reason = f"shipped arm {ship_arm!r} of experiment {key!r}"
+    if previous is not None and previous.id != winner.id:
+        services.record_promotion(
+            session, previous, "champion", "approved", actor, f"superseded: {reason}",
+            experiment_key=key,
+        )  # fmt: skip
+    services.record_promotion(
+        session, winner, winner.status, "champion", actor, reason, experiment_key=key
+    )
+    session.flush()
+    return experiment
+
+
+def promotions(session: Session, name: str) -> list[Promotion]:
+    variant = services.get_variant(session, name)
+    query = select(Promotion).where(Promotion.variant_id == variant.id).order_by(Promotion.id)
+    return list(session.scalars(query).all())
+
+
+def promotion_summary(promotion: Promotion) -> dict[str, Any]:
+    return {
+        "id": promotion.id,
+        "variant_id": promotion.variant_id,
+        "from_status": promotion.from_status,
+        "to_status": promotion.to_status,
+        "gate_run_id": promotion.gate_run_id,
+        "experiment_key": promotion.experiment_key,
+        "actor": promotion.actor,
+        "reason": promotion.reason,
+        "created_at": promotion.created_at.isoformat() if promotion.created_at else None,
+    }
+
+
+__all__ = [
+    "GateVerdict",
+    "TestSet",
+    "VariantEvaluation",
+    "VariantRun",
+    "build_variant_arm",
+    "conclude_experiment",
+    "current_test_set_hash",
+    "evaluate_variant",
+    "gate_run_summary",
+    "gate_runs",
+    "latest_gate_run",
+    "load_test_set",
+    "parse_policy",
+    "promote",
+    "promotion_summary",
+    "promotions",
+    "run_arm",
+    "run_gate",
+]
