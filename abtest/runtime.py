@@ -1,0 +1,163 @@
+"""Wiring of the production path: tables, stores, arms and the `routing.Router`.
+
+`build_router(settings, engine, arms=None)` returns a ready `Router`:
+- experiments come from the database (reloaded every second, and on a miss);
+- first assignments live in the assignments table, cached in Redis when `redis_url` is set and
+  always in an in-process LRU; when Redis is down the router keeps serving from the database;
+- arms are built per variant: an explicit `arms` mapping wins (keyed by variant name, or by
+  experiment arm name), then `models.arms.factory.build_arm` when it exists, else the built-in
+  "recorded" and "knn_student" kinds;
+- events are group-committed to the database, spooled to `settings.spool_dir` when it is down.
+
+`serving_lifespan(state)` builds the router for the FastAPI app and runs the spool replayer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Engine
+
+from abtest.settings import Settings
+from abtest.tables import Assignment, Event, Experiment, ExperimentArm, Variant
+from models.arms.base import Arm, ArmError
+from routing.assignment import ArmDef, CachedStore, LruCache, RedisCache
+from routing.events import EventSpool, EventWriter, RoutingTables
+from routing.metrics import RouterMetrics
+from routing.router import ExperimentCatalog, Router, RouterConfig
+from routing.storage import DatabaseStore, load_experiments
+
+if TYPE_CHECKING:
+    from abtest.api.deps import AppState
+
+log = logging.getLogger(__name__)
+
+TABLES = RoutingTables(
+    experiments=Experiment.__table__,
+    experiment_arms=ExperimentArm.__table__,
+    variants=Variant.__table__,
+    assignments=Assignment.__table__,
+    events=Event.__table__,
+)
+
+
+def redis_client(url: str) -> Any:
+    """An asyncio Redis client with short timeouts (a slow cache must not slow answers)."""
+    import redis.asyncio
+
+    return redis.asyncio.Redis.from_url(
+        url, socket_timeout=0.25, socket_connect_timeout=0.25, retry_on_timeout=False
+    )
+
+
+def _builtin_arm(arm: ArmDef) -> Arm:
+    """Arms that need nothing outside the repository: recorded teacher and kNN student."""
+    config = dict(arm.variant_config or {})
+    name = arm.variant or arm.name
+    if arm.variant_kind == "recorded":
+        from models.arms.recorded import RecordedTeacherArm
+        from models.dataset import load_records, load_split
+
+        path = config.get("path")
+        records = load_records(path) if path else load_split("train") + load_split("test")
+        return RecordedTeacherArm(records, name=name)
+    if arm.variant_kind == "knn_student":
+        from models.arms.knn import KnnStudent
+        from models.dataset import load_split
+
+        path = config.get("path")
+        if path:
+            model = KnnStudent.load(path)
+            model.name = name
+            return model
+        return KnnStudent(name=name).fit(load_split("train"))
+    raise ArmError(
+        f"variant {name!r} of kind {arm.variant_kind!r} cannot be built here "
+        "(models.arms.factory is not available)"
+    )
+
+
+def arm_provider(settings: Settings, arms: Mapping[str, Arm] | None = None) -> Any:
+    """A function ArmDef -> Arm: explicit arms first, then the models factory, then built-ins."""
+    explicit = dict(arms or {})
+
+    def build(arm: ArmDef) -> Arm:
+        for key in (arm.variant, arm.name):
+            if key is not None and key in explicit:
+                return explicit[key]
+        try:
+            from models.arms.factory import build_arm  # type: ignore[import-not-found]
+        except ImportError:
+            return _builtin_arm(arm)
+        return build_arm(_variant_view(arm), settings)
+
+    return build
+
+
+class _VariantView:
+    """What `models.arms.factory.build_arm` reads from a variant row."""
+
+    def __init__(self, arm: ArmDef) -> None:
+        self.name = arm.variant or arm.name
+        self.kind = arm.variant_kind
+        self.config = dict(arm.variant_config or {})
+        self.version = arm.variant_version
+
+
+def _variant_view(arm: ArmDef) -> _VariantView:
+    return _VariantView(arm)
+
+
+def build_router(
+    settings: Settings, engine: Engine, arms: Mapping[str, Arm] | None = None
+) -> Router:
+    """The router for this database, Redis (if configured) and arms."""
+    executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="abtest-db")
+    spool = EventSpool(settings.spool_dir)
+    writer = EventWriter(engine, TABLES, spool)
+    catalog = ExperimentCatalog(lambda: load_experiments(engine, TABLES), 1.0, executor)
+    database = DatabaseStore(writer, catalog.by_id, spool, executor)
+    redis = (
+        RedisCache(redis_client(settings.redis_url), settings.redis_prefix, settings.cache_ttl_s)
+        if settings.redis_url
+        else None
+    )
+    store = CachedStore(database, redis, LruCache())
+    return Router(
+        catalog,
+        store,
+        arm_provider(settings, arms),
+        writer,
+        spool=spool,
+        config=RouterConfig(timeout_s=settings.arm_timeout_s),
+        metrics=RouterMetrics(),
+        executor=executor,
+    )
+
+
+def get_router(state: AppState) -> Router:
+    """The app's router, built on first use."""
+    router = state.extras.get("router")
+    if router is None:
+        router = build_router(state.settings, state.engine, state.extras.get("arms"))
+        state.extras["router"] = router
+    return router
+
+
+@contextlib.asynccontextmanager
+async def serving_lifespan(state: AppState) -> AsyncIterator[None]:
+    """Build the router and run the spool replayer while the app is up."""
+    router = get_router(state)
+    replayer = asyncio.create_task(router.replay_forever())
+    try:
+        yield
+    finally:
+        replayer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await replayer
+        await router.replay()

@@ -1,0 +1,346 @@
+"""Which arm a project gets: bucket ranges, coverage, namespaces, overrides and stickiness.
+
+The pure part (`bucket_ranges`, `choose_arm`, `decide`) follows GrowthBook's experiment
+evaluation, so a GrowthBook SDK with the same seed, weights and coverage picks the same arm.
+Stickiness comes from an `AssignmentStore`: the first assignment of a project is stored and wins
+over later hashing, so changing weights or coverage never moves a project already assigned.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from routing.hashing import bucket_hash, in_namespace
+
+WEIGHT_SUM_MIN = 0.99  # GrowthBook replaces weight vectors outside this band with equal weights
+WEIGHT_SUM_MAX = 1.01
+
+
+@dataclass(frozen=True)
+class ArmDef:
+    """One arm of an experiment and the variant (model) behind it."""
+
+    name: str
+    weight: float
+    control: bool = False
+    arm_id: int | None = None
+    variant: str | None = None
+    variant_kind: str | None = None
+    variant_version: int = 1
+    variant_config: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    timeout_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Namespace:
+    """A namespace range `[start, end)`: experiments with disjoint ranges never share a project."""
+
+    name: str
+    start: float = 0.0
+    end: float = 1.0
+
+
+@dataclass(frozen=True)
+class ExperimentDef:
+    """What routing needs to know about an experiment (loaded from the database by the app)."""
+
+    key: str
+    seed: str
+    arms: tuple[ArmDef, ...]
+    coverage: float = 1.0
+    namespace: Namespace | None = None
+    overrides: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
+    id: int | None = None
+    status: str = "running"
+    hash_version: int = 2
+
+    def __post_init__(self) -> None:
+        controls = [arm for arm in self.arms if arm.control]
+        if len(controls) != 1:
+            raise ValueError(f"experiment {self.key!r} needs exactly one control arm")
+        ranges = bucket_ranges([arm.weight for arm in self.arms], self.coverage)
+        object.__setattr__(self, "_ranges", ranges)
+        object.__setattr__(self, "_by_name", {arm.name: arm for arm in self.arms})
+        object.__setattr__(self, "_by_id", {arm.arm_id: arm for arm in self.arms})
+
+    @property
+    def ranges(self) -> list[tuple[float, float]]:
+        return self._ranges  # type: ignore[attr-defined]
+
+    @property
+    def control(self) -> ArmDef:
+        return next(arm for arm in self.arms if arm.control)
+
+    def arm(self, name: str) -> ArmDef:
+        return self._by_name[name]  # type: ignore[attr-defined]
+
+    def arm_by_id(self, arm_id: int) -> ArmDef | None:
+        return self._by_id.get(arm_id)  # type: ignore[attr-defined]
+
+    def has_arm(self, name: str) -> bool:
+        return name in self._by_name  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of assignment.
+
+    `arm` is the arm the project counts in (intention to treat); `serve` the arm whose model
+    answers (differs only for a forced override of an already-assigned project);
+    `in_experiment` is false for projects outside coverage or the namespace, which get the
+    control arm's behaviour and are neither stored nor counted.
+    """
+
+    arm: str
+    in_experiment: bool
+    source: str  # hash | override | sticky | coverage | namespace
+    serve: str | None = None
+
+    @property
+    def serving_arm(self) -> str:
+        return self.serve or self.arm
+
+
+@dataclass(frozen=True)
+class StoredAssignment:
+    """A first assignment; `confirmed` is false when the source of truth could not be reached
+    (the assignment was spooled), so caches must not keep it."""
+
+    arm: str
+    source: str = "hash"
+    confirmed: bool = field(default=True, compare=False)
+
+
+def equal_weights(count: int) -> list[float]:
+    return [1 / count] * count if count > 0 else []
+
+
+def normalized_weights(weights: Sequence[float]) -> list[float]:
+    """The weights GrowthBook buckets with: the input if valid, equal weights otherwise."""
+    valid = all(
+        isinstance(w, int | float) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
+        for w in weights
+    )
+    if valid and WEIGHT_SUM_MIN <= sum(weights) <= WEIGHT_SUM_MAX:
+        return list(weights)
+    return equal_weights(len(weights))
+
+
+def bucket_ranges(weights: Sequence[float], coverage: float = 1.0) -> list[tuple[float, float]]:
+    """GrowthBook's getBucketRanges: arm i owns `[start_i, start_i + coverage * w_i)`."""
+    coverage = min(max(coverage, 0.0), 1.0)
+    ranges = []
+    cumulative = 0.0
+    for weight in normalized_weights(weights):
+        start = cumulative
+        cumulative += weight
+        ranges.append((start, start + coverage * weight))
+    return ranges
+
+
+def choose_arm(n: float, ranges: Sequence[tuple[float, float]]) -> int:
+    """Index of the range holding `n`, or -1 when `n` falls outside coverage."""
+    for index, (start, end) in enumerate(ranges):
+        if start <= n < end:
+            return index
+    return -1
+
+
+def decide(experiment: ExperimentDef, project_id: str) -> Decision:
+    """Stateless assignment: override, then namespace, then hash into the bucket ranges."""
+    forced = experiment.overrides.get(project_id)
+    if forced is not None and experiment.has_arm(forced):
+        return Decision(forced, True, "override")
+    control = experiment.control.name
+    namespace = experiment.namespace
+    if namespace is not None and not in_namespace(
+        project_id, namespace.name, namespace.start, namespace.end
+    ):
+        return Decision(control, False, "namespace")
+    n = bucket_hash(experiment.seed, project_id, experiment.hash_version)
+    index = choose_arm(n, experiment.ranges)
+    if index < 0:
+        return Decision(control, False, "coverage")
+    return Decision(experiment.arms[index].name, True, "hash")
+
+
+class AssignmentStore(Protocol):
+    """Where first assignments live. `put_first` stores `proposed` unless the project already
+    has an assignment, and returns the one that is stored (first writer wins)."""
+
+    async def get(self, experiment_id: int, project_id: str) -> StoredAssignment | None: ...
+
+    async def put_first(
+        self, experiment_id: int, project_id: str, proposed: StoredAssignment
+    ) -> StoredAssignment: ...
+
+
+async def assign(experiment: ExperimentDef, project_id: str, store: AssignmentStore) -> Decision:
+    """Sticky assignment: a stored first assignment wins; new projects are hashed and stored.
+
+    A forced override is always served, but the project counts in its first stored arm.
+    """
+    fresh = decide(experiment, project_id)
+    experiment_id = experiment.id if experiment.id is not None else 0
+    if fresh.in_experiment:
+        stored = await store.put_first(
+            experiment_id, project_id, StoredAssignment(fresh.arm, fresh.source)
+        )
+        if not experiment.has_arm(stored.arm):  # an arm removed since: serve the fresh pick
+            return fresh
+        serve = fresh.arm if fresh.source == "override" else None
+        return Decision(stored.arm, True, stored.source, serve)
+    stored = await store.get(experiment_id, project_id)
+    if stored is not None and experiment.has_arm(stored.arm):
+        return Decision(stored.arm, True, stored.source)
+    return fresh
+
+
+class LruCache:
+    """A small in-process LRU of first assignments (they never change once stored)."""
+
+    def __init__(self, maxsize: int = 100_000) -> None:
+        self.maxsize = maxsize
+        self._data: OrderedDict[tuple[int, str], StoredAssignment] = OrderedDict()
+
+    def get(self, experiment_id: int, project_id: str) -> StoredAssignment | None:
+        key = (experiment_id, project_id)
+        value = self._data.get(key)
+        if value is not None:
+            self._data.move_to_end(key)
+        return value
+
+    def put(self, experiment_id: int, project_id: str, value: StoredAssignment) -> None:
+        key = (experiment_id, project_id)
+        self._data[key] = value
+        self._data.move_to_end(key)
+        if len(self._data) > self.maxsize:
+            self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+class MemoryStore:
+    """An `AssignmentStore` in a dict: for tests and single-process experiments without a DB."""
+
+    def __init__(self) -> None:
+        self.data: dict[tuple[int, str], StoredAssignment] = {}
+
+    async def get(self, experiment_id: int, project_id: str) -> StoredAssignment | None:
+        return self.data.get((experiment_id, project_id))
+
+    async def put_first(
+        self, experiment_id: int, project_id: str, proposed: StoredAssignment
+    ) -> StoredAssignment:
+        return self.data.setdefault((experiment_id, project_id), proposed)
+
+
+class RedisCache:
+    """First assignments cached in Redis. Never raises: when Redis is down it answers misses
+    and stays quiet for `retry_after_s` before trying again."""
+
+    def __init__(
+        self,
+        client: Any,
+        prefix: str = "abtest:",
+        ttl_s: int = 7 * 24 * 3600,
+        retry_after_s: float = 1.0,
+    ) -> None:
+        self.client = client  # redis.asyncio.Redis
+        self.prefix = prefix
+        self.ttl_s = ttl_s
+        self.retry_after_s = retry_after_s
+        self._down_until = 0.0
+        self.errors = 0
+
+    def _key(self, experiment_id: int, project_id: str) -> str:
+        return f"{self.prefix}asg:{experiment_id}:{project_id}"
+
+    @property
+    def available(self) -> bool:
+        return time.monotonic() >= self._down_until
+
+    def _failed(self) -> None:
+        self.errors += 1
+        self._down_until = time.monotonic() + self.retry_after_s
+
+    async def get(self, experiment_id: int, project_id: str) -> StoredAssignment | None:
+        if not self.available:
+            return None
+        try:
+            raw = await self.client.get(self._key(experiment_id, project_id))
+        except Exception:  # noqa: BLE001 - a cache outage is never the client's error
+            self._failed()
+            return None
+        if raw is None:
+            return None
+        text = raw.decode() if isinstance(raw, bytes) else str(raw)
+        arm, _, source = text.partition("|")
+        return StoredAssignment(arm, source or "hash")
+
+    async def put(self, experiment_id: int, project_id: str, value: StoredAssignment) -> None:
+        if not self.available:
+            return
+        try:
+            await self.client.set(
+                self._key(experiment_id, project_id), f"{value.arm}|{value.source}", ex=self.ttl_s
+            )
+        except Exception:  # noqa: BLE001
+            self._failed()
+
+
+class CachedStore:
+    """The layered store: in-process LRU, then Redis (optional), then the source of truth."""
+
+    def __init__(
+        self,
+        backend: AssignmentStore,
+        redis: RedisCache | None = None,
+        lru: LruCache | None = None,
+    ) -> None:
+        self.backend = backend
+        self.redis = redis
+        self.lru = lru or LruCache()
+        self.hits = 0
+        self.misses = 0
+
+    async def _cached(self, experiment_id: int, project_id: str) -> StoredAssignment | None:
+        value = self.lru.get(experiment_id, project_id)
+        if value is None and self.redis is not None:
+            value = await self.redis.get(experiment_id, project_id)
+            if value is not None:
+                self.lru.put(experiment_id, project_id, value)
+        if value is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return value
+
+    async def _remember(self, experiment_id: int, project_id: str, value: StoredAssignment) -> None:
+        self.lru.put(experiment_id, project_id, value)
+        if self.redis is not None:
+            await self.redis.put(experiment_id, project_id, value)
+
+    async def get(self, experiment_id: int, project_id: str) -> StoredAssignment | None:
+        value = await self._cached(experiment_id, project_id)
+        if value is None:
+            value = await self.backend.get(experiment_id, project_id)
+            if value is not None and value.confirmed:
+                await self._remember(experiment_id, project_id, value)
+        return value
+
+    async def put_first(
+        self, experiment_id: int, project_id: str, proposed: StoredAssignment
+    ) -> StoredAssignment:
+        value = await self._cached(experiment_id, project_id)
+        if value is None:
+            value = await self.backend.put_first(experiment_id, project_id, proposed)
+            if value.confirmed:
+                await self._remember(experiment_id, project_id, value)
+        return value

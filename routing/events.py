@@ -1,0 +1,552 @@
+"""Durable, idempotent event writes: group commit, fast batch ingest, a local spool and replay.
+
+- Every event carries a `client_event_id`; the events table has a unique index on it and every
+  write is `INSERT ... ON CONFLICT DO NOTHING`, so a retried event is stored once.
+- Out-of-order events are kept: an export whose arm is unknown is stored with the arm taken from
+  the project's assignment when one exists, and `reconcile_project` fills it in when the
+  assignment is created later.
+- PostgreSQL batches go through `COPY` into a temporary table and one `INSERT ... SELECT`.
+- When the database cannot be reached the rows go to a local SQLite spool (synchronous=FULL:
+  committed means fsynced), and are acknowledged only then; `replay_spool` drains it later.
+
+This module never imports `abtest`: the tables are passed in (`RoutingTables`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy import Engine, Table
+
+EVENT_COLUMNS = (
+    "client_event_id",
+    "type",
+    "project_id",
+    "experiment_id",
+    "arm_id",
+    "occurred_at",
+    "received_at",
+    "latency_ms",
+    "served_by",
+    "fallback",
+    "error",
+    "cache_hit",
+    "cost_usd",
+    "tokens",
+    "intent",
+    "output",
+    "attributes",
+)
+_JSON_COLUMNS = ("output", "attributes")
+_TIME_COLUMNS = ("occurred_at", "received_at")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class RoutingTables:
+    """The tables routing reads and writes (the app passes its own `Table` objects)."""
+
+    experiments: Table
+    experiment_arms: Table
+    variants: Table
+    assignments: Table
+    events: Table
+
+
+@dataclass
+class EventRecord:
+    """One start or export event, shaped like a row of the events table."""
+
+    client_event_id: str
+    type: str
+    project_id: str
+    experiment_id: int | None = None
+    arm_id: int | None = None
+    occurred_at: datetime = field(default_factory=utcnow)
+    received_at: datetime = field(default_factory=utcnow)
+    latency_ms: float | None = None
+    served_by: str | None = None
+    fallback: bool = False
+    error: str | None = None
+    cache_hit: bool = False
+    cost_usd: float | None = None
+    tokens: int | None = None
+    intent: str | None = None
+    output: dict[str, Any] | None = None
+    attributes: dict[str, Any] | None = None
+
+    def to_row(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in EVENT_COLUMNS}
+
+
+def row_to_json(row: dict[str, Any]) -> str:
+    return json.dumps(
+        {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}
+    )
+
+
+def row_from_json(text: str) -> dict[str, Any]:
+    row = json.loads(text)
+    for name in _TIME_COLUMNS:
+        if isinstance(row.get(name), str):
+            row[name] = datetime.fromisoformat(row[name])
+    return row
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether `exc` means the database cannot be reached (spool), not that the data is bad."""
+    if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError | sa.exc.DisconnectionError):
+        return True
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        return False
+    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+
+
+# --- the spool ------------------------------------------------------------------------------
+
+
+class EventSpool:
+    """An append-only local queue in a SQLite file; `append` returns once the rows are fsynced."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.path = Path(directory) / "spool.sqlite3"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS spool ("
+            "id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, payload TEXT NOT NULL)"
+        )
+        self._depth = self._count()
+
+    def _count(self) -> int:
+        with self._lock:
+            return int(self._conn.execute("SELECT count(*) FROM spool").fetchone()[0])
+
+    def append(self, kind: str, rows: Sequence[dict[str, Any]]) -> None:
+        """Durably append rows (kind 'event' or 'assignment')."""
+        payloads = [(kind, row_to_json(row)) for row in rows]
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.executemany("INSERT INTO spool (kind, payload) VALUES (?, ?)", payloads)
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._depth += len(payloads)
+
+    def peek(self, limit: int = 5000) -> list[tuple[int, str, dict[str, Any]]]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT id, kind, payload FROM spool ORDER BY id LIMIT ?", (limit,)
+            ).fetchall()
+        return [(row_id, kind, row_from_json(payload)) for row_id, kind, payload in rows]
+
+    def remove_through(self, last_id: int) -> None:
+        with self._lock:
+            self._conn.execute("DELETE FROM spool WHERE id <= ?", (last_id,))
+            self._depth = int(self._conn.execute("SELECT count(*) FROM spool").fetchone()[0])
+
+    @property
+    def depth(self) -> int:
+        return self._depth
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+# --- database writes --------------------------------------------------------------------------
+
+
+@dataclass
+class WriteResult:
+    received: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    spooled: int = 0
+    new_ids: set[str] = field(default_factory=set, repr=False)
+
+    def __add__(self, other: WriteResult) -> WriteResult:
+        return WriteResult(
+            self.received + other.received,
+            self.stored + other.stored,
+            self.duplicates + other.duplicates,
+            self.spooled + other.spooled,
+        )
+
+
+class EventWriter:
+    """Synchronous, idempotent writes of event rows and first assignments (run in a thread)."""
+
+    def __init__(self, engine: Engine, tables: RoutingTables, spool: EventSpool | None) -> None:
+        self.engine = engine
+        self.tables = tables
+        self.spool = spool
+        self.postgres = engine.dialect.name == "postgresql"
+
+    # events ----------------------------------------------------------------------------------
+
+    def write(self, rows: Sequence[dict[str, Any]]) -> WriteResult:
+        """Store rows once each; when the database is unreachable spool them (durably)."""
+        if not rows:
+            return WriteResult()
+        try:
+            new_ids = self.insert(rows)
+        except Exception as exc:
+            if self.spool is None or not is_unavailable(exc):
+                raise
+            self.spool.append("event", rows)
+            return WriteResult(len(rows), 0, 0, len(rows))
+        return WriteResult(len(rows), len(new_ids), len(rows) - len(new_ids), 0, new_ids)
+
+    def insert(self, rows: Sequence[dict[str, Any]]) -> set[str]:
+        """Insert rows, skipping known client_event_ids; returns the ids that were new."""
+        if self.postgres:
+            return self._insert_postgres(rows)
+        return self._insert_generic(rows)
+
+    def _insert_generic(self, rows: Sequence[dict[str, Any]]) -> set[str]:
+        events = self.tables.events
+        with self.engine.begin() as conn:
+            rows = self._resolve_arms(conn, rows)
+            statement = _insert(conn, events).on_conflict_do_nothing(
+                index_elements=["client_event_id"]
+            )
+            known = self._known_ids(conn, rows)
+            conn.execute(statement, rows)
+            self._reconcile_unknown_experiment(conn, rows)
+        return {row["client_event_id"] for row in rows} - known
+
+    def _known_ids(self, conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> set[str]:
+        events = self.tables.events
+        ids = sorted({row["client_event_id"] for row in rows})
+        known: set[str] = set()
+        for start in range(0, len(ids), 500):
+            known.update(
+                conn.execute(
+                    sa.select(events.c.client_event_id).where(
+                        events.c.client_event_id.in_(ids[start : start + 500])
+                    )
+                ).scalars()
+            )
+        return known
+
+    def _resolve_arms(
+        self, conn: sa.Connection, rows: Sequence[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Fill the arm of rows that know their experiment but not their arm."""
+        wanted: dict[int, set[str]] = {}
+        for row in rows:
+            if row.get("arm_id") is None and row.get("experiment_id") is not None:
+                wanted.setdefault(row["experiment_id"], set()).add(row["project_id"])
+        if not wanted:
+            return list(rows)
+        found: dict[tuple[int, str], int] = {}
+        assignments = self.tables.assignments
+        for experiment_id, projects in wanted.items():
+            result = conn.execute(
+                sa.select(assignments.c.project_id, assignments.c.arm_id).where(
+                    assignments.c.experiment_id == experiment_id,
+                    assignments.c.project_id.in_(sorted(projects)),
+                )
+            )
+            for project_id, arm_id in result:
+                found[(experiment_id, project_id)] = arm_id
+        resolved = []
+        for row in rows:
+            if row.get("arm_id") is None and row.get("experiment_id") is not None:
+                arm_id = found.get((row["experiment_id"], row["project_id"]))
+                if arm_id is not None:
+                    row = {**row, "arm_id": arm_id}
+            resolved.append(row)
+        return resolved
+
+    def _reconcile_unknown_experiment(
+        self, conn: sa.Connection, rows: Sequence[dict[str, Any]]
+    ) -> None:
+        """Rows stored without an experiment take the project's latest assignment, if any."""
+        ids = [row["client_event_id"] for row in rows if row.get("experiment_id") is None]
+        if not ids:
+            return
+        events, assignments = self.tables.events, self.tables.assignments
+        latest = (
+            sa.select(assignments.c.experiment_id, assignments.c.arm_id)
+            .where(assignments.c.project_id == events.c.project_id)
+            .order_by(assignments.c.id.desc())
+            .limit(1)
+        )
+        for start in range(0, len(ids), 500):
+            conn.execute(
+                events.update()
+                .where(
+                    events.c.client_event_id.in_(ids[start : start + 500]),
+                    events.c.experiment_id.is_(None),
+                    sa.exists(latest),
+                )
+                .values(
+                    experiment_id=latest.with_only_columns(
+                        assignments.c.experiment_id
+                    ).scalar_subquery(),
+                    arm_id=latest.with_only_columns(assignments.c.arm_id).scalar_subquery(),
+                )
+            )
+
+    def _insert_postgres(self, rows: Sequence[dict[str, Any]]) -> set[str]:
+        events, assignments = self.tables.events.name, self.tables.assignments.name
+        columns = ", ".join(EVENT_COLUMNS)
+        selected = ", ".join(
+            "COALESCE(t.arm_id, a.arm_id)" if c == "arm_id" else f"t.{c}" for c in EVENT_COLUMNS
+        )
+        raw = self.engine.raw_connection()
+        try:
+            connection = raw.driver_connection
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "CREATE TEMP TABLE IF NOT EXISTS _abtest_events_in ON COMMIT DELETE ROWS "
+                    f"AS SELECT {columns} FROM {events} WITH NO DATA"
+                )
+                with cursor.copy(f"COPY _abtest_events_in ({columns}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(_copy_values(row))
+                cursor.execute(
+                    f"INSERT INTO {events} ({columns}) SELECT {selected} "
+                    f"FROM _abtest_events_in t LEFT JOIN {assignments} a "
+                    "ON t.arm_id IS NULL AND a.experiment_id = t.experiment_id "
+                    "AND a.project_id = t.project_id "
+                    "ON CONFLICT (client_event_id) DO NOTHING RETURNING client_event_id"
+                )
+                stored = {row[0] for row in cursor.fetchall()}
+            if any(row.get("experiment_id") is None for row in rows):
+                raw.commit()
+                with self.engine.begin() as conn:
+                    self._reconcile_unknown_experiment(conn, rows)
+            else:
+                raw.commit()
+        except BaseException as exc:
+            if is_unavailable(exc):
+                raw.invalidate()
+            else:
+                raw.rollback()
+            raise
+        finally:
+            raw.close()
+        return stored
+
+    # assignments -----------------------------------------------------------------------------
+
+    def first_assignments(
+        self, items: Sequence[tuple[int, str, int, str]]
+    ) -> dict[tuple[int, str], tuple[int, str]]:
+        """Store `(experiment_id, project_id, arm_id, source)` unless the project already has an
+        assignment; return the stored `(arm_id, source)` of every key. New assignments adopt the
+        project's orphan events (reconciliation of out-of-order exports)."""
+        assignments = self.tables.assignments
+        now = utcnow()
+        unique = {(e, p): (a, s) for e, p, a, s in items}
+        values = [
+            {"experiment_id": e, "project_id": p, "arm_id": a, "source": s, "assigned_at": now}
+            for (e, p), (a, s) in unique.items()
+        ]
+        with self.engine.begin() as conn:
+            inserted = conn.execute(
+                _insert(conn, assignments)
+                .values(values)
+                .on_conflict_do_nothing(index_elements=["experiment_id", "project_id"])
+                .returning(assignments.c.experiment_id, assignments.c.project_id)
+            ).all()
+            stored = self._stored(conn, list(unique))
+            new = [(e, p, stored[(e, p)][0]) for e, p in inserted]
+            if new:
+                self._adopt_orphans(conn, new)
+        return stored
+
+    def _stored(
+        self, conn: sa.Connection, keys: Sequence[tuple[int, str]]
+    ) -> dict[tuple[int, str], tuple[int, str]]:
+        assignments = self.tables.assignments
+        by_experiment: dict[int, list[str]] = {}
+        for experiment_id, project_id in keys:
+            by_experiment.setdefault(experiment_id, []).append(project_id)
+        stored: dict[tuple[int, str], tuple[int, str]] = {}
+        for experiment_id, projects in by_experiment.items():
+            for start in range(0, len(projects), 500):
+                result = conn.execute(
+                    sa.select(
+                        assignments.c.project_id, assignments.c.arm_id, assignments.c.source
+                    ).where(
+                        assignments.c.experiment_id == experiment_id,
+                        assignments.c.project_id.in_(projects[start : start + 500]),
+                    )
+                )
+                for project_id, arm_id, source in result:
+                    stored[(experiment_id, project_id)] = (arm_id, source)
+        return stored
+
+    def get_assignments(
+        self, keys: Sequence[tuple[int, str]]
+    ) -> dict[tuple[int, str], tuple[int, str]]:
+        with self.engine.connect() as conn:
+            return self._stored(conn, keys)
+
+    def _adopt_orphans(self, conn: sa.Connection, new: Sequence[tuple[int, str, int]]) -> None:
+        events = self.tables.events
+        conn.execute(
+            events.update()
+            .where(
+                events.c.project_id == sa.bindparam("p"),
+                events.c.arm_id.is_(None),
+                sa.or_(
+                    events.c.experiment_id.is_(None),
+                    events.c.experiment_id == sa.bindparam("e"),
+                ),
+            )
+            .values(experiment_id=sa.bindparam("e"), arm_id=sa.bindparam("a")),
+            [{"e": e, "p": p, "a": a} for e, p, a in new],
+        )
+
+    def reconcile_all(self) -> int:
+        """Give every orphan event (no arm) the arm of its project's assignment; returns rows."""
+        events, assignments = self.tables.events, self.tables.assignments
+        match = sa.and_(
+            assignments.c.project_id == events.c.project_id,
+            sa.or_(
+                events.c.experiment_id.is_(None),
+                assignments.c.experiment_id == events.c.experiment_id,
+            ),
+        )
+        latest = sa.select(assignments.c.id).where(match).order_by(assignments.c.id.desc())
+        pick = sa.select(assignments).where(assignments.c.id == latest.limit(1).scalar_subquery())
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                events.update()
+                .where(events.c.arm_id.is_(None), sa.exists(latest))
+                .values(
+                    experiment_id=pick.with_only_columns(
+                        assignments.c.experiment_id
+                    ).scalar_subquery(),
+                    arm_id=pick.with_only_columns(assignments.c.arm_id).scalar_subquery(),
+                )
+            )
+            return result.rowcount or 0
+
+
+def _insert(conn: sa.Connection, table: Table):  # noqa: ANN202 - dialect-specific Insert
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(table)
+
+
+def _copy_values(row: dict[str, Any]) -> tuple[Any, ...]:
+    values = []
+    for name in EVENT_COLUMNS:
+        value = row.get(name)
+        if name in _JSON_COLUMNS and value is not None:
+            value = json.dumps(value)
+        elif name in ("fallback", "cache_hit") and value is None:
+            value = False
+        values.append(value)
+    return tuple(values)
+
+
+def replay_spool(writer: EventWriter, spool: EventSpool, limit: int = 5000) -> int:
+    """Move spooled rows into the database (idempotent); returns how many were replayed.
+
+    Raises the database error when it is still unreachable; the spool is then unchanged.
+    """
+    replayed = 0
+    while True:
+        entries = spool.peek(limit)
+        if not entries:
+            return replayed
+        assignments = [row for _, kind, row in entries if kind == "assignment"]
+        events = [row for _, kind, row in entries if kind == "event"]
+        if assignments:
+            writer.first_assignments(
+                [
+                    (r["experiment_id"], r["project_id"], r["arm_id"], r["source"])
+                    for r in assignments
+                ]
+            )
+        if events:
+            writer.insert(events)
+        spool.remove_through(entries[-1][0])
+        replayed += len(entries)
+
+
+# --- group commit -----------------------------------------------------------------------------
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class GroupCommit(Generic[T, R]):
+    """Batches items submitted by concurrent coroutines into one call of `flush` in a thread.
+
+    While one flush runs, new items queue up and go together in the next one, so a database
+    commit is shared by every request that arrived in the meantime.
+    """
+
+    def __init__(
+        self,
+        flush: Callable[[list[T]], list[R]],
+        executor: Executor | None = None,
+        max_batch: int = 2000,
+    ) -> None:
+        self._flush = flush
+        self._executor = executor
+        self.max_batch = max_batch
+        self._pending: list[tuple[T, asyncio.Future[R]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def submit(self, item: T) -> R:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[R] = loop.create_future()
+        self._pending.append((item, future))
+        if self._task is None or self._task.done() or self._task.get_loop() is not loop:
+            self._task = loop.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(0)  # let requests that are ready join this batch
+        while self._pending:
+            batch, self._pending = (
+                self._pending[: self.max_batch],
+                self._pending[self.max_batch :],
+            )
+            items = [item for item, _ in batch]
+            try:
+                results = await loop.run_in_executor(self._executor, self._flush, items)
+            except BaseException as exc:  # noqa: BLE001 - handed to every waiting request
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)

@@ -1,0 +1,58 @@
+"""Prometheus metrics of the router, in a registry of their own (one per app)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class RouterMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.latency = Histogram(
+            "abtest_arm_latency_seconds",
+            "Time to answer a project, by assigned arm",
+            ["experiment", "arm"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.projects = Counter(
+            "abtest_projects",
+            "Projects routed",
+            ["experiment", "arm", "in_experiment"],
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "abtest_fallbacks",
+            "Answers served by the control arm instead of the assigned arm",
+            ["experiment", "arm", "reason"],
+            registry=r,
+        )
+        self.arm_errors = Counter(
+            "abtest_arm_errors", "Arm calls that failed", ["arm", "reason"], registry=r
+        )
+        self.cache_hits = Counter(
+            "abtest_cache_hits", "Answers an arm served from its cache", ["arm"], registry=r
+        )
+        self.assignment_lookups = Counter(
+            "abtest_assignment_cache", "Assignment cache lookups", ["result"], registry=r
+        )
+        self.events = Counter(
+            "abtest_events",
+            "Events by outcome (stored, duplicate, spooled)",
+            ["outcome"],
+            registry=r,
+        )
+        self.circuit_open = Gauge(
+            "abtest_circuit_open", "1 while an arm's circuit breaker is open", ["arm"], registry=r
+        )
+        self.spool_depth = Gauge(
+            "abtest_spool_depth", "Events and assignments waiting in the local spool", registry=r
+        )
+
+    def watch_spool(self, depth: Callable[[], float]) -> None:
+        self.spool_depth.set_function(depth)

@@ -1,0 +1,623 @@
+"""The production path: assign a project, call its arm with a timeout, fall back, log events.
+
+`Router.handle_project` never lets an arm failure reach the user: on an error, a timeout or an
+unusable answer it serves the experiment's control arm and records the fallback, while the
+project keeps counting in its assigned arm (intention to treat). A circuit breaker per arm skips
+an arm that keeps failing and lets a probe through again after `reset_after_s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from models.arms.base import Arm, Prediction
+from models.tools import ToolConfig
+from routing.assignment import ArmDef, AssignmentStore, ExperimentDef, assign
+from routing.events import (
+    EventRecord,
+    EventSpool,
+    EventWriter,
+    GroupCommit,
+    WriteResult,
+    replay_spool,
+)
+from routing.metrics import RouterMetrics
+
+EVENT_TYPES = ("start", "export")
+MAX_PROJECT_ID = 200
+MAX_EVENT_ID = 100
+
+
+class RoutingError(Exception):
+    """A request the router cannot serve; `field`, `reason` and an HTTP `status`."""
+
+    def __init__(self, field: str, reason: str, status: int = 422) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+        self.status = status
+
+    def as_detail(self) -> list[dict[str, object]]:
+        return [{"loc": self.field.split("."), "msg": self.reason, "type": "RoutingError"}]
+
+
+# --- circuit breaker --------------------------------------------------------------------------
+
+
+class CircuitBreaker:
+    """Closed -> open after `failure_threshold` consecutive failures -> half-open after
+    `reset_after_s` (one probe call) -> closed on success, open again on failure."""
+
+    def __init__(
+        self,
+        failure_threshold: int = 5,
+        reset_after_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.failure_threshold = failure_threshold
+        self.reset_after_s = reset_after_s
+        self.clock = clock
+        self.state = "closed"
+        self.failures = 0
+        self.opened_at = 0.0
+        self._probing = False
+
+    def allow(self) -> bool:
+        if self.state == "closed":
+            return True
+        if self.state == "open" and self.clock() - self.opened_at >= self.reset_after_s:
+            self.state = "half_open"
+            self._probing = False
+        if self.state == "half_open" and not self._probing:
+            self._probing = True
+            return True
+        return False
+
+    def record_success(self) -> None:
+        self.state = "closed"
+        self.failures = 0
+        self._probing = False
+
+    def record_failure(self) -> None:
+        self.failures += 1
+        if self.state == "half_open" or self.failures >= self.failure_threshold:
+            self.state = "open"
+            self.opened_at = self.clock()
+            self._probing = False
+
+    @property
+    def is_open(self) -> bool:
+        return self.state != "closed"
+
+
+# --- experiments --------------------------------------------------------------------------------
+
+
+class ExperimentCatalog:
+    """The experiments routing knows about, reloaded at most every `ttl_s` (and on a miss).
+
+    When reloading fails (database down) the last known experiments keep serving.
+    """
+
+    def __init__(
+        self,
+        load: Callable[[], Sequence[ExperimentDef]],
+        ttl_s: float = 1.0,
+        executor: Executor | None = None,
+    ) -> None:
+        self._load = load
+        self.ttl_s = ttl_s
+        self._executor = executor
+        self._experiments: list[ExperimentDef] | None = None
+        self._by_id: dict[int, ExperimentDef] = {}
+        self._loaded_at = 0.0
+        self._lock: asyncio.Lock | None = None
+
+    def set(self, experiments: Sequence[ExperimentDef]) -> None:
+        self._experiments = list(experiments)
+        self._by_id = {e.id: e for e in self._experiments if e.id is not None}
+        self._loaded_at = time.monotonic()
+
+    def invalidate(self) -> None:
+        self._loaded_at = 0.0
+
+    def by_id(self, experiment_id: int) -> ExperimentDef | None:
+        return self._by_id.get(experiment_id)
+
+    async def refresh(self, force: bool = False) -> list[ExperimentDef]:
+        fresh = time.monotonic() - self._loaded_at < self.ttl_s
+        if self._experiments is not None and fresh and not force:
+            return self._experiments
+        try:
+            loop = asyncio.get_running_loop()
+            self.set(await loop.run_in_executor(self._executor, self._load))
+        except Exception:  # noqa: BLE001 - keep serving the last known experiments
+            if self._experiments is None:
+                raise RoutingError(
+                    "experiment", "experiments cannot be loaded: the database is unreachable", 503
+                ) from None
+            self._loaded_at = time.monotonic()
+        return self._experiments or []
+
+    async def resolve(self, key: str | None, *, running_only: bool = True) -> ExperimentDef | None:
+        """The experiment for a request: `key` if given, else the single running one.
+
+        Unknown key: 404. A key that is not running (when `running_only`): 409. No key and no
+        running experiment: 409 (None when `running_only` is false). No key and several
+        running: 409 naming them.
+        """
+        for attempt in (0, 1):
+            experiments = await self.refresh(force=attempt == 1)
+            try:
+                return _pick(experiments, key, running_only)
+            except RoutingError:
+                if attempt == 1:
+                    raise
+        return None  # pragma: no cover
+
+
+def _pick(
+    experiments: Sequence[ExperimentDef], key: str | None, running_only: bool
+) -> ExperimentDef | None:
+    if key is not None:
+        match = next((e for e in experiments if e.key == key), None)
+        if match is None:
+            raise RoutingError("experiment_key", f"no experiment with key {key!r}", 404)
+        if running_only and match.status != "running":
+            raise RoutingError(
+                "experiment_key", f"experiment {key!r} is {match.status}, not running", 409
+            )
+        return match
+    running = [e for e in experiments if e.status == "running"]
+    if len(running) == 1:
+        return running[0]
+    if not running:
+        if not running_only:
+            return None
+        raise RoutingError(
+            "experiment_key",
+            "no experiment is running: start one with `abtest experiments start KEY`",
+            409,
+        )
+    keys = ", ".join(sorted(e.key for e in running))
+    raise RoutingError(
+        "experiment_key",
+        f"{len(running)} experiments are running ({keys}): pass experiment_key",
+        409,
+    )
+
+
+# --- results ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RoutedProject:
+    """The router's answer for one project."""
+
+    project_id: str
+    experiment: str
+    arm: str  # the arm the project counts in (intention to treat)
+    variant: str | None  # the variant behind that arm
+    config: ToolConfig
+    latency_ms: float
+    fallback: bool
+    served_by: str | None  # the variant that actually answered (None: nothing could)
+    cache_hit: bool
+    in_experiment: bool
+    event_id: str | None
+    spooled: bool = False
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "project_id": self.project_id,
+            "experiment": self.experiment,
+            "arm": self.arm,
+            "variant": self.variant,
+            "in_experiment": self.in_experiment,
+            "tools": self.config.to_record(),
+            "latency_ms": round(self.latency_ms, 3),
+            "fallback": self.fallback,
+            "served_by": self.served_by,
+            "cache_hit": self.cache_hit,
+            "event_id": self.event_id,
+            "spooled": self.spooled,
+            "error": self.error,
+        }
+
+
+@dataclass
+class _Answer:
+    prediction: Prediction | None
+    served_by: str | None
+    fallback: bool
+    error: str | None = None
+    reason: str | None = None
+
+
+def start_event_id(experiment_key: str, project_id: str) -> str:
+    """A project has one start per experiment: retries of it share this id."""
+    digest = hashlib.sha256(f"{experiment_key}\x00{project_id}".encode()).hexdigest()[:40]
+    return f"start:{digest}"
+
+
+def _check_text(value: Any, name: str, limit: int) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise RoutingError(name, "must be a non-empty string")
+    if len(value) > limit:
+        raise RoutingError(name, f"must be at most {limit} characters, got {len(value)}")
+    return value
+
+
+def _as_utc(value: datetime | None) -> datetime:
+    if value is None:
+        return datetime.now(UTC)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def unusable_reason(prediction: Any) -> str | None:
+    """Why an arm's answer cannot be served, or None when it can."""
+    if not isinstance(prediction, Prediction):
+        return f"returned {type(prediction).__name__}, not a Prediction"
+    if not isinstance(prediction.config, ToolConfig):
+        return "returned no tool configuration"
+    if prediction.parse_failures:
+        return f"unparseable output for {', '.join(prediction.parse_failures)}"
+    return None
+
+
+# --- the router -------------------------------------------------------------------------------
+
+
+ArmProvider = Callable[[ArmDef], Arm]
+
+
+@dataclass
+class RouterConfig:
+    timeout_s: float = 10.0
+    failure_threshold: int = 5
+    reset_after_s: float = 30.0
+    max_batch_events: int = 10_000
+
+
+class Router:
+    def __init__(
+        self,
+        catalog: ExperimentCatalog,
+        store: AssignmentStore,
+        arm_provider: ArmProvider,
+        writer: EventWriter,
+        *,
+        spool: EventSpool | None = None,
+        config: RouterConfig | None = None,
+        metrics: RouterMetrics | None = None,
+        executor: Executor | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.catalog = catalog
+        self.store = store
+        self.arm_provider = arm_provider
+        self.writer = writer
+        self.spool = spool
+        self.config = config or RouterConfig()
+        self.metrics = metrics or RouterMetrics()
+        self.executor = executor
+        self.clock = clock
+        self.breakers: dict[str, CircuitBreaker] = {}
+        self._arms: dict[tuple[str, int], Arm] = {}
+        self._events: GroupCommit[dict[str, Any], str] = GroupCommit(self._flush_events, executor)
+        if spool is not None:
+            self.metrics.watch_spool(lambda: spool.depth)
+
+    # arms -------------------------------------------------------------------------------------
+
+    def breaker(self, arm: ArmDef) -> CircuitBreaker:
+        key = arm.variant or arm.name
+        if key not in self.breakers:
+            self.breakers[key] = CircuitBreaker(
+                self.config.failure_threshold, self.config.reset_after_s, self.clock
+            )
+        return self.breakers[key]
+
+    def arm_instance(self, arm: ArmDef) -> Arm:
+        key = (arm.variant or arm.name, arm.variant_version)
+        if key not in self._arms:
+            self._arms[key] = self.arm_provider(arm)
+        return self._arms[key]
+
+    async def _call(self, arm: ArmDef, intent: str) -> tuple[Prediction | None, str | None]:
+        """One guarded call: (prediction, None) or (None, reason)."""
+        label = arm.variant or arm.name
+        breaker = self.breaker(arm)
+        if not breaker.allow():
+            self.metrics.arm_errors.labels(label, "circuit_open").inc()
+            return None, f"circuit open for {label}"
+        timeout = arm.timeout_s or self.config.timeout_s
+        try:
+            model = self.arm_instance(arm)
+            prediction = await asyncio.wait_for(model.predict(intent), timeout)
+            problem = unusable_reason(prediction)
+        except TimeoutError:
+            prediction, problem, kind = None, f"{label} timed out after {timeout:g}s", "timeout"
+        except Exception as exc:  # noqa: BLE001 - any arm failure becomes a fallback
+            prediction, problem, kind = None, f"{label}: {type(exc).__name__}: {exc}", "error"
+        else:
+            kind = "unusable"
+        if problem is None:
+            breaker.record_success()
+            self.metrics.circuit_open.labels(label).set(0)
+            return prediction, None
+        breaker.record_failure()
+        self.metrics.arm_errors.labels(label, kind).inc()
+        self.metrics.circuit_open.labels(label).set(1 if breaker.is_open else 0)
+        return None, problem[:2000]
+
+    async def _answer(self, experiment: ExperimentDef, arm: ArmDef, intent: str) -> _Answer:
+        prediction, problem = await self._call(arm, intent)
+        if prediction is not None:
+            return _Answer(prediction, arm.variant or arm.name, False)
+        control = experiment.control
+        if arm.name == control.name:
+            return _Answer(None, None, True, problem, "control_failed")
+        fallback, control_problem = await self._call(control, intent)
+        if fallback is not None:
+            return _Answer(fallback, control.variant or control.name, True, problem, "arm_failed")
+        return _Answer(None, None, True, f"{problem}; control: {control_problem}", "both_failed")
+
+    # projects ----------------------------------------------------------------------------------
+
+    async def handle_project(
+        self,
+        project_id: str,
+        intent: str,
+        attributes: Mapping[str, Any] | None = None,
+        experiment_key: str | None = None,
+        client_event_id: str | None = None,
+    ) -> RoutedProject:
+        """Assign, answer (with fallback) and durably log the start event."""
+        _check_text(project_id, "project_id", MAX_PROJECT_ID)
+        _check_text(intent, "intent", 10_000)
+        if client_event_id is not None:
+            _check_text(client_event_id, "client_event_id", MAX_EVENT_ID)
+        experiment = await self.catalog.resolve(experiment_key)
+        assert experiment is not None
+        decision = await assign(experiment, project_id, self.store)
+        counted_arm = experiment.arm(decision.arm)
+        served_arm = experiment.arm(decision.serving_arm)
+        started = time.perf_counter()
+        answer = await self._answer(experiment, served_arm, intent)
+        latency_ms = (time.perf_counter() - started) * 1000
+        prediction = answer.prediction
+        config = prediction.config if prediction is not None else ToolConfig()
+        cache_hit = bool(prediction is not None and prediction.cache_hit)
+        labels = (experiment.key, counted_arm.name)
+        self.metrics.latency.labels(*labels).observe(latency_ms / 1000)
+        self.metrics.projects.labels(*labels, str(decision.in_experiment).lower()).inc()
+        if answer.fallback:
+            self.metrics.fallbacks.labels(*labels, answer.reason or "error").inc()
+        if cache_hit:
+            self.metrics.cache_hits.labels(answer.served_by or "none").inc()
+        event_id = None
+        spooled = False
+        if decision.in_experiment:
+            event_id = client_event_id or start_event_id(experiment.key, project_id)
+            event = EventRecord(
+                client_event_id=event_id,
+                type="start",
+                project_id=project_id,
+                experiment_id=experiment.id,
+                arm_id=counted_arm.arm_id,
+                latency_ms=latency_ms,
+                served_by=answer.served_by,
+                fallback=answer.fallback,
+                error=answer.error,
+                cache_hit=cache_hit,
+                cost_usd=prediction.cost_usd if prediction is not None else None,
+                tokens=prediction.tokens if prediction is not None else None,
+                intent=intent,
+                output=prediction.to_output() if prediction is not None else None,
+                attributes=dict(attributes) if attributes else None,
+            )
+            spooled = await self._events.submit(event.to_row()) == "spooled"
+        return RoutedProject(
+            project_id=project_id,
+            experiment=experiment.key,
+            arm=counted_arm.name,
+            variant=counted_arm.variant,
+            config=config,
+            latency_ms=latency_ms,
+            fallback=answer.fallback,
+            served_by=answer.served_by,
+            cache_hit=cache_hit,
+            in_experiment=decision.in_experiment,
+            event_id=event_id,
+            spooled=spooled,
+            error=answer.error,
+        )
+
+    # events ------------------------------------------------------------------------------------
+
+    def _flush_events(self, rows: list[dict[str, Any]]) -> list[str]:
+        """Group commit of single events; the outcome of each: stored, duplicate or spooled."""
+        unique: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            unique.setdefault(row["client_event_id"], row)
+        result = self.writer.write(list(unique.values()))
+        if result.spooled:
+            outcomes = ["spooled"] * len(rows)
+        else:
+            outcomes = [
+                "stored" if row["client_event_id"] in result.new_ids else "duplicate"
+                for row in rows
+            ]
+            seen: set[str] = set()
+            for index, row in enumerate(rows):  # a repeat within one batch is a duplicate
+                if row["client_event_id"] in seen:
+                    outcomes[index] = "duplicate"
+                seen.add(row["client_event_id"])
+        for outcome in outcomes:
+            self.metrics.events.labels(outcome).inc()
+        return outcomes
+
+    async def record_export(
+        self,
+        project_id: str,
+        kept_tools: Sequence[str] | None = None,
+        client_event_id: str | None = None,
+        occurred_at: datetime | None = None,
+        experiment_key: str | None = None,
+    ) -> dict[str, Any]:
+        """Log an export. Its arm comes from the project's assignment, now or when it appears."""
+        _check_text(project_id, "project_id", MAX_PROJECT_ID)
+        if client_event_id is not None:
+            _check_text(client_event_id, "client_event_id", MAX_EVENT_ID)
+        experiment = await self.catalog.resolve(experiment_key, running_only=False)
+        row = self._export_row(
+            project_id,
+            kept_tools,
+            client_event_id or f"export:{uuid.uuid4().hex}",
+            occurred_at,
+            experiment,
+        )
+        outcome = await self._events.submit(row)
+        return {
+            "client_event_id": row["client_event_id"],
+            "experiment": experiment.key if experiment else None,
+            "outcome": outcome,
+        }
+
+    def _export_row(
+        self,
+        project_id: str,
+        kept_tools: Sequence[str] | None,
+        event_id: str,
+        occurred_at: datetime | None,
+        experiment: ExperimentDef | None,
+    ) -> dict[str, Any]:
+        attributes = {"kept_tools": list(kept_tools)} if kept_tools is not None else None
+        return EventRecord(
+            client_event_id=event_id,
+            type="export",
+            project_id=project_id,
+            experiment_id=experiment.id if experiment else None,
+            occurred_at=_as_utc(occurred_at),
+            attributes=attributes,
+        ).to_row()
+
+    async def ingest(self, events: Sequence[Mapping[str, Any]]) -> WriteResult:
+        """Store a batch of events from an app back end in one write (idempotent).
+
+        Each event: client_event_id, type (start/export), project_id, and optionally
+        occurred_at, experiment_key, arm, kept_tools, latency_ms, served_by, fallback, error,
+        intent, attributes. Unknown experiment keys or arms are 4xx naming the event.
+        """
+        if len(events) > self.config.max_batch_events:
+            raise RoutingError(
+                "events",
+                f"at most {self.config.max_batch_events} events per batch, got {len(events)}",
+            )
+        await self.catalog.refresh()
+        default: ExperimentDef | None = None
+        default_error: RoutingError | None = None
+        try:
+            default = _pick(await self.catalog.refresh(), None, running_only=False)
+        except RoutingError as exc:
+            default_error = exc
+        by_key = {e.key: e for e in await self.catalog.refresh()}
+        now = datetime.now(UTC)
+        rows = []
+        for index, event in enumerate(events):
+            rows.append(self._batch_row(index, event, by_key, default, default_error, now))
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(self.executor, self.writer.write, rows)
+        self.metrics.events.labels("stored").inc(result.stored)
+        self.metrics.events.labels("duplicate").inc(result.duplicates)
+        self.metrics.events.labels("spooled").inc(result.spooled)
+        return result
+
+    def _batch_row(
+        self,
+        index: int,
+        event: Mapping[str, Any],
+        by_key: Mapping[str, ExperimentDef],
+        default: ExperimentDef | None,
+        default_error: RoutingError | None,
+        now: datetime,
+    ) -> dict[str, Any]:
+        where = f"events.{index}"
+        event_type = event.get("type")
+        if event_type not in EVENT_TYPES:
+            raise RoutingError(f"{where}.type", f"must be one of {', '.join(EVENT_TYPES)}")
+        key = event.get("experiment_key")
+        if key is not None:
+            experiment = by_key.get(key)
+            if experiment is None:
+                raise RoutingError(
+                    f"{where}.experiment_key", f"no experiment with key {key!r}", 404
+                )
+        elif default_error is not None:
+            raise RoutingError(
+                f"{where}.experiment_key", default_error.reason, default_error.status
+            )
+        else:
+            experiment = default
+        arm_id = None
+        arm_name = event.get("arm")
+        if arm_name is not None:
+            if experiment is None or not experiment.has_arm(arm_name):
+                raise RoutingError(f"{where}.arm", f"no arm named {arm_name!r} in the experiment")
+            arm_id = experiment.arm(arm_name).arm_id
+        attributes = dict(event.get("attributes") or {}) or None
+        if event.get("kept_tools") is not None:
+            attributes = {**(attributes or {}), "kept_tools": list(event["kept_tools"])}
+        return EventRecord(
+            client_event_id=event["client_event_id"],
+            type=event_type,
+            project_id=event["project_id"],
+            experiment_id=experiment.id if experiment else None,
+            arm_id=arm_id,
+            occurred_at=_as_utc(event.get("occurred_at")),
+            received_at=now,
+            latency_ms=event.get("latency_ms"),
+            served_by=event.get("served_by"),
+            fallback=bool(event.get("fallback", False)),
+            error=event.get("error"),
+            cache_hit=bool(event.get("cache_hit", False)),
+            intent=event.get("intent"),
+            attributes=attributes,
+        ).to_row()
+
+    # spool -------------------------------------------------------------------------------------
+
+    async def replay(self) -> int:
+        """Drain the local spool into the database; 0 when empty or the database is still down."""
+        if self.spool is None or self.spool.depth == 0:
+            return 0
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self.executor, replay_spool, self.writer, self.spool)
+        except Exception:  # noqa: BLE001 - still down: keep the spool for the next try
+            return 0
+
+    async def replay_forever(self, interval_s: float = 1.0) -> None:
+        while True:
+            await self.replay()
+            await asyncio.sleep(interval_s)
+
+
+__all__ = [
+    "CircuitBreaker",
+    "ExperimentCatalog",
+    "RoutedProject",
+    "Router",
+    "RouterConfig",
+    "RoutingError",
+]

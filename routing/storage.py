@@ -1,0 +1,160 @@
+"""Database access for routing: experiment definitions and the first-assignment store.
+
+The app passes its tables in (`RoutingTables`), so routing never imports `abtest`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from concurrent.futures import Executor
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import Engine
+
+from routing.assignment import ArmDef, ExperimentDef, Namespace, StoredAssignment
+from routing.events import EventSpool, EventWriter, GroupCommit, RoutingTables, is_unavailable
+
+
+def load_experiments(engine: Engine, tables: RoutingTables) -> list[ExperimentDef]:
+    """Every experiment with its arms and variants, newest first."""
+    experiments, arms, variants = tables.experiments, tables.experiment_arms, tables.variants
+    with engine.connect() as conn:
+        experiment_rows = (
+            conn.execute(sa.select(experiments).order_by(experiments.c.id.desc())).mappings().all()
+        )
+        arm_rows = (
+            conn.execute(
+                sa.select(
+                    arms.c.id,
+                    arms.c.experiment_id,
+                    arms.c.name,
+                    arms.c.weight,
+                    arms.c.is_control,
+                    variants.c.name.label("variant"),
+                    variants.c.kind,
+                    variants.c.version,
+                    variants.c.config,
+                )
+                .join(variants, variants.c.id == arms.c.variant_id)
+                .order_by(arms.c.id)
+            )
+            .mappings()
+            .all()
+        )
+    by_experiment: dict[int, list[ArmDef]] = {}
+    for row in arm_rows:
+        config: Mapping[str, Any] = row["config"] or {}
+        timeout = config.get("timeout_s") if isinstance(config, Mapping) else None
+        by_experiment.setdefault(row["experiment_id"], []).append(
+            ArmDef(
+                name=row["name"],
+                weight=float(row["weight"]),
+                control=bool(row["is_control"]),
+                arm_id=row["id"],
+                variant=row["variant"],
+                variant_kind=row["kind"],
+                variant_version=row["version"] or 1,
+                variant_config=config,
+                timeout_s=float(timeout) if isinstance(timeout, int | float) else None,
+            )
+        )
+    loaded = []
+    for row in experiment_rows:
+        arm_defs = by_experiment.get(row["id"], [])
+        if sum(arm.control for arm in arm_defs) != 1:
+            continue  # not routable; the services never create such an experiment
+        settings = row["settings"] or {}
+        namespace = (
+            Namespace(row["namespace"], row["namespace_start"], row["namespace_end"])
+            if row["namespace"]
+            else None
+        )
+        loaded.append(
+            ExperimentDef(
+                key=row["key"],
+                seed=row["seed"],
+                arms=tuple(arm_defs),
+                coverage=float(row["coverage"]),
+                namespace=namespace,
+                overrides=dict(settings.get("overrides") or {}),
+                id=row["id"],
+                status=row["status"],
+            )
+        )
+    return loaded
+
+
+class DatabaseStore:
+    """First assignments in the assignments table, batched across concurrent requests.
+
+    When the database is down, `get` answers a miss and `put_first` spools the proposed
+    assignment (replayed later, first writer still wins) and returns it unconfirmed.
+    """
+
+    def __init__(
+        self,
+        writer: EventWriter,
+        arms_by_experiment: Any,
+        spool: EventSpool | None = None,
+        executor: Executor | None = None,
+    ) -> None:
+        self.writer = writer
+        self.spool = spool
+        self._arms = arms_by_experiment  # callable: experiment_id -> ExperimentDef | None
+        self._puts: GroupCommit[tuple[int, str, int, str], tuple[int, str] | None] = GroupCommit(
+            self._flush_puts, executor
+        )
+        self._gets: GroupCommit[tuple[int, str], tuple[int, str] | None] = GroupCommit(
+            self._flush_gets, executor
+        )
+
+    def _flush_puts(self, items: list[tuple[int, str, int, str]]) -> list[tuple[int, str] | None]:
+        try:
+            stored = self.writer.first_assignments(items)
+        except Exception as exc:
+            if self.spool is None or not is_unavailable(exc):
+                raise
+            self.spool.append(
+                "assignment",
+                [
+                    {"experiment_id": e, "project_id": p, "arm_id": a, "source": s}
+                    for e, p, a, s in items
+                ],
+            )
+            return [None] * len(items)
+        return [stored.get((e, p)) for e, p, _, _ in items]
+
+    def _flush_gets(self, keys: list[tuple[int, str]]) -> list[tuple[int, str] | None]:
+        try:
+            stored = self.writer.get_assignments(keys)
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            return [None] * len(keys)
+        return [stored.get(key) for key in keys]
+
+    def _name(self, experiment_id: int, arm_id: int) -> str | None:
+        experiment = self._arms(experiment_id)
+        arm = experiment.arm_by_id(arm_id) if experiment is not None else None
+        return arm.name if arm is not None else None
+
+    async def get(self, experiment_id: int, project_id: str) -> StoredAssignment | None:
+        found = await self._gets.submit((experiment_id, project_id))
+        if found is None:
+            return None
+        name = self._name(experiment_id, found[0])
+        return StoredAssignment(name, found[1]) if name is not None else None
+
+    async def put_first(
+        self, experiment_id: int, project_id: str, proposed: StoredAssignment
+    ) -> StoredAssignment:
+        experiment = self._arms(experiment_id)
+        arm_id = experiment.arm(proposed.arm).arm_id
+        found = await self._puts.submit((experiment_id, project_id, arm_id, proposed.source))
+        if found is None:
+            return StoredAssignment(proposed.arm, proposed.source, confirmed=False)
+        name = self._name(experiment_id, found[0])
+        if name is None:
+            return StoredAssignment(proposed.arm, proposed.source, confirmed=False)
+        return StoredAssignment(name, found[1])
