@@ -111,10 +111,13 @@ def _as_encoded(configs: Sequence[ToolConfig | None] | EncodedConfigs) -> Encode
 def row_cosines(predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """Cosine similarity per row; 0 where either vector is all zeros."""
     dot = np.einsum("ij,ij->i", predicted, truth)
-    norms = np.linalg.norm(predicted, axis=1) * np.linalg.norm(truth, axis=1)
+    # sqrt(|a|^2 |b|^2) rather than |a| |b|: identical vectors then give exactly 1.0
+    norms = np.sqrt(
+        np.einsum("ij,ij->i", predicted, predicted) * np.einsum("ij,ij->i", truth, truth)
+    )
     out = np.zeros(len(dot))
     np.divide(dot, norms, out=out, where=norms > 0)
-    return out
+    return np.clip(out, -1.0, 1.0)
 
 
 @dataclass(frozen=True)
