@@ -13,7 +13,8 @@ Methods (all two-sided at level `alpha` unless said otherwise):
 - Difference treatment - control: Wald z with the unpooled variance
   p_t(1-p_t)/n_t + p_c(1-p_c)/n_c for both the interval and the p-value, so "p < alpha" and
   "the interval excludes 0" always agree; equal to statsmodels' `confint_proportions_2indep` /
-  `test_proportions_2indep` with `method="wald", compare="diff"`.
+  `test_proportions_2indep` with `method="wald", compare="diff"` (the interval is clipped to
+  [-1, 1], which only matters for tiny arms).
 - Ratio treatment / control (the paper's "96.1% of"): delta method on log(ratio), variance
   (1-p_t)/x_t + (1-p_c)/x_c; equal to statsmodels' `method="log", compare="ratio"`.
 - Several treatments: Holm step-down adjustment of the p-values (`holm_adjust`).
@@ -126,6 +127,8 @@ def wilson_interval(
         half = z * np.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
         low = np.clip(center - half, 0.0, 1.0)
         high = np.clip(center + half, 0.0, 1.0)
+    low = np.where(x == 0, 0.0, low)
+    high = np.where(x == n, 1.0, high)
     low = np.where(n > 0, low, np.nan)
     high = np.where(n > 0, high, np.nan)
     return low, high
@@ -390,7 +393,7 @@ def compare(
     )
     se = math.sqrt(var)
     if var > 0:
-        diff_low, diff_high = diff - z * se, diff + z * se
+        diff_low, diff_high = max(-1.0, diff - z * se), min(1.0, diff + z * se)
         p_value = _float(z_test_p_value(diff, var))
     else:
         diff_low = diff_high = p_value = NAN
@@ -1129,10 +1132,10 @@ def decide(
     enables "non-inferior" and "equivalent" (within +-|margin|). With k treatments the intervals
     are at level alpha/k (Bonferroni) and the p-values Holm-adjusted.
 
-    Rules, in order: SRM flagged -> "srm — do not trust"; an arm with no starts -> "insufficient
-    data"; interval above 0 -> "treatment better"; interval inside (-|m|, |m|) -> "equivalent";
-    lower bound above the margin -> "non-inferior"; interval below 0 -> "treatment worse";
-    otherwise "inconclusive".
+    Rules, in order: SRM flagged -> "srm — do not trust"; an arm with no starts ->
+    "insufficient data"; interval above 0 -> "treatment better"; interval inside
+    (-|m|, |m|) -> "equivalent"; lower bound above the margin -> "non-inferior"; interval
+    below 0 -> "treatment worse"; otherwise "inconclusive".
     """
     _check_alpha(alpha)
     if margin is not None and (not math.isfinite(margin) or margin > 0):
