@@ -1,20 +1,88 @@
-"""Analysts' endpoints: experiment listing and results."""
+"""Analysts' endpoints: experiment listing, results with segments, and the /dashboard page."""
 
 from __future__ import annotations
 
+from datetime import date
+from functools import lru_cache
 from typing import Any
 
-from fastapi import APIRouter, Depends
+import jinja2
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import HTMLResponse
 from sqlalchemy.orm import Session
 
-from abtest import services
+from abtest import reporting, services
 from abtest.api.deps import db_session, require_role
+from analysis import reports
 
-router = APIRouter(prefix="/v1", tags=["results"])
+router = APIRouter(tags=["results"])
+reader = [Depends(require_role("engineer", "analyst"))]
+DASHBOARD_STATUSES = ("running", "stopped", "concluded")
 
 
-@router.get("/experiments", dependencies=[Depends(require_role("engineer", "analyst"))])
+def _segments(text: str | None) -> tuple[str, ...]:
+    if text is None:
+        return reports.DEFAULT_SEGMENT_ATTRIBUTES
+    return reporting.check_segments(tuple(part.strip() for part in text.split(",") if part))
+
+
+@router.get("/v1/experiments", dependencies=reader)
 def list_experiments(
     status: str | None = None, session: Session = Depends(db_session)
 ) -> list[dict[str, Any]]:
     return [services.experiment_summary(e) for e in services.list_experiments(session, status)]
+
+
+@router.get("/v1/experiments/{key}/results", dependencies=reader)
+def experiment_results(
+    key: str,
+    as_of: date | None = Query(None, description="Report day (UTC); default today."),
+    segments: str | None = Query(
+        None,
+        description="Comma-separated event attributes to segment by (default platform,country).",
+    ),
+    session: Session = Depends(db_session),
+) -> dict[str, Any]:
+    """The full report as JSON: arms, comparisons, SRM, power, guardrails, segments, timeline."""
+    return reporting.build(session, key, as_of, _segments(segments))
+
+
+@router.get("/v1/experiments/{key}/reports", dependencies=reader)
+def stored_reports(key: str, session: Session = Depends(db_session)) -> list[dict[str, Any]]:
+    """Stored reports (period end, decision, SRM flag), oldest first."""
+    return [
+        {
+            "period_end": r.period_end.isoformat(),
+            "decision": r.decision,
+            "srm": r.srm,
+            "created_at": r.created_at.isoformat(),
+        }
+        for r in reporting.stored_reports(session, key)
+    ]
+
+
+@lru_cache(maxsize=1)
+def _templates() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("abtest", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+
+
+@router.get("/dashboard", response_class=HTMLResponse, dependencies=reader)
+def dashboard(session: Session = Depends(db_session)) -> HTMLResponse:
+    """Every experiment; per experiment with traffic, arms, rates, decision, SRM badge, plots."""
+    experiments = services.list_experiments(session)
+    panels = []
+    for experiment in experiments:
+        if experiment.status not in DASHBOARD_STATUSES:
+            continue
+        report = reporting.build(session, experiment.key)
+        panels.append({"report": report, "images": reports.plot_images(report)})
+    html = (
+        _templates()
+        .get_template("dashboard.html")
+        .render(experiments=experiments, panels=panels, **reports.template_helpers())
+    )
+    return HTMLResponse(html)

@@ -1,9 +1,162 @@
-"""CLI commands for this area; each module adds its commands in `register`."""
+"""`abtest report`, `abtest reports ...` and `abtest scheduler`: significance reports."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+
 import typer
+
+from abtest import reporting
+from abtest.cli.common import JSON_OPTION, console, engine, fail, print_json, print_table, session
+from abtest.cli.common import settings as load_settings
+from abtest.errors import ServiceError
+from analysis import reports
+
+reports_app = typer.Typer(help="Run and list stored significance reports.")
+
+AS_OF_OPTION = typer.Option(
+    None, "--as-of", help="Report day YYYY-MM-DD (UTC); events up to the end of that day."
+)
+
+
+def parse_day(text: str | None) -> date | None:
+    if text is None:
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        fail(f"as-of: {text!r} is not a date (YYYY-MM-DD)")
+
+
+def report(
+    experiment: str = typer.Argument(..., help="Experiment key."),
+    fmt: str = typer.Option("md", "--format", "-f", help="md, html or json."),
+    out: Path = typer.Option(None, "--out", "-o", help="Write to this file instead of stdout."),
+    as_of: str = AS_OF_OPTION,
+) -> None:
+    """Build, store and print the significance report of one experiment."""
+    if fmt not in reporting.FORMATS:
+        fail(f"format: {fmt!r} is not one of {', '.join(reporting.FORMATS)}")
+    if out is not None and not out.parent.is_dir():
+        fail(f"out: the folder {str(out.parent)!r} does not exist")
+    day = parse_day(as_of)
+    with session() as s:
+        body, stored = reporting.run_report(s, experiment, day)
+    text = reports.render(body, fmt)
+    if out is None:
+        typer.echo(text)
+        return
+    out.write_text(text, encoding="utf-8")
+    action = "stored" if stored.created else "updated"
+    console.print(
+        f"{action} report {experiment} as of {body['as_of']}: {stored.decision}; wrote {out}"
+    )
+
+
+@reports_app.command("run")
+def run(
+    experiments: list[str] = typer.Argument(None, help="Experiment keys (or --all)."),
+    all_: bool = typer.Option(False, "--all", help="Every running or stopped experiment."),
+    as_of: str = AS_OF_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Store reports (the cron entry point: `abtest reports run --all`)."""
+    if bool(experiments) == all_:
+        fail("experiments: name experiment keys or pass --all (not both)")
+    day = parse_day(as_of)
+    if all_:
+        stored = run_all_reports(day)
+    else:
+        stored = []
+        for key in experiments:
+            with session() as s:
+                stored.append(reporting.run_report(s, key, day)[1])
+    rows = [
+        {
+            "experiment": r.key,
+            "period_end": r.period_end.isoformat(),
+            "decision": r.decision,
+            "srm": r.srm,
+            "stored": "new" if r.created else "updated",
+        }
+        for r in stored
+    ]
+    if as_json:
+        print_json(rows)
+    else:
+        print_table("Reports", rows, ["experiment", "period_end", "decision", "srm", "stored"])
+
+
+def run_all_reports(day: date | None = None) -> list[reporting.StoredReport]:
+    try:
+        return reporting.run_all(engine(), day)
+    except ServiceError as exc:
+        fail(str(exc))
+
+
+@reports_app.command("list")
+def list_reports(
+    experiment: str = typer.Argument(..., help="Experiment key."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Stored reports of one experiment, oldest first."""
+    with session() as s:
+        rows = [
+            {
+                "period_end": r.period_end.isoformat(),
+                "decision": r.decision,
+                "srm": r.srm,
+                "created_at": r.created_at.isoformat(),
+            }
+            for r in reporting.stored_reports(s, experiment)
+        ]
+    if as_json:
+        print_json(rows)
+    else:
+        print_table(
+            f"Reports of {experiment}", rows, ["period_end", "decision", "srm", "created_at"]
+        )
+
+
+def build_scheduler(cron: str, job: Callable[[], object]):  # noqa: ANN201 - BlockingScheduler
+    """A BlockingScheduler that runs `job` on the crontab expression `cron` (UTC)."""
+    from apscheduler.schedulers.blocking import BlockingScheduler
+    from apscheduler.triggers.cron import CronTrigger
+
+    try:
+        trigger = CronTrigger.from_crontab(cron, timezone="UTC")
+    except ValueError as exc:
+        fail(f"ABTEST_REPORT_CRON: {cron!r} is not a crontab expression ({exc})")
+    scheduler = BlockingScheduler(timezone="UTC")
+    scheduler.add_job(job, trigger, id="reports", max_instances=1, coalesce=True)
+    return scheduler
+
+
+def scheduler(
+    once: bool = typer.Option(False, "--once", help="Run the reports once now and exit."),
+) -> None:
+    """Run `abtest reports run --all` on the schedule in ABTEST_REPORT_CRON (UTC)."""
+    cron = load_settings().report_cron
+
+    def job() -> None:
+        stored = run_all_reports()
+        console.print(f"stored {len(stored)} report(s)")
+
+    sched = build_scheduler(cron, job)
+    if once:
+        job()
+        return
+    console.print(f"scheduler: reports on {cron!r} (UTC); Ctrl-C stops")
+    try:
+        sched.start()
+    except (KeyboardInterrupt, SystemExit):
+        sched.shutdown(wait=False)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the top-level app."""
+    """Add `report`, `reports` and `scheduler` to the top-level app."""
+    app.command("report")(report)
+    app.add_typer(reports_app, name="reports")
+    app.command("scheduler")(scheduler)

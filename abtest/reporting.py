@@ -1,0 +1,230 @@
+"""Report service: build significance reports, store them, run them all for cron.
+
+A report covers every event before its `period_end` (the start of the UTC day after `as_of`).
+Storing is an upsert on (experiment, period_end): rerunning a period replaces that period's
+row instead of adding one. The previous stored report (the latest with an earlier period end)
+is handed to the report so that a changed decision or a new SRM flag is called out at the top.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from abtest import db
+from abtest.errors import Invalid, NotFound
+from abtest.tables import Experiment, Report
+from analysis import queries, reports
+
+FORMATS = ("md", "html", "json")
+REPORTED_STATUSES = ("running", "stopped")
+
+
+@dataclass(frozen=True)
+class StoredReport:
+    key: str
+    period_end: datetime
+    decision: str
+    srm: bool
+    created: bool  # False when an existing row for the period was updated
+
+
+def today_utc(now: datetime | None = None) -> date:
+    return (now or datetime.now(UTC)).astimezone(UTC).date()
+
+
+def check_as_of(as_of: date | None, now: datetime | None = None) -> date:
+    """The report day (default: today, UTC); a day in the future is refused."""
+    today = today_utc(now)
+    if as_of is None:
+        return today
+    if as_of > today:
+        raise Invalid("as_of", f"{as_of.isoformat()} is in the future (today is {today} UTC)")
+    return as_of
+
+
+def check_format(fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise Invalid("format", f"{fmt!r} is not one of {', '.join(FORMATS)}")
+    return fmt
+
+
+def check_segments(attributes: Sequence[str]) -> tuple[str, ...]:
+    for attribute in attributes:
+        if not queries.ATTRIBUTE_PATTERN.match(attribute):
+            raise Invalid("segments", f"{attribute!r} is not a plain attribute name")
+    return tuple(attributes)
+
+
+def previous_report(session: Session, experiment_id: int, period_end: datetime) -> Report | None:
+    """The stored report with the latest period end before `period_end`."""
+    return session.scalar(
+        select(Report)
+        .where(Report.experiment_id == experiment_id, Report.period_end < period_end)
+        .order_by(Report.period_end.desc())
+        .limit(1)
+    )
+
+
+def stored_reports(session: Session, key: str) -> Sequence[Report]:
+    experiment = _experiment(session, key)
+    return session.scalars(
+        select(Report).where(Report.experiment_id == experiment.id).order_by(Report.period_end)
+    ).all()
+
+
+def _experiment(session: Session, key: str) -> Experiment:
+    experiment = session.scalar(select(Experiment).where(Experiment.key == key))
+    if experiment is None:
+        raise NotFound("key", f"no experiment with key {key!r}")
+    return experiment
+
+
+def build(
+    session: Session,
+    key: str,
+    as_of: date | None = None,
+    segments: Sequence[str] = reports.DEFAULT_SEGMENT_ATTRIBUTES,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """The report for `key` as of a day, computed now from the events (not stored)."""
+    experiment = _experiment(session, key)
+    period_end = reports.period_end_for(check_as_of(as_of, now))
+    segments = check_segments(segments)
+    before = previous_report(session, experiment.id, period_end)
+    connection = session.connection()
+    return reports.build_report(
+        connection, key, period_end, before.body if before else None, segments, now
+    )
+
+
+def store(session: Session, experiment_id: int, report: dict[str, Any]) -> tuple[Report, bool]:
+    """Insert the report, or update the stored one for the same period; returns (row, created)."""
+    period_end = datetime.fromisoformat(report["period_end"])
+    row = session.scalar(
+        select(Report).where(Report.experiment_id == experiment_id, Report.period_end == period_end)
+    )
+    created = row is None
+    if row is None:
+        row = Report(experiment_id=experiment_id, period_end=period_end)
+        session.add(row)
+    row.decision = report["decision"][:40]
+    row.srm = bool(report["srm"]["flagged"])
+    row.body = report
+    row.created_at = datetime.now(UTC)
+    session.flush()
+    return row, created
+
+
+def run_report(
+    session: Session, key: str, as_of: date | None = None, now: datetime | None = None
+) -> tuple[dict[str, Any], StoredReport]:
+    """Build and store the report for one experiment and day."""
+    report = build(session, key, as_of, now=now)
+    row, created = store(session, report["experiment"]["id"], report)
+    stored = StoredReport(
+        key, datetime.fromisoformat(report["period_end"]), row.decision, row.srm, created
+    )
+    return report, stored
+
+
+def run_all(
+    engine: Engine,
+    as_of: date | None = None,
+    statuses: tuple[str, ...] = REPORTED_STATUSES,
+    now: datetime | None = None,
+) -> list[StoredReport]:
+    """Store reports for every running/stopped experiment; the cron and scheduler entry point.
+
+    Without `as_of` it finalises yesterday (a complete day) and refreshes today's partial report.
+    Each experiment is committed on its own, so one broken experiment does not block the others.
+    """
+    days = [check_as_of(as_of, now)] if as_of else _default_days(now)
+    with engine.connect() as connection:
+        keys = queries.experiment_keys(connection, statuses)
+    stored: list[StoredReport] = []
+    for key in keys:
+        for day in days:
+            with db.session_scope(engine) as session:
+                stored.append(run_report(session, key, day, now)[1])
+    return stored
+
+
+def _default_days(now: datetime | None) -> list[date]:
+    today = today_utc(now)
+    return [today - timedelta(days=1), today]
+
+
+def latest_report(session: Session, key: str) -> dict[str, Any] | None:
+    rows = stored_reports(session, key)
+    return rows[-1].body if rows else None
+
+
+# --- for analysts ------------------------------------------------------------------------------
+
+
+def _engine(engine_or_url: Engine | str) -> Engine:
+    if isinstance(engine_or_url, str):
+        engine = db.get_engine(engine_or_url)
+        db.ensure_migrated(engine)
+        return engine
+    return engine_or_url
+
+
+def results_frame(engine_or_url: Engine | str, key: str, as_of: date | None = None) -> pd.DataFrame:
+    """One row per arm: counts, rate and interval, and versus control the difference, ratio,
+    p-values, always-valid interval and decision; plus the SRM flag. For notebooks."""
+    with db.session_scope(_engine(engine_or_url)) as session:
+        report = build(session, key, as_of, segments=())
+    comparisons = {c["arm"]: c for c in report["comparisons"]}
+    rows = []
+    for arm in report["arms"]:
+        c = comparisons.get(arm["name"])
+        seq = (c or {}).get("sequential") or {}
+        rows.append(
+            {
+                "experiment": key,
+                "as_of": report["as_of"],
+                "arm": arm["name"],
+                "control": arm["control"],
+                "starts": arm["starts"],
+                "exports": arm["exports"],
+                "rate": arm["rate"],
+                "ci_low": arm["ci_low"],
+                "ci_high": arm["ci_high"],
+                "difference": c["difference"] if c else None,
+                "difference_ci_low": c["difference_ci"][0] if c else None,
+                "difference_ci_high": c["difference_ci"][1] if c else None,
+                "ratio": c["ratio"] if c else None,
+                "ratio_ci_low": c["ratio_ci"][0] if c else None,
+                "ratio_ci_high": c["ratio_ci"][1] if c else None,
+                "p_value": c["p_value"] if c else None,
+                "p_value_adjusted": c["p_value_adjusted"] if c else None,
+                "always_valid_low": (seq.get("difference_ci") or [None, None])[0],
+                "always_valid_high": (seq.get("difference_ci") or [None, None])[1],
+                "decision": c["decision"] if c else None,
+                "srm_flagged": report["srm"]["flagged"],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def timeline_frame(
+    engine_or_url: Engine | str, key: str, as_of: date | None = None
+) -> pd.DataFrame:
+    """One row per day and arm: cumulative starts, exports, rate and its interval."""
+    with db.session_scope(_engine(engine_or_url)) as session:
+        report = build(session, key, as_of, segments=())
+    rows = [
+        {"day": pd.Timestamp(point["day"]), "arm": name, **values}
+        for point in report["timeline"]
+        for name, values in point["arms"].items()
+    ]
+    columns = ["day", "arm", "starts", "exports", "rate", "ci_low", "ci_high"]
+    return pd.DataFrame(rows, columns=columns)

@@ -1,0 +1,247 @@
+"""Reports on both backends: numbers, storage without duplicates, callouts, CLI, scheduler."""
+
+import base64
+import json
+from datetime import date, timedelta
+
+import pytest
+from sqlalchemy import func, select
+from typer.testing import CliRunner
+
+from abtest import db, reporting
+from abtest.cli import app
+from abtest.cli.reports_cmds import build_scheduler
+from abtest.errors import Invalid, NotFound
+from abtest.settings import get_settings
+from abtest.tables import Report
+from analysis import reports, stats
+from tests.online_data import DAY0, assignment, create_experiment, event, insert, simulate
+
+LAST_DAY = (DAY0 + timedelta(days=3)).date()
+runner = CliRunner()
+
+
+@pytest.fixture
+def seeded(engine):
+    seeded = create_experiment(engine, settings={"margin": -0.05})
+    truth = simulate(engine, seeded, {"control": 0.9, "treatment": 0.9}, 80, 4, seed=5)
+    return seeded, truth
+
+
+def stored_count(engine):
+    with engine.connect() as connection:
+        return connection.scalar(select(func.count()).select_from(Report))
+
+
+def run(engine, as_of=LAST_DAY, key="exp"):
+    with db.session_scope(engine) as session:
+        return reporting.run_report(session, key, as_of)
+
+
+def test_report_numbers_and_shape(engine, seeded):
+    _, truth = seeded
+    report, stored = run(engine)
+    json.dumps(report, allow_nan=False)  # strictly JSON: no NaN or infinity
+    arms = {a["name"]: (a["exports"], a["starts"]) for a in report["arms"]}
+    assert arms == truth
+    (exports_c, starts_c), (exports_t, starts_t) = truth["control"], truth["treatment"]
+    expected = stats.compare(exports_c, starts_c, exports_t, starts_t, 0.05)
+    (comparison,) = report["comparisons"]
+    assert comparison["difference"] == pytest.approx(expected.difference, abs=1e-12)
+    assert comparison["p_value"] == pytest.approx(expected.p_value, abs=1e-12)
+    assert comparison["decision"] in stats.DECISIONS
+    assert comparison["sequential"]["looks"] == 4
+    # The always-valid interval is wider than the fixed-horizon one.
+    seq_low, seq_high = comparison["sequential"]["difference_ci"]
+    assert seq_low < comparison["difference_ci"][0] and seq_high > comparison["difference_ci"][1]
+    assert report["decision"] == comparison["decision"] == stored.decision
+    assert report["as_of"] == LAST_DAY.isoformat() and not report["srm"]["flagged"]
+    assert [t["day"] for t in report["timeline"]][-1] == LAST_DAY.isoformat()
+    last = report["timeline"][-1]
+    assert last["arms"]["control"]["starts"] == starts_c
+    # The last point of the plotted path is the report's always-valid ratio interval.
+    ratio_low, ratio_high = comparison["sequential"]["ratio_ci"]
+    assert last["relative"]["treatment"]["ci_low"] == pytest.approx(ratio_low - 1)
+    assert last["relative"]["treatment"]["ci_high"] == pytest.approx(ratio_high - 1)
+    assert {g["arm"] for g in report["guardrails"]} == {"control", "treatment"}
+    assert report["guardrails"][0]["cost_per_project"] == pytest.approx(0.002)
+    assert set(report["segments"]) == {"platform", "country", "popularity"}
+    platform_starts = sum(
+        a["starts"] for row in report["segments"]["platform"] for a in row["arms"]
+    )
+    assert platform_starts == starts_c + starts_t
+    (power,) = report["power"]
+    assert 0 <= power["power_reached"] <= 1 and power["mde"] == -0.05
+
+
+def test_rerunning_a_period_updates_instead_of_duplicating(engine, seeded):
+    _, first = run(engine)
+    _, again = run(engine)
+    assert first.created and not again.created
+    assert stored_count(engine) == 1
+    run(engine, LAST_DAY - timedelta(days=1))
+    assert stored_count(engine) == 2
+    with db.session_scope(engine) as session:
+        periods = [r.period_end.date() for r in reporting.stored_reports(session, "exp")]
+    assert periods == [LAST_DAY, LAST_DAY + timedelta(days=1)]
+
+
+def test_changed_decision_is_called_out_at_the_top(engine, seeded):
+    run(engine, LAST_DAY - timedelta(days=1))
+    with db.session_scope(engine) as session:
+        row = session.scalar(select(Report))
+        body = dict(row.body)
+        body["comparisons"] = [dict(body["comparisons"][0], decision="treatment better")]
+        row.body = body
+    report, _ = run(engine)
+    changed = [c for c in report["callouts"] if c["kind"] == "decision_changed"]
+    assert changed and changed[0]["from"] == "treatment better"
+    assert changed[0]["to"] == report["comparisons"][0]["decision"]
+    markdown = reports.render_markdown(report).splitlines()
+    assert "DECISION_CHANGED" in markdown[2]
+
+
+def test_sample_ratio_mismatch_is_flagged_loudly(engine):
+    seeded = create_experiment(engine)
+    rows, assigned = [], []
+    for i in range(400):
+        arm = "control" if i < 300 else "treatment"
+        assigned.append(assignment(seeded, f"s{i}", arm))
+        rows.append(event(seeded, "start", f"s{i}", arm, DAY0))
+    insert(engine, rows, assigned)
+    report, stored = run(engine)
+    assert report["srm"]["flagged"] and stored.srm
+    assert report["decision"] == stats.SRM_DO_NOT_TRUST
+    assert report["callouts"][0]["kind"] == "srm"
+    assert "sample ratio mismatch" in reports.render_markdown(report).splitlines()[2]
+    html = reports.render_html(report)
+    assert "SRM\nFLAGGED" in html
+
+
+def test_html_report_embeds_both_plots(engine, seeded):
+    report, _ = run(engine)
+    images = reports.plot_images(report)
+    assert set(images) == {"completion_rate", "relative_difference"}
+    for png in images.values():
+        assert base64.b64decode(png)[:8] == b"\x89PNG\r\n\x1a\n"
+    html = reports.render_html(report, images)
+    assert html.count("data:image/png;base64,") == 2
+    assert "control" in html and report["decision"] in html
+
+
+def test_experiment_without_events_gives_an_empty_report(engine):
+    create_experiment(engine)
+    report, _ = run(engine)
+    assert report["decision"] == stats.INSUFFICIENT_DATA
+    assert report["timeline"] == [] and reports.plot_images(report) == {}
+    assert "insufficient data" in reports.render_markdown(report)
+
+
+def test_bad_requests_change_nothing(engine, seeded):
+    with pytest.raises(NotFound) as info:
+        run(engine, key="nope")
+    assert info.value.field == "key"
+    with pytest.raises(Invalid) as info:
+        run(engine, as_of=date.today() + timedelta(days=3))
+    assert info.value.field == "as_of"
+    with db.session_scope(engine) as session, pytest.raises(Invalid) as info:
+        reporting.build(session, "exp", LAST_DAY, segments=("platform; drop",))
+    assert info.value.field == "segments"
+    assert stored_count(engine) == 0
+
+
+def test_results_frame(engine, seeded):
+    _, truth = seeded
+    frame = reporting.results_frame(engine, "exp", LAST_DAY)
+    assert list(frame["arm"]) == ["control", "treatment"]
+    assert frame.set_index("arm").loc["treatment", "starts"] == truth["treatment"][1]
+    assert frame["decision"].iloc[1] in stats.DECISIONS
+    timeline = reporting.timeline_frame(engine, "exp", LAST_DAY)
+    assert len(timeline) == 8 and set(timeline["arm"]) == {"control", "treatment"}
+
+
+def test_run_all_reports_running_experiments_yesterday_and_today(engine, seeded):
+    create_experiment(engine, key="draft", start=False)
+    stored = reporting.run_all(engine)
+    assert {s.key for s in stored} == {"exp"}
+    assert len(stored) == 2 and stored_count(engine) == 2
+
+
+@pytest.fixture
+def cli(settings, monkeypatch):
+    monkeypatch.setenv("ABTEST_DATABASE_URL", settings.database_url)
+    get_settings.cache_clear()
+
+    def invoke(*args, env=None):
+        return runner.invoke(app, list(args), env=env)
+
+    return invoke
+
+
+def test_cli_report_formats_and_storage(cli, settings, tmp_path):
+    engine = db.get_engine(settings.database_url)
+    seeded = create_experiment(engine)
+    simulate(engine, seeded, {"control": 0.8, "treatment": 0.8}, 30, 2)
+    result = cli("report", "exp", "--as-of", "2026-11-02")
+    assert result.exit_code == 0, result.output
+    assert "# Experiment exp — report as of 2026-11-02" in result.output
+    out = tmp_path / "r.json"
+    result = cli("report", "exp", "--format", "json", "--out", str(out), "--as-of", "2026-11-02")
+    assert result.exit_code == 0, result.output
+    assert "updated report" in result.output
+    assert json.loads(out.read_text())["arms"][0]["name"] == "control"
+    html = tmp_path / "r.html"
+    assert cli("report", "exp", "-f", "html", "-o", str(html)).exit_code == 0
+    assert html.read_text().count("data:image/png") == 2
+    assert stored_count(engine) == 2
+
+
+def test_cli_errors_are_clear_and_store_nothing(cli, settings, tmp_path):
+    engine = db.get_engine(settings.database_url)
+    create_experiment(engine)
+    cases = [
+        (("report", "exp", "--format", "pdf"), "format"),
+        (("report", "exp", "--as-of", "yesterday"), "as-of"),
+        (("report", "exp", "--out", str(tmp_path / "missing" / "r.md")), "does not exist"),
+        (("report", "nope"), "no experiment"),
+        (("report", "exp", "--as-of", "2999-01-01"), "in the future"),
+        (("reports", "run"), "--all"),
+        (("reports", "run", "exp", "--all"), "--all"),
+    ]
+    for args, message in cases:
+        result = cli(*args)
+        assert result.exit_code == 1, args
+        assert message in result.output, (args, result.output)
+    assert stored_count(engine) == 0
+
+
+def test_cli_reports_run_all_and_list(cli, settings):
+    engine = db.get_engine(settings.database_url)
+    seeded = create_experiment(engine)
+    simulate(engine, seeded, {"control": 0.8, "treatment": 0.8}, 20, 2)
+    result = cli("reports", "run", "--all", "--as-of", "2026-11-02", "--json")
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.output)
+    assert row["experiment"] == "exp" and row["stored"] == "new"
+    again = json.loads(cli("reports", "run", "exp", "--as-of", "2026-11-02", "--json").output)
+    assert again[0]["stored"] == "updated"
+    listed = json.loads(cli("reports", "list", "exp", "--json").output)
+    assert len(listed) == 1
+
+
+def test_scheduler_once_runs_the_reports(cli, settings):
+    engine = db.get_engine(settings.database_url)
+    create_experiment(engine)
+    result = cli("scheduler", "--once")
+    assert result.exit_code == 0, result.output
+    assert "stored 2 report(s)" in result.output
+    assert stored_count(engine) == 2
+
+
+def test_scheduler_uses_the_cron_setting(cli):
+    scheduler = build_scheduler("30 5 * * 1", lambda: None)
+    (job,) = scheduler.get_jobs()
+    fields = {f.name: str(f) for f in job.trigger.fields}
+    assert fields["hour"] == "5" and fields["minute"] == "30" and fields["day_of_week"] == "1"
+    result = cli("scheduler", "--once", env={"ABTEST_REPORT_CRON": "every day"})
+    assert result.exit_code == 1 and "ABTEST_REPORT_CRON" in result.output
