@@ -18,6 +18,7 @@ champion: it is run over the same test set and compared with a paired bootstrap.
 from __future__ import annotations
 
 import asyncio
+import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from sqlalchemy.orm import Session
 
 from abtest import services
 from abtest.errors import Conflict, Invalid
+from abtest.settings import Settings, get_settings
 from abtest.tables import Experiment, GateRun, Promotion, Variant, utcnow
 from analysis import offline
 from analysis.gate import GatePolicy, GateVerdict, PolicyError, evaluate_gate
@@ -86,43 +88,40 @@ def load_test_set(path: str | Path | None = None) -> TestSet:
 
 
 def _build_local_arm(variant: Variant) -> Arm:
-    """Arms that need no network: the kNN student and the recorded teacher."""
+    """Arms that need no network (same config keys as `abtest.runtime`): the kNN student
+    (`path`: a pickled KnnStudent, else fitted on the train split) and the recorded teacher
+    (`path`: a dataset file, else the bundled train and test splits)."""
     config = variant.config or {}
-    if variant.kind == "knn_student":
-        from models.arms.knn import KnnStudent
+    path = config.get("path")
+    try:
+        if variant.kind == "knn_student":
+            from models.arms.knn import KnnStudent
 
-        model_path = config.get("model_path")
-        if model_path:
-            try:
-                return KnnStudent.load(model_path)
-            except (OSError, TypeError) as exc:
-                raise Invalid("config.model_path", f"cannot load {model_path}: {exc}") from None
-        train_path = config.get("train_path") or bundled_path("train")
-        try:
-            return KnnStudent(name=variant.name).fit(load_records(train_path))
-        except (OSError, DatasetError) as exc:
-            raise Invalid("config.train_path", str(exc)) from None
-    if variant.kind == "recorded":
-        from models.arms.recorded import RecordedTeacherArm
+            if path:
+                model = KnnStudent.load(path)
+                model.name = variant.name
+                return model
+            return KnnStudent(name=variant.name).fit(load_records(bundled_path("train")))
+        if variant.kind == "recorded":
+            from models.arms.recorded import RecordedTeacherArm
 
-        paths = config.get("paths") or [bundled_path("train"), bundled_path("test")]
-        try:
+            paths = [path] if path else [bundled_path("train"), bundled_path("test")]
             records = [r for p in paths for r in load_records(p)]
-        except (OSError, DatasetError) as exc:
-            raise Invalid("config.paths", str(exc)) from None
-        return RecordedTeacherArm(records, name=variant.name)
+            return RecordedTeacherArm(records, name=variant.name)
+    except (OSError, TypeError, DatasetError, pickle.UnpicklingError) as exc:
+        raise Invalid("config.path", f"cannot build variant {variant.name!r}: {exc}") from None
     raise Invalid("kind", f"variant kind {variant.kind!r} has no offline runner yet")
 
 
-def build_variant_arm(variant: Variant) -> Arm:
-    """The arm behind a variant (the shared factory when available, else the local kinds)."""
+def build_variant_arm(variant: Variant, settings: Settings | None = None) -> Arm:
+    """The arm behind a variant: the shared models factory when present, else the local kinds."""
     try:
         from models.arms.factory import build_arm  # type: ignore[import-not-found]
     except ImportError:
         return _build_local_arm(variant)
     try:
-        return build_arm(variant.kind, variant.config or {}, name=variant.name)
-    except (ValueError, KeyError, TypeError) as exc:
+        return build_arm(variant, settings or get_settings())
+    except (ValueError, KeyError, TypeError, OSError, ArmError) as exc:
         raise Invalid("config", f"cannot build variant {variant.name!r}: {exc}") from None
 
 
@@ -230,13 +229,19 @@ def evaluate_variant(
     test_set_path: str | Path | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool = True,
-    arm_builder: Callable[[Variant], Arm] = build_variant_arm,
+    arm_builder: Callable[[Variant], Arm] | None = None,
     policy: GatePolicy | None = None,
+    settings: Settings | None = None,
 ) -> VariantEvaluation:
     """Run a registered variant over the test set and compute the paper's metrics (no writes)."""
     variant = services.get_variant(session, name)
     test_set = load_test_set(test_set_path)
-    return _evaluate(variant, test_set, batch_size, progress, arm_builder, policy or GatePolicy())
+    builder = arm_builder or _default_builder(settings)
+    return _evaluate(variant, test_set, batch_size, progress, builder, policy or GatePolicy())
+
+
+def _default_builder(settings: Settings | None) -> Callable[[Variant], Arm]:
+    return lambda variant: build_variant_arm(variant, settings)
 
 
 def _evaluate(
@@ -283,10 +288,12 @@ def run_gate(
     test_set_path: str | Path | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool = True,
-    arm_builder: Callable[[Variant], Arm] = build_variant_arm,
+    arm_builder: Callable[[Variant], Arm] | None = None,
+    settings: Settings | None = None,
 ) -> GateRun:
     """Evaluate `name` against the champion under `policy` and store the gate run."""
     policy = policy or GatePolicy()
+    arm_builder = arm_builder or _default_builder(settings)
     variant = services.get_variant(session, name)
     if variant.kind == "teacher":
         raise Invalid("name", f"{name!r} is the teacher: it is the reference and needs no gate")

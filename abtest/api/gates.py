@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
 from abtest import gating, services
-from abtest.api.deps import db_session, require_role
+from abtest.api.deps import app_state, db_session, require_role
 
 router = APIRouter(prefix="/v1", tags=["gates"])
 engineer = [Depends(require_role("engineer"))]
@@ -34,12 +34,16 @@ class ConcludeIn(BaseModel):
 
 @router.post("/variants/{name}/gate", status_code=201, dependencies=engineer)
 def run_gate(
-    name: str, body: GateIn | None = None, session: Session = Depends(db_session)
+    name: str,
+    request: Request,
+    body: GateIn | None = None,
+    session: Session = Depends(db_session),
 ) -> dict[str, Any]:
     """Evaluate the variant on the current test set and store the gate run (passed or not)."""
     body = body or GateIn()
     policy = gating.parse_policy(body.policy)
-    run = gating.run_gate(session, name, body.actor, policy, progress=False)
+    settings = app_state(request).settings
+    run = gating.run_gate(session, name, body.actor, policy, progress=False, settings=settings)
     return gating.gate_run_summary(run)
 
 

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from abtest import gating
-from abtest.cli.common import JSON_OPTION, console, fail, print_json, session
+from abtest.cli.common import JSON_OPTION, console, fail, print_json, session, settings
 from analysis import offline
 from analysis.gate import GatePolicy, PolicyError, load_policy
 from analysis.offline_io import match_files
@@ -66,7 +66,7 @@ def evaluate(
         policy = GatePolicy(bootstrap_resamples=resamples, bootstrap_seed=seed)
         with session() as s:
             result = gating.evaluate_variant(
-                s, variant, test_set, progress=not as_json, policy=policy
+                s, variant, test_set, progress=not as_json, policy=policy, settings=settings()
             )
         shown = {k: v for k, v in result.subsets.items() if k in _names(thresholds)}
         if as_json:
@@ -129,7 +129,9 @@ def gate(
     except PolicyError as exc:
         fail(f"--policy: {exc}")
     with session() as s:
-        run = gating.run_gate(s, name, actor, policy, test_set, progress=not as_json)
+        run = gating.run_gate(
+            s, name, actor, policy, test_set, progress=not as_json, settings=settings()
+        )
         summary = gating.gate_run_summary(run)
     if as_json:
         print_json(summary)
