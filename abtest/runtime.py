@@ -153,6 +153,10 @@ def get_router(state: AppState) -> Router:
 async def serving_lifespan(state: AppState) -> AsyncIterator[None]:
     """Build the router and run the spool replayer while the app is up."""
     router = get_router(state)
+    try:
+        await router.warm_up()
+    except Exception as exc:  # noqa: BLE001 - serving starts anyway; requests report the cause
+        log.warning("router warm-up failed: %s", exc)
     replayer = asyncio.create_task(router.replay_forever())
     try:
         yield

@@ -287,30 +287,32 @@ class EventWriter:
     ) -> None:
         """Rows stored without an experiment take the project's latest assignment, if any."""
         ids = [row["client_event_id"] for row in rows if row.get("experiment_id") is None]
-        if not ids:
-            return
-        events, assignments = self.tables.events, self.tables.assignments
-        latest = (
-            sa.select(assignments.c.experiment_id, assignments.c.arm_id)
-            .where(assignments.c.project_id == events.c.project_id)
-            .order_by(assignments.c.id.desc())
-            .limit(1)
-        )
         for start in range(0, len(ids), 500):
+            events = self.tables.events
             conn.execute(
-                events.update()
-                .where(
+                self._adopt_statement(
                     events.c.client_event_id.in_(ids[start : start + 500]),
                     events.c.experiment_id.is_(None),
-                    sa.exists(latest),
-                )
-                .values(
-                    experiment_id=latest.with_only_columns(
-                        assignments.c.experiment_id
-                    ).scalar_subquery(),
-                    arm_id=latest.with_only_columns(assignments.c.arm_id).scalar_subquery(),
                 )
             )
+
+    def _adopt_statement(self, *where: Any) -> sa.Update:
+        """UPDATE orphan events (no arm) to the arm of their project's latest assignment."""
+        events = self.tables.events
+        a = self.tables.assignments.alias("a")
+        match = sa.and_(
+            a.c.project_id == events.c.project_id,
+            sa.or_(events.c.experiment_id.is_(None), a.c.experiment_id == events.c.experiment_id),
+        )
+
+        def latest(column: Any) -> Any:
+            return sa.select(column).where(match).order_by(a.c.id.desc()).limit(1).scalar_subquery()
+
+        return (
+            events.update()
+            .where(events.c.arm_id.is_(None), sa.exists(sa.select(a.c.id).where(match)), *where)
+            .values(experiment_id=latest(a.c.experiment_id), arm_id=latest(a.c.arm_id))
+        )
 
     def _insert_postgres(self, rows: Sequence[dict[str, Any]]) -> set[str]:
         events, assignments = self.tables.events.name, self.tables.assignments.name
@@ -427,28 +429,8 @@ class EventWriter:
 
     def reconcile_all(self) -> int:
         """Give every orphan event (no arm) the arm of its project's assignment; returns rows."""
-        events, assignments = self.tables.events, self.tables.assignments
-        match = sa.and_(
-            assignments.c.project_id == events.c.project_id,
-            sa.or_(
-                events.c.experiment_id.is_(None),
-                assignments.c.experiment_id == events.c.experiment_id,
-            ),
-        )
-        latest = sa.select(assignments.c.id).where(match).order_by(assignments.c.id.desc())
-        pick = sa.select(assignments).where(assignments.c.id == latest.limit(1).scalar_subquery())
         with self.engine.begin() as conn:
-            result = conn.execute(
-                events.update()
-                .where(events.c.arm_id.is_(None), sa.exists(latest))
-                .values(
-                    experiment_id=pick.with_only_columns(
-                        assignments.c.experiment_id
-                    ).scalar_subquery(),
-                    arm_id=pick.with_only_columns(assignments.c.arm_id).scalar_subquery(),
-                )
-            )
-            return result.rowcount or 0
+            return conn.execute(self._adopt_statement()).rowcount or 0
 
 
 def _insert(conn: sa.Connection, table: Table):  # noqa: ANN202 - dialect-specific Insert

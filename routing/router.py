@@ -333,6 +333,19 @@ class Router:
             self._arms[key] = self.arm_provider(arm)
         return self._arms[key]
 
+    async def warm_up(self) -> None:
+        """Load experiments and build the arms of running ones (in a thread) before traffic."""
+        experiments = await self.catalog.refresh(force=True)
+        loop = asyncio.get_running_loop()
+        for experiment in experiments:
+            if experiment.status != "running":
+                continue
+            for arm in experiment.arms:
+                try:
+                    await loop.run_in_executor(self.executor, self.arm_instance, arm)
+                except Exception:  # noqa: BLE001,S112 - the first request falls back and reports it
+                    continue
+
     async def _call(self, arm: ArmDef, intent: str) -> tuple[Prediction | None, str | None]:
         """One guarded call: (prediction, None) or (None, reason)."""
         label = arm.variant or arm.name

@@ -7,7 +7,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -31,7 +32,10 @@ class AppState:
 
     @asynccontextmanager
     async def lifespan(self, _app: FastAPI) -> AsyncIterator[None]:
-        yield
+        from abtest.runtime import serving_lifespan
+
+        async with serving_lifespan(self):
+            yield
 
 
 def app_state(request: Request) -> AppState:
@@ -44,10 +48,61 @@ def db_session(request: Request) -> Iterator[Session]:
         yield session
 
 
-def require_role(*roles: str):  # noqa: ANN201 - returns a FastAPI dependency
-    """Dependency factory for role checks (API keys land with the router issue)."""
+def _api_key(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if header:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    return request.headers.get("x-api-key") or None
 
-    def _check(request: Request) -> None:
-        return None
+
+def _denied(status: int, header: str, message: str) -> HTTPException:
+    detail = [{"loc": ["header", header], "msg": message, "type": "Unauthorized"}]
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return HTTPException(status_code=status, detail=detail, headers=headers)
+
+
+def require_role(*roles: str):  # noqa: ANN201 - returns a FastAPI dependency
+    """Dependency: the request's API key must have one of `roles` (when auth is enabled).
+
+    401 when the key is missing, unknown or revoked; 403 when its role is not allowed. Both
+    bodies say what is needed.
+    """
+    needed = " or ".join(roles)
+
+    async def _check(request: Request) -> str | None:
+        state = app_state(request)
+        if not state.settings.auth_enabled:
+            return None
+        key = _api_key(request)
+        if key is None:
+            raise _denied(
+                401,
+                "Authorization",
+                f"missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>' "
+                f"for a key with role {needed}",
+            )
+        from abtest import auth
+
+        cache = state.extras.setdefault("role_cache", auth.RoleCache())
+        known, role = cache.get(key)
+        if not known:
+
+            def lookup() -> str | None:
+                with db.session_scope(state.engine) as session:
+                    return auth.role_of(session, key)
+
+            role = await run_in_threadpool(lookup)
+            cache.put(key, role)
+        if role is None:
+            raise _denied(401, "Authorization", "invalid or revoked API key")
+        if role not in roles:
+            raise _denied(
+                403,
+                "Authorization",
+                f"this API key has role {role!r}; this endpoint needs role {needed}",
+            )
+        return role
 
     return _check

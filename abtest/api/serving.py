@@ -1,7 +1,178 @@
-"""API routes for this area (filled in by its issue)."""
+"""The app's endpoints: route a project, log exports and event batches, Prometheus metrics."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import math
+from datetime import UTC, datetime
+from typing import Any, Literal
 
-router = APIRouter()
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from abtest.api.deps import app_state, require_role
+from abtest.errors import Conflict, Invalid, NotFound
+from abtest.runtime import get_router
+from routing.router import Router, RoutingError
+
+router = APIRouter(tags=["serving"])
+app_role = [Depends(require_role("app"))]
+
+Tool = Literal["adjust", "selective_adjust", "filter"]
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+
+
+def _no_nul(value: Any, path: str = "value") -> Any:
+    """PostgreSQL cannot store NUL characters in text or JSON: refuse them up front."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError(f"{path} contains a NUL character")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _no_nul(key, path)
+            _no_nul(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _no_nul(item, f"{path}.{index}")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{path} must be a finite number")
+    return value
+
+
+def _in_range(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    aware = value if value.tzinfo else value.replace(tzinfo=UTC)
+    if not EARLIEST <= aware <= LATEST:
+        raise ValueError("must be between 1970 and 2200")
+    return aware
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _text_is_storable(cls, value: Any) -> Any:
+        return _no_nul(value)
+
+
+class ProjectIn(_Strict):
+    project_id: str = Field(min_length=1, max_length=200)
+    intent: str = Field(min_length=1, max_length=10_000)
+    attributes: dict[str, Any] | None = None
+    experiment_key: str | None = Field(default=None, min_length=1, max_length=100)
+    client_event_id: str | None = Field(default=None, min_length=1, max_length=100)
+
+
+class ExportIn(_Strict):
+    kept_tools: list[Tool] | None = Field(default=None, max_length=3)
+    client_event_id: str | None = Field(default=None, min_length=1, max_length=100)
+    occurred_at: datetime | None = None
+    experiment_key: str | None = Field(default=None, min_length=1, max_length=100)
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _plausible_time(cls, value: datetime | None) -> datetime | None:
+        return _in_range(value)
+
+
+class EventIn(_Strict):
+    client_event_id: str = Field(min_length=1, max_length=100)
+    type: Literal["start", "export"]
+    project_id: str = Field(min_length=1, max_length=200)
+    occurred_at: datetime | None = None
+    experiment_key: str | None = Field(default=None, min_length=1, max_length=100)
+    arm: str | None = Field(default=None, min_length=1, max_length=100)
+    kept_tools: list[Tool] | None = Field(default=None, max_length=3)
+    latency_ms: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    served_by: str | None = Field(default=None, max_length=100)
+    fallback: bool = False
+    error: str | None = Field(default=None, max_length=10_000)
+    cache_hit: bool = False
+    intent: str | None = Field(default=None, max_length=10_000)
+    attributes: dict[str, Any] | None = None
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _plausible_time(cls, value: datetime | None) -> datetime | None:
+        return _in_range(value)
+
+
+class EventBatchIn(_Strict):
+    events: list[EventIn] = Field(min_length=1, max_length=10_000)
+
+
+def _router(request: Request) -> Router:
+    return get_router(app_state(request))
+
+
+def _http_error(exc: RoutingError) -> Exception:
+    """Routing errors take the app's one error shape (abtest.errors)."""
+    if exc.status == 404:
+        return NotFound(exc.field, exc.reason)
+    if exc.status == 409:
+        return Conflict(exc.field, exc.reason)
+    if exc.status == 422:
+        return Invalid(exc.field, exc.reason)
+    return HTTPException(exc.status, detail=exc.as_detail())
+
+
+@router.post("/v1/projects", dependencies=app_role, tags=["serving"])
+async def post_project(body: ProjectIn, request: Request) -> dict[str, Any]:
+    """Assign the project, answer with its arm's three tool configurations, log the start."""
+    try:
+        routed = await _router(request).handle_project(
+            body.project_id,
+            body.intent,
+            body.attributes,
+            body.experiment_key,
+            body.client_event_id,
+        )
+    except RoutingError as exc:
+        raise _http_error(exc) from None
+    return routed.to_json()
+
+
+@router.post("/v1/projects/{project_id}/export", dependencies=app_role)
+async def post_export(
+    project_id: str, request: Request, body: ExportIn | None = None
+) -> dict[str, Any]:
+    """Log that the user exported the project (optionally which tools were kept)."""
+    body = body or ExportIn()
+    if "\x00" in project_id:
+        raise Invalid("project_id", "contains a NUL character")
+    try:
+        return await _router(request).record_export(
+            project_id,
+            body.kept_tools,
+            body.client_event_id,
+            body.occurred_at,
+            body.experiment_key,
+        )
+    except RoutingError as exc:
+        raise _http_error(exc) from None
+
+
+@router.post("/v1/events:batch", dependencies=app_role)
+async def post_events(body: EventBatchIn, request: Request) -> dict[str, int]:
+    """Store up to 10,000 events at once; a retried event (same client_event_id) counts once."""
+    try:
+        result = await _router(request).ingest([e.model_dump() for e in body.events])
+    except RoutingError as exc:
+        raise _http_error(exc) from None
+    return {
+        "received": result.received,
+        "stored": result.stored,
+        "duplicates": result.duplicates,
+        "spooled": result.spooled,
+    }
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics: latency per arm, fallbacks, arm errors, cache hits, spool depth."""
+    return Response(
+        generate_latest(_router(request).metrics.registry), media_type=CONTENT_TYPE_LATEST
+    )

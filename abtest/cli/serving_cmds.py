@@ -1,9 +1,153 @@
-"""CLI commands for this area; each module adds its commands in `register`."""
+"""`abtest serve`, `abtest keys ...` and `abtest spool ...`."""
 
 from __future__ import annotations
 
+import os
+
 import typer
+
+from abtest.cli import common
+
+keys_app = typer.Typer(help="API keys (stored hashed; roles app, engineer, analyst).")
+spool_app = typer.Typer(help="The local event spool used while the database is down.")
+
+
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+    port: int = typer.Option(8000, help="TCP port."),
+    workers: int = typer.Option(1, min=1, help="uvicorn worker processes."),
+    auth: bool | None = typer.Option(
+        None,
+        "--auth/--no-auth",
+        help="Require API keys. Default: on, unless ABTEST_AUTH_ENABLED=false is set.",
+    ),
+    log_level: str = typer.Option("info", help="uvicorn log level."),
+) -> None:
+    """Start the API (routing, events, admin, results) with uvicorn."""
+    import uvicorn
+
+    from abtest import auth as keys
+    from abtest import db
+    from abtest.api import create_app
+
+    base = common.settings()
+    enabled = (
+        auth
+        if auth is not None
+        else (base.auth_enabled if "ABTEST_AUTH_ENABLED" in os.environ else True)
+    )
+    os.environ["ABTEST_AUTH_ENABLED"] = "true" if enabled else "false"
+    settings = base.model_copy(update={"auth_enabled": enabled})
+    engine = common.engine()
+    if settings.bootstrap_api_key is not None:
+        with db.session_scope(engine) as session:
+            if keys.ensure_bootstrap_key(session, settings.bootstrap_api_key.get_secret_value()):
+                common.console.print(
+                    "created the bootstrap engineer key from ABTEST_BOOTSTRAP_API_KEY"
+                )
+    if enabled:
+        with db.session_scope(engine) as session:
+            if not keys.list_keys(session):
+                common.err_console.print(
+                    "[yellow]warning:[/] auth is on and no API key exists: create one with "
+                    "`abtest keys create NAME --role app`"
+                )
+    else:
+        common.err_console.print("[yellow]warning:[/] auth is OFF: every endpoint is open")
+    if workers == 1:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+    else:
+        uvicorn.run(
+            "abtest.api:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level=log_level,
+        )
+
+
+@keys_app.command("create")
+def keys_create(
+    name: str = typer.Argument(..., help="A name for the key (who or what uses it)."),
+    role: str = typer.Option(..., "--role", "-r", help="app, engineer or analyst."),
+) -> None:
+    """Create a key; it is printed once and only its SHA-256 hash is stored."""
+    from abtest import auth
+
+    with common.session() as session:
+        row, plaintext = auth.create_key(session, name, role)
+    common.console.print(
+        f"created {row.role} key {row.name!r}; store it now, it is not shown again:"
+    )
+    typer.echo(plaintext)
+
+
+@keys_app.command("list")
+def keys_list(as_json: bool = common.JSON_OPTION) -> None:
+    """List keys (names, roles, dates; never the keys themselves)."""
+    from abtest import auth
+
+    with common.session() as session:
+        rows = [auth.key_summary(k) for k in auth.list_keys(session)]
+    if as_json:
+        common.print_json(rows)
+    else:
+        common.print_table("API keys", rows, ["name", "role", "created_at", "revoked_at"])
+
+
+@keys_app.command("revoke")
+def keys_revoke(name: str = typer.Argument(..., help="The key's name.")) -> None:
+    """Revoke a key (running servers stop accepting it within seconds)."""
+    from abtest import auth
+
+    with common.session() as session:
+        auth.revoke_key(session, name)
+    common.console.print(f"revoked API key {name!r}")
+
+
+@spool_app.command("replay")
+def spool_replay(
+    reconcile: bool = typer.Option(
+        True, help="Afterwards give orphan exports the arm of their project's assignment."
+    ),
+) -> None:
+    """Move events spooled while the database was down into the database (idempotent)."""
+    from abtest.runtime import TABLES
+    from routing.events import EventSpool, EventWriter, is_unavailable, replay_spool
+
+    settings = common.settings()
+    engine = common.engine()
+    spool = EventSpool(settings.spool_dir)
+    writer = EventWriter(engine, TABLES, spool)
+    before = spool.depth
+    try:
+        replayed = replay_spool(writer, spool)
+        fixed = writer.reconcile_all() if reconcile else 0
+    except Exception as exc:
+        if is_unavailable(exc):
+            common.fail(f"the database is unreachable; {spool.depth} entries stay spooled")
+        raise
+    finally:
+        spool.close()
+    common.console.print(
+        f"replayed {replayed} of {before} spooled entries into the database; "
+        f"reconciled {fixed} orphan events"
+    )
+
+
+@spool_app.command("status")
+def spool_status() -> None:
+    """How many entries wait in the spool."""
+    from routing.events import EventSpool
+
+    spool = EventSpool(common.settings().spool_dir)
+    common.console.print(f"{spool.depth} entries in {spool.path}")
+    spool.close()
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the top-level app."""
+    app.command("serve")(serve)
+    app.add_typer(keys_app, name="keys")
+    app.add_typer(spool_app, name="spool")
