@@ -1,0 +1,153 @@
+"""`abtest stats proportions` and `abtest stats power` (no database involved)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from statsmodels.stats import proportion as smp
+from typer.testing import CliRunner
+
+from abtest.cli import app
+from analysis import stats
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, ["stats", *args], env={"COLUMNS": "120"})
+
+
+def test_proportions_json_matches_statsmodels():
+    result = invoke("proportions", "--control", "9300/10000", "--treatment", "9210/10000", "--json")
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout)
+    t = body["treatments"]["treatment"]
+    low, high = smp.confint_proportions_2indep(
+        9210, 10000, 9300, 10000, method="wald", compare="diff"
+    )
+    assert t["comparison"]["difference_ci_low"] == pytest.approx(low, abs=1e-12)
+    assert t["comparison"]["difference_ci_high"] == pytest.approx(high, abs=1e-12)
+    assert t["comparison"]["ratio"] == pytest.approx(0.921 / 0.93)
+    assert t["decision"] == "treatment worse"
+    assert body["control"]["rate"] == pytest.approx(0.93)
+    assert body["srm"] is None and body["margin"] is None
+
+
+def test_proportions_table_with_margin():
+    result = invoke(
+        "proportions", "--control", "930/1000", "--treatment", "945/1000", "--margin", "-0.03"
+    )
+    assert result.exit_code == 0, result.output
+    assert "Completion rate per arm" in result.stdout
+    assert "93.00%" in result.stdout and "94.50%" in result.stdout
+    assert "non-inferior at -3.00 pts" in result.stdout
+    assert "yes (p =" in result.stdout
+    decision_row = next(line for line in result.stdout.splitlines() if "│ decision" in line)
+    assert "non-inferior" in decision_row
+
+
+def test_proportions_several_treatments_sequential_and_srm():
+    result = invoke(
+        "proportions",
+        "--control", "9300/10000",
+        "--treatment", "9210/10000",
+        "--treatment", "9400/12000",
+        "--sequential", "--horizon", "20000",
+        "--weights", "1,1,1",
+        "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout)
+    assert body["srm"]["flagged"] is True
+    assert set(body["treatments"]) == {"treatment", "treatment 2"}
+    for t in body["treatments"].values():
+        assert t["decision"] == stats.SRM_DO_NOT_TRUST
+        assert t["sequential"]["horizon"] == 20000
+    table = invoke(
+        "proportions", "--control", "9300/10000", "--treatment", "9210/10000",
+        "--treatment", "9400/12000", "--weights", "1,1,1", "--sequential",
+    )  # fmt: skip
+    assert table.exit_code == 0, table.output
+    assert "SRM:" in table.stdout and "always-valid" in table.stdout and "Holm" in table.stdout
+
+
+def test_proportions_json_is_strict_when_numbers_are_undefined():
+    result = invoke("proportions", "--control", "10/10", "--treatment", "10/10", "--json")
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout)  # NaN would not parse as strict JSON below
+    json.loads(result.stdout, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    assert body["treatments"]["treatment"]["comparison"]["p_value"] is None
+    assert body["treatments"]["treatment"]["decision"] == "inconclusive"
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--control", "9300/0", "--treatment", "1/2"], "no starts"),
+        (["--control", "9300/10000", "--treatment", "11/10"], "more exports"),
+        (["--control", "9300-10000", "--treatment", "1/2"], "not EXPORTS/STARTS"),
+        (["--control", "a/b", "--treatment", "1/2"], "not EXPORTS/STARTS"),
+        (["--control", "1.5/3", "--treatment", "1/2"], "not EXPORTS/STARTS"),
+        (["--control", "-1/3", "--treatment", "1/2"], "not EXPORTS/STARTS"),
+        (["--control", "1/3", "--treatment", "1/2", "--margin", "0.01"], "margin"),
+        (["--control", "1/3", "--treatment", "1/2", "--alpha", "1.5"], "alpha"),
+        (["--control", "1/3", "--treatment", "1/2", "--horizon", "100"], "horizon"),
+        (["--control", "1/3", "--treatment", "1/2", "--sequential", "--horizon", "0"], "horizon"),
+        (["--control", "1/3", "--treatment", "1/2", "--weights", "1"], "weights"),
+        (["--control", "1/3", "--treatment", "1/2", "--weights", "1,x"], "weights"),
+        (["--control", "1/3", "--treatment", "1/2", "--weights", "0,0"], "weights"),
+        (["--control", "1/3", "--treatment", "1/2", "--treatment", "3/2"], "treatment 2"),
+    ],
+)
+def test_proportions_bad_input_is_a_clear_error(args, needle):
+    result = invoke("proportions", *args)
+    assert result.exit_code != 0
+    assert needle in result.output
+    assert "Traceback" not in result.output
+
+
+def test_proportions_requires_a_treatment():
+    result = invoke("proportions", "--control", "1/3")
+    assert result.exit_code != 0
+
+
+def test_power_json_matches_the_library():
+    result = invoke("power", "--baseline", "0.93", "--mde", "0.01", "--daily-projects", "2000",
+                    "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout)
+    plan = stats.sample_size(0.93, 0.01, daily_projects=2000)
+    assert body["control"] == plan.control == 9537
+    assert body["treatment"] == 9537 and body["total"] == 19074
+    assert body["days_needed"] == 10
+    assert math.isclose(body["control_exact"], plan.control_exact)
+
+
+def test_power_table_with_ratio_and_alpha():
+    result = invoke("power", "--baseline", "0.5", "--mde", "-0.04", "--ratio", "2",
+                    "--alpha", "0.01", "--power", "0.9")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    plan = stats.sample_size(0.5, -0.04, 0.01, 0.9, 2.0)
+    assert str(plan.control) in result.stdout and str(plan.treatment) in result.stdout
+    assert "days" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--baseline", "1.2", "--mde", "0.01"], "baseline"),
+        (["--baseline", "0.93", "--mde", "0"], "mde"),
+        (["--baseline", "0.99", "--mde", "0.02"], "mde"),
+        (["--baseline", "0.9", "--mde", "0.01", "--power", "1"], "power"),
+        (["--baseline", "0.9", "--mde", "0.01", "--alpha", "0"], "alpha"),
+        (["--baseline", "0.9", "--mde", "0.01", "--ratio", "0"], "ratio"),
+        (["--baseline", "0.9", "--mde", "0.01", "--daily-projects", "-5"], "daily-projects"),
+    ],
+)
+def test_power_bad_input_is_a_clear_error(args, needle):
+    result = invoke("power", *args)
+    assert result.exit_code != 0
+    assert needle in result.output
+    assert "Traceback" not in result.output
