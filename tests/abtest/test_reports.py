@@ -17,6 +17,7 @@ from abtest.tables import Report
 from analysis import reports, stats
 from tests.online_data import DAY0, assignment, create_experiment, event, insert, simulate
 
+SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 LAST_DAY = (DAY0 + timedelta(days=3)).date()
 runner = CliRunner()
 
@@ -101,6 +102,7 @@ def test_changed_decision_is_called_out_at_the_top(engine, seeded):
     assert "DECISION_CHANGED" in markdown[2]
 
 
+@SQLITE_ONLY  # rendering does not depend on the backend
 def test_sample_ratio_mismatch_is_flagged_loudly(engine):
     seeded = create_experiment(engine)
     rows, assigned = [], []
@@ -118,6 +120,7 @@ def test_sample_ratio_mismatch_is_flagged_loudly(engine):
     assert "SRM\nFLAGGED" in html
 
 
+@SQLITE_ONLY  # rendering does not depend on the backend
 def test_html_report_embeds_both_plots(engine, seeded):
     report, _ = run(engine)
     images = reports.plot_images(report)
@@ -129,6 +132,7 @@ def test_html_report_embeds_both_plots(engine, seeded):
     assert "control" in html and report["decision"] in html
 
 
+@SQLITE_ONLY  # rendering does not depend on the backend
 def test_experiment_without_events_gives_an_empty_report(engine):
     create_experiment(engine)
     report, _ = run(engine)
@@ -238,6 +242,7 @@ def test_scheduler_once_runs_the_reports(cli, settings):
     assert stored_count(engine) == 2
 
 
+@SQLITE_ONLY  # rendering does not depend on the backend
 def test_scheduler_uses_the_cron_setting(cli):
     scheduler = build_scheduler("30 5 * * 1", lambda: None)
     (job,) = scheduler.get_jobs()

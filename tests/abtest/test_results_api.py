@@ -1,0 +1,83 @@
+"""Analysts' API on both backends: experiments, results with segments, stored reports, 4xx."""
+
+import pytest
+from fastapi.testclient import TestClient
+
+from abtest import db, reporting
+from abtest.api import create_app
+from analysis import stats
+from tests.online_data import create_experiment, simulate
+
+
+@pytest.fixture
+def seeded(settings):
+    engine = db.get_engine(settings.database_url)
+    seeded = create_experiment(engine, settings={"margin": -0.03})
+    truth = simulate(engine, seeded, {"control": 0.85, "treatment": 0.8}, 60, 3, seed=2)
+    return engine, truth
+
+
+@pytest.fixture
+def client(settings):
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def test_list_experiments(client, seeded):
+    (experiment,) = client.get("/v1/experiments").json()
+    assert experiment["key"] == "exp" and experiment["status"] == "running"
+    assert client.get("/v1/experiments", params={"status": "draft"}).json() == []
+
+
+def test_results_with_segments(client, seeded):
+    _, truth = seeded
+    response = client.get("/v1/experiments/exp/results", params={"as_of": "2026-11-03"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert {a["name"]: (a["exports"], a["starts"]) for a in body["arms"]} == truth
+    assert body["comparisons"][0]["decision"] in stats.DECISIONS
+    assert body["margin"] == -0.03 and body["srm"]["flagged"] is False
+    assert set(body["segments"]) == {"platform", "country", "popularity"}
+    only = client.get("/v1/experiments/exp/results", params={"segments": "country"}).json()
+    assert set(only["segments"]) == {"country", "popularity"}
+    countries = {row["segment"] for row in only["segments"]["country"]}
+    assert countries == {"us", "de", "fr"}
+
+
+def test_stored_reports_listing(client, seeded):
+    engine, _ = seeded
+    with db.session_scope(engine) as session:
+        reporting.run_report(session, "exp")
+    (row,) = client.get("/v1/experiments/exp/reports").json()
+    assert row["decision"] in stats.DECISIONS
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "status", "loc"),
+    [
+        ("/v1/experiments/nope/results", {}, 404, ["key"]),
+        ("/v1/experiments/exp/results", {"as_of": "2999-01-01"}, 422, ["as_of"]),
+        ("/v1/experiments/exp/results", {"as_of": "soon"}, 422, ["query", "as_of"]),
+        ("/v1/experiments/exp/results", {"segments": "a b"}, 422, ["segments"]),
+        ("/v1/experiments/nope/reports", {}, 404, ["key"]),
+    ],
+)
+def test_bad_requests_name_the_field(client, seeded, path, params, status, loc):
+    response = client.get(path, params=params)
+    assert response.status_code == status, response.text
+    assert response.json()["detail"][0]["loc"] == loc
+    assert client.get("/v1/experiments/exp/reports").json() == []  # nothing was stored
+
+
+def test_dashboard_lists_experiments_and_panels(client, seeded):
+    engine, truth = seeded
+    create_experiment(engine, key="draft-one", start=False)
+    response = client.get("/dashboard")
+    assert response.status_code == 200
+    html = response.text
+    assert "draft-one" in html  # listed, but no panel without traffic
+    assert html.count('class="experiment"') == 1
+    assert html.count("data:image/png;base64,") == 2
+    rate = truth["control"][0] / truth["control"][1]
+    assert f"{100 * rate:.2f}%" in html
+    assert "SRM ok" in " ".join(html.split())
