@@ -632,6 +632,9 @@ def sequential_path(
 ) -> SequentialPath:
     """Always-valid difference and ratio after each day, from DAILY (not cumulative) counts.
 
+    A day may have more exports than starts (exports counted on the day they happen); the
+    running totals may not.
+
     `horizon` is the planned number of projects per arm (e.g. `sample_size(...).control`); the
     confidence sequence is tightest there. Without it, the latest per-arm count is used (right
     for reading one final result; for daily reading, fix the horizon before the experiment).
@@ -650,9 +653,13 @@ def sequential_path(
         raise ValueError("every daily series must have the same number of days")
     if arrays[0].shape[0] == 0:
         raise ValueError("at least one day of counts is needed")
-    _check_counts(arrays[0], arrays[1], "control (daily)")
-    _check_counts(arrays[2], arrays[3], "treatment (daily)")
+    if any(np.any(a < 0) for a in arrays):
+        raise ValueError("daily counts must not be negative")
     xc, nc, xt, nt = (np.cumsum(a) for a in arrays)
+    # Exports may be counted on the day they happen, so one day can have more exports than
+    # starts; only the cumulative counts must be consistent.
+    _check_counts(xc, nc, "control (cumulative)")
+    _check_counts(xt, nt, "treatment (cumulative)")
     per_arm = np.minimum(nc, nt)
     if horizon is None:
         horizon = float(max(per_arm[-1], 1.0))

@@ -348,6 +348,13 @@ def test_sequential_path_validation():
         sequential_path([1, 2], [3, 4], [1], [3])
     with pytest.raises(ValueError, match="exports cannot exceed"):
         sequential_path([5], [3], [1], [3])
+    with pytest.raises(ValueError, match="exports cannot exceed"):
+        sequential_path([1, 3], [3, 0], [1, 1], [3, 3])
+    with pytest.raises(ValueError, match="negative"):
+        sequential_path([1, -1], [3, 3], [1, 1], [3, 3])
+    # a day with more exports than starts is fine while the running totals are consistent
+    path = sequential_path([0, 5], [4, 2], [1, 2], [3, 3])
+    assert path.control_exports == (0, 5) and path.control_starts == (4, 6)
     with pytest.raises(ValueError, match="horizon"):
         sequential_path([1], [3], [1], [3], horizon=0)
     path = sequential_path([0], [0], [1], [3])
