@@ -18,9 +18,11 @@ champion: it is run over the same test set and compared with a paired bootstrap.
 from __future__ import annotations
 
 import asyncio
+import copy
 import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -78,13 +80,27 @@ def load_test_set(path: str | Path | None = None) -> TestSet:
     resolved = Path(path) if path is not None else current_test_set_path()
     if not resolved.is_file():
         raise Invalid("test_set", f"{resolved}: no such file")
+    sha256 = file_hash(resolved)
     try:
-        records = load_records(resolved)
+        records = _cached_records(str(resolved.resolve()), sha256)
     except DatasetError as exc:
         raise Invalid("test_set", str(exc)) from None
     if not records:
         raise Invalid("test_set", f"{resolved}: no records")
-    return TestSet(resolved, file_hash(resolved), records)
+    return TestSet(resolved, sha256, list(records))
+
+
+@lru_cache(maxsize=8)
+def _cached_records(path: str, sha256: str) -> tuple[IntentRecord, ...]:
+    """Parsed dataset files, keyed by content hash (records are immutable)."""
+    return tuple(load_records(path))
+
+
+@lru_cache(maxsize=2)
+def _fitted_knn(train_path: str, sha256: str) -> Any:
+    from models.arms.knn import KnnStudent
+
+    return KnnStudent().fit(_cached_records(train_path, sha256))
 
 
 def _build_local_arm(variant: Variant) -> Arm:
@@ -101,12 +117,15 @@ def _build_local_arm(variant: Variant) -> Arm:
                 model = KnnStudent.load(path)
                 model.name = variant.name
                 return model
-            return KnnStudent(name=variant.name).fit(load_records(bundled_path("train")))
+            train = bundled_path("train")
+            model = copy.copy(_fitted_knn(str(train), file_hash(train)))
+            model.name = variant.name
+            return model
         if variant.kind == "recorded":
             from models.arms.recorded import RecordedTeacherArm
 
             paths = [path] if path else [bundled_path("train"), bundled_path("test")]
-            records = [r for p in paths for r in load_records(p)]
+            records = [r for p in paths for r in _cached_records(str(p), file_hash(p))]
             return RecordedTeacherArm(records, name=variant.name)
     except (OSError, TypeError, DatasetError, pickle.UnpicklingError) as exc:
         raise Invalid("config.path", f"cannot build variant {variant.name!r}: {exc}") from None
