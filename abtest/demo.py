@@ -153,8 +153,7 @@ async def simulate(settings: Settings, projects: list[SimulatedProject], seed: i
             routed = await router.handle_project(
                 project.project_id, project.record.intent, project.attributes
             )
-            served = ToolConfig.from_record(routed.output, strict=False)
-            quality = agreement(served, project.record.teacher)
+            quality = agreement(routed.config, project.record.teacher)
             if rng.random() < export_probability(quality, routed.latency_ms / 1000):
                 await router.record_export(project.project_id)
             progress.advance(task)

@@ -27,6 +27,7 @@ from abtest.tables import (
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
 WEIGHT_TOLERANCE = 1e-6
+TEACHER_KINDS = ("teacher", "recorded")
 DEFAULT_TEST_SETTINGS: dict[str, Any] = {
     "alpha": 0.05,
     "margin": -0.01,  # non-inferiority margin on the absolute difference (treatment - control)
@@ -63,8 +64,9 @@ def register_variant(
         raise Invalid("config", "must be a JSON object")
     if session.scalar(select(Variant.id).where(Variant.name == name)) is not None:
         raise Conflict("name", f"a variant named {name!r} already exists")
-    # The teacher is the platform's reference arm: it needs no offline gate.
-    status = "champion" if kind == "teacher" and not _has_champion(session) else "registered"
+    # The teacher (live, or its recorded answers) is the reference arm: it needs no offline gate.
+    is_teacher = kind in TEACHER_KINDS
+    status = "champion" if is_teacher and not _has_champion(session) else "registered"
     variant = Variant(
         name=name, kind=kind, config=config or {}, description=description, status=status
     )
@@ -121,7 +123,7 @@ def record_promotion(
 
 def is_cleared_for_traffic(variant: Variant) -> bool:
     """Only the teacher, an approved or a champion variant may serve an experiment arm."""
-    return variant.kind == "teacher" or variant.status in ("approved", "champion")
+    return variant.kind in TEACHER_KINDS or variant.status in ("approved", "champion")
 
 
 # --- experiments ------------------------------------------------------------------------------
