@@ -853,6 +853,52 @@ def sample_size(
     )  # fmt: skip
 
 
+def non_inferiority_sample_size(
+    baseline: float,
+    margin: float,
+    expected_difference: float = 0.0,
+    alpha: float = DEFAULT_ALPHA,
+    power: float = 0.8,
+    ratio: float = 1.0,
+    daily_projects: float | None = None,
+) -> SampleSize:
+    """Projects per arm to show non-inferiority at `margin` (< 0) when the true difference is
+    `expected_difference` (default 0: "the cheaper arm is as good").
+
+    Same test as `non_inferiority` (one-sided at alpha/2, i.e. the lower bound of the (1 - alpha)
+    interval must clear the margin): n_c = (z_{1-alpha/2} + z_power)^2 (p_c q_c + p_t q_t / ratio)
+    / (expected_difference - margin)^2. The result's `mde` holds expected_difference - margin.
+    """
+    if not math.isfinite(margin) or margin >= 0:
+        raise ValueError(f"the non-inferiority margin must be < 0, got {margin}")
+    if not expected_difference > margin:
+        raise ValueError(
+            f"expected difference {expected_difference} must be above the margin {margin}"
+        )
+    treatment_rate = baseline + expected_difference
+    _check_power_inputs(baseline, expected_difference - margin, alpha, ratio)
+    if not 0 < treatment_rate < 1:
+        raise ValueError(
+            f"baseline + expected difference must stay in (0, 1), got {treatment_rate}"
+        )
+    if not 0 < power < 1:
+        raise ValueError(f"power must be in (0, 1), got {power}")
+    distance = expected_difference - margin
+    z_sum = _z(alpha) + float(sps.norm.ppf(power))
+    exact = z_sum**2 * _unit_variance(baseline, treatment_rate, ratio) / distance**2
+    control = math.ceil(exact - 1e-9)
+    treatment = math.ceil(control * ratio - 1e-9)
+    days = None
+    if daily_projects is not None:
+        if not daily_projects > 0:
+            raise ValueError(f"daily projects must be positive, got {daily_projects}")
+        days = math.ceil((control + treatment) / daily_projects)
+    return SampleSize(
+        baseline, distance, treatment_rate, alpha, power, ratio, exact, control, treatment,
+        control + treatment, days, daily_projects,
+    )  # fmt: skip
+
+
 def power_at(
     baseline: ArrayLike,
     mde: ArrayLike,

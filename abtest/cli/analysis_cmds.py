@@ -261,8 +261,16 @@ def _print_proportions(result: stats.ExperimentDecision, extras: dict[str, Any])
 @stats_app.command("power")
 def power(
     baseline: float = typer.Option(..., "--baseline", help="Control completion rate, e.g. 0.93."),
-    mde: float = typer.Option(
-        ..., "--mde", help="Minimum detectable absolute difference, e.g. 0.01 = one point."
+    mde: float | None = typer.Option(
+        None, "--mde", help="Minimum detectable absolute difference, e.g. 0.01 = one point."
+    ),
+    margin: float | None = typer.Option(
+        None,
+        "--margin",
+        help="Plan a non-inferiority test instead: margin < 0 on the difference (e.g. -0.01).",
+    ),
+    expected: float = typer.Option(
+        0.0, "--expected", help="With --margin: the true difference you expect (default 0)."
     ),
     alpha: float = typer.Option(stats.DEFAULT_ALPHA, "--alpha", help="Two-sided level."),
     target_power: float = typer.Option(0.8, "--power", help="Wanted power, e.g. 0.8."),
@@ -272,23 +280,36 @@ def power(
     ),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Projects per arm needed to detect an absolute difference of MDE."""
+    """Projects per arm needed to detect a difference of MDE (or to show non-inferiority)."""
     _check_alpha(alpha)
-    for name, value, low, high in (
-        ("baseline", baseline, 0.0, 1.0),
-        ("power", target_power, 0.0, 1.0),
-    ):
-        if not low < value < high:
-            fail(f"{name}: must be between {low:g} and {high:g} (exclusive), got {value}")
-    if mde == 0 or not math.isfinite(mde):
-        fail(f"mde: must be a non-zero absolute difference, got {mde}")
-    if not 0 < baseline + mde < 1:
-        fail(f"mde: baseline + mde = {baseline + mde:g} is not a rate between 0 and 1")
+    for name, value in (("baseline", baseline), ("power", target_power)):
+        if not 0 < value < 1:
+            fail(f"{name}: must be between 0 and 1 (exclusive), got {value}")
+    if (mde is None) == (margin is None):
+        fail("mde: give --mde (detect a difference) or --margin (non-inferiority), not both")
     if not ratio > 0 or not math.isfinite(ratio):
         fail(f"ratio: must be a positive number, got {ratio}")
     if daily_projects is not None and not daily_projects > 0:
         fail(f"daily-projects: must be positive, got {daily_projects}")
-    plan = stats.sample_size(baseline, mde, alpha, target_power, ratio, daily_projects)
+    if mde is not None:
+        if mde == 0 or not math.isfinite(mde):
+            fail(f"mde: must be a non-zero absolute difference, got {mde}")
+        if not 0 < baseline + mde < 1:
+            fail(f"mde: baseline + mde = {baseline + mde:g} is not a rate between 0 and 1")
+        plan = stats.sample_size(baseline, mde, alpha, target_power, ratio, daily_projects)
+        title = f"Sample size to detect {100 * mde:+.2f} pts"
+    else:
+        assert margin is not None
+        if not math.isfinite(margin) or margin >= 0:
+            fail(f"margin: must be below 0 (how much worse is acceptable), got {margin}")
+        if not expected > margin:
+            fail(f"expected: {expected} must be above the margin {margin}")
+        if not 0 < baseline + expected < 1:
+            fail(f"expected: baseline + expected = {baseline + expected:g} is not a rate in (0, 1)")
+        plan = stats.non_inferiority_sample_size(
+            baseline, margin, expected, alpha, target_power, ratio, daily_projects
+        )
+        title = f"Sample size to show non-inferiority at {100 * margin:+.2f} pts"
     if as_json:
         print_json(_json_ready(plan))
         return
@@ -303,11 +324,7 @@ def power(
     if plan.days_needed is not None:
         row["days"] = str(plan.days_needed)
         columns.append("days")
-    print_table(
-        f"Sample size for {100 * mde:+.2f} pts at alpha {alpha:g}, power {target_power:g}",
-        [row],
-        columns,
-    )
+    print_table(f"{title} (alpha {alpha:g}, power {target_power:g})", [row], columns)
 
 
 def register(app: typer.Typer) -> None:

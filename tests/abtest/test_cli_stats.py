@@ -134,6 +134,17 @@ def test_power_table_with_ratio_and_alpha():
     assert "days" not in result.stdout
 
 
+def test_power_for_non_inferiority():
+    result = invoke("power", "--baseline", "0.93", "--margin", "-0.01", "--json")
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout)
+    assert body["control"] == stats.non_inferiority_sample_size(0.93, -0.01).control == 10220
+    table = invoke("power", "--baseline", "0.93", "--margin", "-0.01", "--expected", "0.005")
+    assert table.exit_code == 0, table.output
+    assert "non-inferiority at -1.00 pts" in table.stdout
+    assert str(stats.non_inferiority_sample_size(0.93, -0.01, 0.005).control) in table.stdout
+
+
 @pytest.mark.parametrize(
     "args,needle",
     [
@@ -144,6 +155,11 @@ def test_power_table_with_ratio_and_alpha():
         (["--baseline", "0.9", "--mde", "0.01", "--alpha", "0"], "alpha"),
         (["--baseline", "0.9", "--mde", "0.01", "--ratio", "0"], "ratio"),
         (["--baseline", "0.9", "--mde", "0.01", "--daily-projects", "-5"], "daily-projects"),
+        (["--baseline", "0.9"], "mde"),
+        (["--baseline", "0.9", "--mde", "0.01", "--margin", "-0.01"], "not both"),
+        (["--baseline", "0.9", "--margin", "0.01"], "margin"),
+        (["--baseline", "0.9", "--margin", "-0.01", "--expected", "-0.02"], "expected"),
+        (["--baseline", "0.95", "--margin", "-0.01", "--expected", "0.05"], "expected"),
     ],
 )
 def test_power_bad_input_is_a_clear_error(args, needle):

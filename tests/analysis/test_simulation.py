@@ -15,6 +15,7 @@ from analysis.stats import (
     difference_stats,
     fixed_horizon_significant,
     log_ratio_stats,
+    non_inferiority_sample_size,
     sample_size,
     sequential_bounds,
     wilson_interval,
@@ -129,3 +130,25 @@ def test_sequential_test_still_finds_real_effects():
     print(f"true +1pp over 14 days: sequential power {found:.4f}, fixed-horizon power {fixed:.4f}")
     # the price of peeking freely is some power, not all of it
     assert 0.5 <= found < fixed
+
+
+def non_inferior_rate(experiments, seed, n_c, n_t, control, treatment, margin):
+    """Share of experiments where the (1 - alpha) interval's lower bound clears the margin."""
+    rng = np.random.default_rng(seed)
+    xc = rng.binomial(n_c, control, experiments)
+    xt = rng.binomial(n_t, treatment, experiments)
+    diff, var = difference_stats(xc, n_c, xt, n_t)
+    return float((diff - 1.959963984540054 * np.sqrt(var) > margin).mean())
+
+
+def test_non_inferiority_power_and_error_at_the_planned_size():
+    margin = -0.01
+    plan = non_inferiority_sample_size(BASELINE, margin)
+    power = non_inferior_rate(10_000, 29, plan.control, plan.treatment, BASELINE, BASELINE, margin)
+    # an arm exactly one margin worse is declared non-inferior at most alpha/2 of the time
+    error = non_inferior_rate(
+        40_000, 31, plan.control, plan.treatment, BASELINE, BASELINE + margin, margin
+    )
+    print(f"non-inferiority at n={plan.control}/arm: power {power:.4f}, error {error:.4f}")
+    assert 0.76 <= power <= 0.84
+    assert error <= ALPHA / 2 + 0.004  # SE of the error rate ~0.0008

@@ -28,6 +28,7 @@ from analysis.stats import (
     latency_from_histogram,
     latency_percentiles,
     non_inferiority,
+    non_inferiority_sample_size,
     power_at,
     power_progress,
     rate_with_ci,
@@ -149,6 +150,21 @@ def test_sample_size_equals_statsmodels(baseline, mde, alpha, power, ratio):
     ours = power_at(baseline, mde, res.control_exact, res.control_exact * ratio, alpha)
     assert float(ours) == pytest.approx(sm_power, abs=TOL)
     assert float(ours) == pytest.approx(power, abs=1e-3)
+
+
+@pytest.mark.parametrize("margin,expected,ratio", [(-0.01, 0.0, 1.0), (-0.02, 0.005, 2.0)])
+def test_non_inferiority_sample_size_equals_statsmodels(margin, expected, ratio):
+    res = non_inferiority_sample_size(0.93, margin, expected, ratio=ratio, daily_projects=1000)
+    pt = 0.93 + expected
+    sd = math.sqrt(0.93 * 0.07 + pt * (1 - pt) / ratio)
+    exact = normal_sample_size_one_tail(expected - margin, 0.8, 0.05 / 2, std_null=sd)
+    assert res.control_exact == pytest.approx(exact, abs=1e-6)
+    assert res.control == math.ceil(exact)
+    assert res.days_needed == math.ceil(res.total / 1000)
+    with pytest.raises(ValueError, match="margin"):
+        non_inferiority_sample_size(0.93, 0.01)
+    with pytest.raises(ValueError, match="above the margin"):
+        non_inferiority_sample_size(0.93, -0.01, -0.02)
 
 
 def test_non_inferiority_p_value_equals_statsmodels():
