@@ -204,6 +204,7 @@ class EventWriter:
         self.tables = tables
         self.spool = spool
         self.postgres = engine.dialect.name == "postgresql"
+        self.copy_threshold = 2000  # PostgreSQL: COPY for big batches, unnest() below
 
     # events ----------------------------------------------------------------------------------
 
@@ -223,7 +224,9 @@ class EventWriter:
     def insert(self, rows: Sequence[dict[str, Any]]) -> set[str]:
         """Insert rows, skipping known client_event_ids; returns the ids that were new."""
         if self.postgres:
-            return self._insert_postgres(rows)
+            if len(rows) >= self.copy_threshold:
+                return self._insert_postgres(rows)
+            return self._insert_postgres_unnest(rows)
         return self._insert_generic(rows)
 
     def _insert_generic(self, rows: Sequence[dict[str, Any]]) -> set[str]:
@@ -355,7 +358,98 @@ class EventWriter:
             raw.close()
         return stored
 
+    def _insert_postgres_unnest(self, rows: Sequence[dict[str, Any]]) -> set[str]:
+        """One `INSERT ... SELECT FROM unnest(arrays)`: a single round trip for a small batch."""
+        events, assignments = self.tables.events.name, self.tables.assignments.name
+        columns = ", ".join(EVENT_COLUMNS)
+        arrays = ", ".join(f"%s::{_PG_TYPES[c]}[]" for c in EVENT_COLUMNS)
+        selected = ", ".join(
+            "COALESCE(t.arm_id, a.arm_id)" if c == "arm_id" else f"t.{c}" for c in EVENT_COLUMNS
+        )
+        values = list(zip(*(_copy_values(row) for row in rows), strict=True))
+        statement = (
+            f"INSERT INTO {events} ({columns}) SELECT {selected} "
+            f"FROM unnest({arrays}) AS t({columns}) LEFT JOIN {assignments} a "
+            "ON t.arm_id IS NULL AND a.experiment_id = t.experiment_id "
+            "AND a.project_id = t.project_id "
+            "ON CONFLICT (client_event_id) DO NOTHING RETURNING client_event_id"
+        )
+        return self._run_postgres(rows, statement, [list(v) for v in values])
+
+    def _run_postgres(
+        self, rows: Sequence[dict[str, Any]], statement: str, params: list[Any]
+    ) -> set[str]:
+        raw = self.engine.raw_connection()
+        try:
+            with raw.driver_connection.cursor() as cursor:
+                cursor.execute(statement, params)
+                stored = {row[0] for row in cursor.fetchall()}
+            raw.commit()
+        except BaseException as exc:
+            if is_unavailable(exc):
+                raw.invalidate()
+            else:
+                raw.rollback()
+            raise
+        finally:
+            raw.close()
+        if any(row.get("experiment_id") is None for row in rows):
+            with self.engine.begin() as conn:
+                self._reconcile_unknown_experiment(conn, rows)
+        return stored
+
     # assignments -----------------------------------------------------------------------------
+
+    def _first_assignments_postgres(
+        self, items: dict[tuple[int, str], tuple[int, str]]
+    ) -> dict[tuple[int, str], tuple[int, str]]:
+        """Insert-or-read in one statement, then adopt orphan events of the new assignments."""
+        assignments, events = self.tables.assignments.name, self.tables.events.name
+        keys = list(items)
+        params = [
+            [e for e, _ in keys],
+            [p for _, p in keys],
+            [items[k][0] for k in keys],
+            [items[k][1] for k in keys],
+        ]
+        raw = self.engine.raw_connection()
+        try:
+            with raw.driver_connection.cursor() as cursor:
+                cursor.execute(
+                    "WITH input AS (SELECT * FROM unnest(%s::int[], %s::text[], %s::int[], "
+                    "%s::text[]) AS i(e, p, a, s)), "
+                    f"ins AS (INSERT INTO {assignments} "
+                    "(experiment_id, project_id, arm_id, source, assigned_at) "
+                    "SELECT e, p, a, s, now() FROM input "
+                    "ON CONFLICT (experiment_id, project_id) DO NOTHING "
+                    "RETURNING experiment_id, project_id, arm_id, source) "
+                    "SELECT i.e, i.p, COALESCE(ins.arm_id, x.arm_id), "
+                    "COALESCE(ins.source, x.source), ins.arm_id IS NOT NULL "
+                    "FROM input i "
+                    "LEFT JOIN ins ON ins.experiment_id = i.e AND ins.project_id = i.p "
+                    f"LEFT JOIN {assignments} x ON x.experiment_id = i.e AND x.project_id = i.p",
+                    params,
+                )
+                result = cursor.fetchall()
+                new = [(e, p, a) for e, p, a, _, inserted in result if inserted]
+                if new:
+                    cursor.execute(
+                        f"UPDATE {events} ev SET experiment_id = n.e, arm_id = n.a "
+                        "FROM unnest(%s::int[], %s::text[], %s::int[]) AS n(e, p, a) "
+                        "WHERE ev.project_id = n.p AND ev.arm_id IS NULL "
+                        "AND (ev.experiment_id IS NULL OR ev.experiment_id = n.e)",
+                        [[e for e, _, _ in new], [p for _, p, _ in new], [a for _, _, a in new]],
+                    )
+            raw.commit()
+        except BaseException as exc:
+            if is_unavailable(exc):
+                raw.invalidate()
+            else:
+                raw.rollback()
+            raise
+        finally:
+            raw.close()
+        return {(e, p): (a, s) for e, p, a, s, _ in result if a is not None}
 
     def first_assignments(
         self, items: Sequence[tuple[int, str, int, str]]
@@ -366,6 +460,8 @@ class EventWriter:
         assignments = self.tables.assignments
         now = utcnow()
         unique = {(e, p): (a, s) for e, p, a, s in items}
+        if self.postgres:
+            return self._first_assignments_postgres(unique)
         values = [
             {"experiment_id": e, "project_id": p, "arm_id": a, "source": s, "assigned_at": now}
             for (e, p), (a, s) in unique.items()
@@ -439,6 +535,27 @@ def _insert(conn: sa.Connection, table: Table):  # noqa: ANN202 - dialect-specif
     else:
         from sqlalchemy.dialects.sqlite import insert
     return insert(table)
+
+
+_PG_TYPES = {
+    "client_event_id": "text",
+    "type": "text",
+    "project_id": "text",
+    "experiment_id": "int",
+    "arm_id": "int",
+    "occurred_at": "timestamptz",
+    "received_at": "timestamptz",
+    "latency_ms": "float8",
+    "served_by": "text",
+    "fallback": "bool",
+    "error": "text",
+    "cache_hit": "bool",
+    "cost_usd": "float8",
+    "tokens": "int",
+    "intent": "text",
+    "output": "jsonb",
+    "attributes": "jsonb",
+}
 
 
 def _copy_values(row: dict[str, Any]) -> tuple[Any, ...]:
