@@ -81,24 +81,34 @@ class EncodedConfigs:
 
 def encode(configs: Sequence[ToolConfig | None]) -> EncodedConfigs:
     """Stack configurations into arrays; `None` becomes "no tool used"."""
-    n = len(configs)
-    adjust = np.zeros((n, len(ADJUST_ORDER)))
-    selective = np.zeros((n, len(SELECTIVE_ORDER)))
-    filters = np.zeros(n, dtype=np.int64)
-    missing = np.zeros(n, dtype=bool)
-    for row, config in enumerate(configs):
+    no_adjust = (0.0,) * len(ADJUST_ORDER)
+    no_selective = (0.0,) * len(SELECTIVE_ORDER)
+    adjust, selective, filters, missing = [], [], [], []
+    for config in configs:
         if config is None:
-            missing[row] = True
+            adjust.append(no_adjust)
+            selective.append(no_selective)
+            filters.append(0)
+            missing.append(True)
             continue
-        if config.adjust is not None:
-            adjust[row] = config.adjust.values
-        if config.selective_adjust is not None:
-            selective[row] = config.selective_adjust.values
-        if config.filter is not None:
-            name = config.filter.name
-            code = _FILTER_CODES.get(name)
-            filters[row] = code if code is not None else _FILTER_CODES[canonical_filter(name)]
-    return EncodedConfigs(adjust, selective, filters, missing)
+        adjust.append(config.adjust.values if config.adjust is not None else no_adjust)
+        selective.append(
+            config.selective_adjust.values if config.selective_adjust is not None else no_selective
+        )
+        filters.append(_filter_code(config.filter.name) if config.filter is not None else 0)
+        missing.append(False)
+    n = len(configs)
+    return EncodedConfigs(
+        np.array(adjust, dtype=float).reshape(n, len(ADJUST_ORDER)),
+        np.array(selective, dtype=float).reshape(n, len(SELECTIVE_ORDER)),
+        np.array(filters, dtype=np.int64),
+        np.array(missing, dtype=bool),
+    )
+
+
+def _filter_code(name: str) -> int:
+    code = _FILTER_CODES.get(name)
+    return code if code is not None else _FILTER_CODES[canonical_filter(name)]
 
 
 def _as_encoded(configs: Sequence[ToolConfig | None] | EncodedConfigs) -> EncodedConfigs:
@@ -431,7 +441,9 @@ def resample_weights(n: int, resamples: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     if n == 0:
         return np.zeros((resamples, 0))
-    return rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(float)
+    # Draw row indices, then count them per resample with one bincount (offset per resample).
+    drawn = rng.integers(0, n, size=(resamples, n)) + (np.arange(resamples) * n)[:, None]
+    return np.bincount(drawn.ravel(), minlength=resamples * n).reshape(resamples, n).astype(float)
 
 
 def bootstrap_totals(stats: np.ndarray, weights: np.ndarray) -> np.ndarray:
