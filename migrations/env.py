@@ -7,6 +7,12 @@ from abtest.tables import Base
 
 config = context.config
 target_metadata = Base.metadata
+# SQL views made by migrations (0002_bi_views), not ORM tables: autogenerate must not drop them.
+VIEWS = {"abtest_arm_daily", "abtest_results"}
+
+
+def include_object(obj, name, type_, reflected, compare_to) -> bool:
+    return not (type_ == "table" and name in VIEWS)
 
 
 def run_migrations_online() -> None:
@@ -17,13 +23,20 @@ def run_migrations_online() -> None:
 
         engine = create_engine(normalize_url(get_settings().database_url))
     with engine.begin() as connection:
+        if connection.dialect.name == "sqlite":
+            # Batch migrations rebuild a table and rename it into place; without this, SQLite
+            # re-checks every view during the rename and fails while the old table is gone.
+            connection.exec_driver_sql("PRAGMA legacy_alter_table=ON")
         context.configure(
             connection=connection,
             target_metadata=target_metadata,
             render_as_batch=connection.dialect.name == "sqlite",
             compare_type=True,
+            include_object=include_object,
         )
         context.run_migrations()
+        if connection.dialect.name == "sqlite":
+            connection.exec_driver_sql("PRAGMA legacy_alter_table=OFF")
 
 
 if context.is_offline_mode():
