@@ -36,7 +36,9 @@ Methods (all two-sided at level `alpha` unless said otherwise):
   (`scipy.stats.chisquare`), flagged when p < 0.001 by default.
 - Power: the same Wald test; projects per arm (n_c, n_t = ratio * n_c) from
   n_c = (z_{1-alpha/2} + z_{power})^2 (p_c q_c + p_t q_t / ratio) / mde^2 (the far tail ignored,
-  like statsmodels' `normal_sample_size_one_tail`); power reached counts both tails.
+  like statsmodels' `normal_sample_size_one_tail`); power reached counts both tails. For a
+  non-inferiority design, mde is replaced by (expected difference - margin).
+- Decisions (`decide`): one string from `DECISIONS`, see its docstring.
 """
 
 from __future__ import annotations
@@ -1152,24 +1154,24 @@ def _total(value: ArrayLike) -> int:
 
 
 def _verdict(
-    low: float, high: float, p_value: float, alpha: float, margin: float | None
-) -> tuple[str, list[str]]:
+    difference: float, low: float, high: float, adjusted_p: float, alpha: float,
+    margin: float | None,
+) -> tuple[str, list[str]]:  # fmt: skip
+    """Superiority from the (Holm-adjusted) p-value; margins from the interval (alpha/k)."""
     notes: list[str] = []
-    if math.isnan(low) or math.isnan(high):
+    if math.isnan(low) or math.isnan(high) or math.isnan(adjusted_p):
         return INCONCLUSIVE, ["no interval could be computed"]
-    if low > 0:
+    significant = adjusted_p < alpha
+    if significant and difference > 0:
         return TREATMENT_BETTER, notes
     if margin is not None:
         m = abs(margin)
+        lower_note = "significantly lower than control, but within the margin"
         if low > -m and high < m:
-            if high < 0:
-                notes.append("significantly lower than control, but within the margin")
-            return EQUIVALENT, notes
+            return EQUIVALENT, [lower_note] if significant else notes
         if low > margin:
-            if high < 0:
-                notes.append("significantly lower than control, but within the margin")
-            return NON_INFERIOR, notes
-    if high < 0:
+            return NON_INFERIOR, [lower_note] if significant else notes
+    if significant and difference < 0:
         if margin is not None:
             notes.append("the interval does not clear the non-inferiority margin")
         return TREATMENT_WORSE, notes
@@ -1193,13 +1195,14 @@ def decide(
     cumulative) for a sequential decision. `weights` (control first, then treatments in order)
     turns on the SRM check; a flagged SRM makes every decision "srm — do not trust" (the verdict
     it would otherwise have had is kept in the notes). `margin` (<= 0, absolute difference)
-    enables "non-inferior" and "equivalent" (within +-|margin|). With k treatments the intervals
-    are at level alpha/k (Bonferroni) and the p-values Holm-adjusted.
+    enables "non-inferior" and "equivalent" (within +-|margin|). With k treatments the p-values
+    are Holm-adjusted and the intervals are at level alpha/k (Bonferroni); with one treatment
+    "p < alpha" and "the interval excludes 0" are the same statement.
 
     Rules, in order: SRM flagged -> "srm — do not trust"; an arm with no starts ->
-    "insufficient data"; interval above 0 -> "treatment better"; interval inside
-    (-|m|, |m|) -> "equivalent"; lower bound above the margin -> "non-inferior"; interval
-    below 0 -> "treatment worse"; otherwise "inconclusive".
+    "insufficient data"; adjusted p < alpha and difference > 0 -> "treatment better"; interval
+    inside (-|m|, |m|) -> "equivalent"; lower bound above the margin -> "non-inferior";
+    adjusted p < alpha and difference < 0 -> "treatment worse"; otherwise "inconclusive".
     """
     _check_alpha(alpha)
     if margin is not None and (not math.isfinite(margin) or margin > 0):
@@ -1256,7 +1259,8 @@ def decide(
             arm_notes.append(cmp.message or "an arm has no starts")
         else:
             low, high = intervals[arm]
-            verdict, extra = _verdict(low, high, float(adjusted[i]), alpha, margin)
+            estimate = seq.difference if (seq := sequentials[arm]) is not None else cmp.difference
+            verdict, extra = _verdict(estimate, low, high, float(adjusted[i]), alpha, margin)
             arm_notes.extend(extra)
             if cmp.message:
                 arm_notes.append(cmp.message)

@@ -463,6 +463,15 @@ def test_decide_several_treatments_uses_holm():
     assert res.treatments["b"].decision == "treatment worse"
 
 
+def test_decide_superiority_follows_holm_not_the_bonferroni_interval():
+    # raw p 0.0227 and 0.0306: Holm-adjusted 0.045 and 0.0306 (both < 0.05), while the alpha/2
+    # interval of the second arm still includes 0 (0.0306 > 0.025)
+    res = decide((9300, 10000), {"a": (9380, 10000), "b": (9376, 10000)})
+    assert res.treatments["a"].p_value < 0.05 and res.treatments["b"].p_value < 0.05
+    assert res.treatments["b"].interval[0] < 0
+    assert res.decisions == {"a": "treatment better", "b": "treatment better"}
+
+
 def test_decide_sequential_uses_daily_counts():
     nc = np.full(10, 1000)
     control = (np.full(10, 930), nc)
