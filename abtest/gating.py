@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -39,6 +38,7 @@ from abtest.tables import Experiment, GateRun, Promotion, Variant, utcnow
 from analysis import offline
 from analysis.gate import GatePolicy, GateVerdict, PolicyError, evaluate_gate
 from models.arms.base import Arm, ArmError, Prediction
+from models.arms.factory import build_arm
 from models.dataset import DatasetError, IntentRecord, bundled_path, file_hash, load_records
 
 # Variants whose answers are the recorded teacher outputs, i.e. the test truth itself.
@@ -97,51 +97,39 @@ def _cached_records(path: str, sha256: str) -> tuple[IntentRecord, ...]:
 
 
 @lru_cache(maxsize=2)
-def _fitted_knn(train_path: str, sha256: str) -> Any:
+def _fitted_knn(train_sha256: str) -> Any:
     from models.arms.knn import KnnStudent
 
-    return KnnStudent().fit(_cached_records(train_path, sha256))
-
-
-def _build_local_arm(variant: Variant) -> Arm:
-    """Arms that need no network (same config keys as `abtest.runtime`): the kNN student
-    (`path`: a pickled KnnStudent, else fitted on the train split) and the recorded teacher
-    (`path`: a dataset file, else the bundled train and test splits)."""
-    config = variant.config or {}
-    path = config.get("path")
-    try:
-        if variant.kind == "knn_student":
-            from models.arms.knn import KnnStudent
-
-            if path:
-                model = KnnStudent.load(path)
-                model.name = variant.name
-                return model
-            train = bundled_path("train")
-            model = copy.copy(_fitted_knn(str(train), file_hash(train)))
-            model.name = variant.name
-            return model
-        if variant.kind == "recorded":
-            from models.arms.recorded import RecordedTeacherArm
-
-            paths = [path] if path else [bundled_path("train"), bundled_path("test")]
-            records = [r for p in paths for r in _cached_records(str(p), file_hash(p))]
-            return RecordedTeacherArm(records, name=variant.name)
-    except (OSError, TypeError, DatasetError, pickle.UnpicklingError) as exc:
-        raise Invalid("config.path", f"cannot build variant {variant.name!r}: {exc}") from None
-    raise Invalid("kind", f"variant kind {variant.kind!r} has no offline runner yet")
+    return KnnStudent().fit(_cached_records(str(bundled_path("train")), train_sha256))
 
 
 def build_variant_arm(variant: Variant, settings: Settings | None = None) -> Arm:
-    """The arm behind a variant: the shared models factory when present, else the local kinds."""
+    """The arm behind a variant, built by `models.arms.factory.build_arm`.
+
+    A kNN student fitted on the bundled train split (`{"fit": "train"}`) is fitted once per
+    process and shared (the fit is deterministic); everything else goes through the factory.
+    """
+    config = dict(variant.config or {})
+    if variant.kind == "knn_student" and config == {"fit": "train"}:
+        model = copy.copy(_fitted_knn(file_hash(bundled_path("train"))))
+        model.name = variant.name
+        return model
+    settings = settings or get_settings()
+    key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
     try:
-        from models.arms.factory import build_arm  # type: ignore[import-not-found]
-    except ImportError:
-        return _build_local_arm(variant)
-    try:
-        return build_arm(variant, settings or get_settings())
-    except (ValueError, KeyError, TypeError, OSError, ArmError) as exc:
-        raise Invalid("config", f"cannot build variant {variant.name!r}: {exc}") from None
+        return build_arm(
+            variant.kind,
+            variant.name,
+            config,
+            openai_api_key=key,
+            openai_base_url=settings.openai_base_url,
+            timeout_s=settings.arm_timeout_s,
+        )
+    except ValueError as exc:
+        field, _, reason = str(exc).partition(": ")
+        if not reason:
+            field, reason = "config", str(exc)
+        raise Invalid(field, f"cannot build variant {variant.name!r}: {reason}") from None
 
 
 # --- running a variant --------------------------------------------------------------------------
@@ -443,8 +431,11 @@ def gate_run_summary(run: GateRun) -> dict[str, Any]:
 
 
 def promote(session: Session, name: str, actor: str, test_set_hash: str | None = None) -> Promotion:
-    """Approve a variant for traffic; refused (listing the failed criteria) without a passing
-    latest gate run on the current test set."""
+    """Approve a variant for traffic.
+
+    Refused (listing the failed criteria) unless the variant's latest gate run on the current
+    test set passed and compared against the current champion.
+    """
     variant = services.get_variant(session, name)
     if variant.kind == "teacher":
         raise Conflict("name", f"{name!r} is the teacher: it serves without promotion")
@@ -464,6 +455,13 @@ def promote(session: Session, name: str, actor: str, test_set_hash: str | None =
         raise Conflict(
             "gate",
             f"variant {name!r} failed its latest gate run #{run.id}: " + "; ".join(run.failures),
+        )
+    champion = services.champion(session)
+    if run.champion_id != (champion.id if champion else None):
+        raise Conflict(
+            "gate",
+            f"gate run #{run.id} of {name!r} compared against an earlier champion; the champion "
+            f"is now {champion.name if champion else 'none'}: run `abtest gate {name}` again",
         )
     return services.record_promotion(
         session,

@@ -68,11 +68,12 @@ def session(engine):
 
 def setup_variants(session):
     services.register_variant(session, "teacher", "teacher", actor="t")
-    services.register_variant(session, "good", "knn_student", actor="t")
-    services.register_variant(session, "bad", "knn_student", actor="t")
+    services.register_variant(session, "good", "knn_student", FIT, actor="t")
+    services.register_variant(session, "bad", "knn_student", FIT, actor="t")
     session.flush()
 
 
+FIT = {"fit": "train"}
 MODES = {"good": "perfect", "bad": "empty", "flaky": "flaky", "champ": "perfect"}
 
 
@@ -215,6 +216,11 @@ def _running_experiment(session, sha, path):
 def test_conclude_makes_the_shipped_variant_champion(session, small_test_set):
     path, sha = small_test_set
     _running_experiment(session, sha, path)
+    services.register_variant(session, "champ", "knn_student")
+    early = gating.run_gate(
+        session, "champ", "t", test_set_path=path, progress=False, arm_builder=builder(MODES)
+    )
+    assert early.passed
     experiment = gating.conclude_experiment(session, "exp", "student", "carol")
     assert experiment.status == "concluded" and experiment.shipped_arm == "student"
     assert experiment.stopped_at is not None
@@ -236,6 +242,14 @@ def test_conclude_makes_the_shipped_variant_champion(session, small_test_set):
     assert run.metrics["difference"]["estimate"] == pytest.approx(-1.0)
     names = [c["name"] for c in run.metrics["verdict"]["criteria"]]
     assert "overall_vs_champion" in names and "difference_lower_bound" in names
+    # a gate run against the previous champion no longer counts
+    with pytest.raises(Conflict, match="earlier champion"):
+        gating.promote(session, "champ", "t", test_set_hash=sha)
+    again = gating.run_gate(
+        session, "champ", "t", test_set_path=path, progress=False, arm_builder=builder(MODES)
+    )
+    assert again.passed and again.metrics["difference"]["estimate"] == 0
+    assert gating.promote(session, "champ", "t", test_set_hash=sha).gate_run_id == again.id
 
 
 def test_conclude_refuses_bad_requests_and_changes_nothing(session, small_test_set):
@@ -273,6 +287,10 @@ def test_teacher_needs_no_gate_and_bad_test_sets_are_errors(session, tmp_path):
     broken.write_text('{"intent": "x", "calls": 0}\n')
     with pytest.raises(Invalid, match="broken.jsonl:1"):
         gating.run_gate(session, "good", "t", test_set_path=broken, progress=False)
+    services.register_variant(session, "unfit", "knn_student", {"fit": "everything"})
+    with pytest.raises(Invalid) as bad_config:
+        gating.run_gate(session, "unfit", "t", progress=False)
+    assert bad_config.value.field == "config.fit"
     assert session.scalar(select(func.count()).select_from(GateRun)) == 0
 
 
@@ -298,8 +316,17 @@ def client(settings):
 
 
 def test_api_gate_promote_conclude(client):
-    for name, kind in (("teacher", "teacher"), ("knn", "knn_student"), ("rec", "recorded")):
-        assert client.post("/v1/variants", json={"name": name, "kind": kind}).status_code == 201
+    for name, kind, config in (
+        ("teacher", "teacher", {}),
+        ("knn", "knn_student", FIT),
+        ("rec", "recorded", {"split": "test"}),
+        ("broken", "knn_student", {}),
+    ):
+        body = {"name": name, "kind": kind, "config": config}
+        assert client.post("/v1/variants", json=body).status_code == 201
+    broken = client.post("/v1/variants/broken/gate")
+    assert broken.status_code == 422
+    assert broken.json()["detail"][0]["loc"] == ["config", "path"]
     failed = client.post("/v1/variants/knn/gate", json={"actor": "dana"})
     assert failed.status_code == 201, failed.text
     assert failed.json()["passed"] is False and failed.json()["actor"] == "dana"
@@ -352,7 +379,8 @@ def cli(settings, monkeypatch):
 
 def test_cli_gate_promote_conclude(cli, tmp_path):
     assert cli("variants", "register", "teacher", "--kind", "teacher").exit_code == 0
-    assert cli("variants", "register", "knn", "--kind", "knn_student").exit_code == 0
+    knn = ("variants", "register", "knn", "--kind", "knn_student", "--config", json.dumps(FIT))
+    assert cli(*knn).exit_code == 0
     assert cli("variants", "register", "rec", "--kind", "recorded").exit_code == 0
     failed = cli("gate", "knn", "--json")
     assert failed.exit_code == 1
@@ -414,7 +442,8 @@ def test_cli_evaluate_files(cli, tmp_path):
 
 
 def test_cli_evaluate_variant(cli, tmp_path):
-    assert cli("variants", "register", "knn", "--kind", "knn_student").exit_code == 0
+    knn = ("variants", "register", "knn", "--kind", "knn_student", "--config", json.dumps(FIT))
+    assert cli(*knn).exit_code == 0
     truth_path = tmp_path / "small.jsonl"
     write_records(SMALL, truth_path)
     result = cli("evaluate", "--variant", "knn", "--test-set", str(truth_path), "--json")
