@@ -235,7 +235,15 @@ def evaluate_gate(
     return GateVerdict(not failures, failures, criteria, policy.full_version)
 
 
+# A looser, named policy for admitting a baseline such as the kNN student (overall ~0.50 on the
+# bundled test set) as a comparison arm, e.g. in the demo. Real students use the default.
+BASELINE_POLICY = GatePolicy(
+    version="baseline-v1", tool_final_floor=0.4, teacher_champion_overall_floor=0.45
+)
+
+
 __all__ = [
+    "BASELINE_POLICY",
     "Criterion",
     "GatePolicy",
     "GateVerdict",

@@ -54,7 +54,9 @@ def evaluate(
         None, "--test-set", help="Test set for --variant (default: the bundled test split)."
     ),
     subsets: bool = SUBSETS_OPTION,
-    resamples: int = typer.Option(1000, "--resamples", min=100, help="Bootstrap resamples."),
+    resamples: int = typer.Option(
+        1000, "--resamples", min=100, max=100_000, help="Bootstrap resamples."
+    ),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -63,7 +65,10 @@ def evaluate(
     if variant is not None:
         if predictions is not None or truth is not None:
             fail("--variant: use either --variant or --predictions/--truth, not both")
-        policy = GatePolicy(bootstrap_resamples=resamples, bootstrap_seed=seed)
+        try:
+            policy = GatePolicy(bootstrap_resamples=resamples, bootstrap_seed=seed)
+        except PolicyError as exc:
+            fail(f"--{exc.field.replace('bootstrap_', '')}: {exc.reason}")
         with session() as s:
             result = gating.evaluate_variant(
                 s, variant, test_set, progress=not as_json, policy=policy, settings=settings()

@@ -16,7 +16,7 @@ from abtest.cli import app as cli_app
 from abtest.errors import Conflict, Invalid, NotFound
 from abtest.settings import get_settings
 from abtest.tables import GateRun, Promotion
-from analysis.gate import GatePolicy
+from analysis.gate import BASELINE_POLICY, GatePolicy
 from models.arms.base import ArmError, Prediction
 from models.dataset import IntentRecord, load_split, normalize_intent, write_records
 from models.tools import ToolConfig
@@ -304,6 +304,10 @@ def test_knn_student_on_the_bundled_test_set_fails_the_default_gate(session):
     assert not run.passed
     failed = {c["name"] for c in run.metrics["verdict"]["criteria"] if not c["passed"]}
     assert "overall_vs_teacher" in failed
+    # the named baseline policy admits it as a comparison arm, and says so in the version
+    baseline = gating.run_gate(session, "good", "t", BASELINE_POLICY, progress=False)
+    assert baseline.passed and baseline.policy_version.startswith("baseline-v1+")
+    assert gating.promote(session, "good", "t").gate_run_id == baseline.id
 
 
 # --- API ------------------------------------------------------------------------------------------
