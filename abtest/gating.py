@@ -162,13 +162,13 @@ class VariantRun:
 async def _predict_batch(arm: Arm, intents: Sequence[str]) -> list[Prediction | None]:
     try:
         return list(await arm.predict_batch(intents))
-    except ArmError:
+    except (ArmError, TimeoutError):
         pass
     out: list[Prediction | None] = []
     for intent in intents:  # one bad intent should not sink its whole batch
         try:
             out.append(await arm.predict(intent))
-        except ArmError:
+        except (ArmError, TimeoutError):
             out.append(None)
     return out
 
@@ -181,7 +181,10 @@ def run_arm(
     label: str = "predicting",
     console: Console | None = None,
 ) -> VariantRun:
-    """Predict every intent in batches; an `ArmError` leaves that row's prediction missing."""
+    """Predict every intent in batches; an `ArmError` or timeout leaves that row missing.
+
+    Runs its own event loop: call it from synchronous code (CLI, sync route handlers).
+    """
     if batch_size < 1:
         raise Invalid("batch_size", "must be at least 1")
     results: list[Prediction | None] = []
