@@ -152,3 +152,25 @@ def test_non_inferiority_power_and_error_at_the_planned_size():
     print(f"non-inferiority at n={plan.control}/arm: power {power:.4f}, error {error:.4f}")
     assert 0.76 <= power <= 0.84
     assert error <= ALPHA / 2 + 0.004  # SE of the error rate ~0.0008
+
+
+def test_vectorised_core_is_what_the_public_api_computes():
+    """The simulations above use the array cores; the reports use `sequential_path`/`compare`."""
+    from analysis.stats import compare, sequential_path
+
+    rng = np.random.default_rng(37)
+    starts = rng.poisson(DAILY_PER_ARM, size=(2, 40, DAYS))
+    exports = rng.binomial(starts, BASELINE)
+    xc, nc, xt, nt = (np.cumsum(a, axis=-1) for a in (exports[0], starts[0], exports[1], starts[1]))
+    diff, var = difference_stats(xc, nc, xt, nt)
+    low, high, p = sequential_bounds(diff, var, np.minimum(nc, nt), DAYS * DAILY_PER_ARM, ALPHA)
+    naive = fixed_horizon_significant(xc, nc, xt, nt, ALPHA)
+    for i in range(40):
+        path = sequential_path(exports[0, i], starts[0, i], exports[1, i], starts[1, i],
+                               ALPHA, horizon=DAYS * DAILY_PER_ARM)  # fmt: skip
+        np.testing.assert_allclose(path.p_value, p[i], rtol=1e-12)
+        np.testing.assert_allclose(path.difference_ci_low, low[i], rtol=1e-12)
+        np.testing.assert_allclose(path.difference_ci_high, high[i], rtol=1e-12)
+        day = int(rng.integers(DAYS))
+        cmp = compare(int(xc[i, day]), int(nc[i, day]), int(xt[i, day]), int(nt[i, day]), ALPHA)
+        assert (cmp.p_value < ALPHA) == naive[i, day]
