@@ -259,18 +259,25 @@ def _number(value: Any) -> float | None:
     return number
 
 
+_WRAPPER_WORDS = ("adjust", "grading", "param", "filter", "lut", "tool", "json", "output")
+_WRAPPER_WORDS += ("config", "result", "answer", "settings", "values")
+
+
+def _is_wrapper(key: str) -> bool:
+    squashed = _squash(key)
+    if squashed in _ADJUST_KEYS or squashed in _COLOR_KEYS:
+        return False
+    return squashed in _WRAPPERS or any(word in squashed for word in _WRAPPER_WORDS)
+
+
 def _unwrap(obj: Mapping[str, Any], known: set[str]) -> Mapping[str, Any]:
     """Descend through wrapper objects such as {"parameters": {...}} or {"adjust": {...}}."""
     for _ in range(3):
         if any(_squash(k) in known for k in obj):
             return obj
-        nested = [v for k, v in obj.items() if _squash(k) in _WRAPPERS and isinstance(v, Mapping)]
+        nested = [v for k, v in obj.items() if _is_wrapper(k) and isinstance(v, Mapping)]
         if len(nested) != 1:
-            dicts = [v for v in obj.values() if isinstance(v, Mapping)]
-            if len(obj) == 1 and len(dicts) == 1:
-                nested = dicts
-            else:
-                return obj
+            return obj
         obj = nested[0]
     return obj
 
