@@ -393,11 +393,7 @@ def parse_policy(data: dict[str, Any] | None) -> GatePolicy:
 
 def gate_runs(session: Session, name: str) -> list[GateRun]:
     variant = services.get_variant(session, name)
-    query = (
-        select(GateRun)
-        .where(GateRun.variant_id == variant.id)
-        .order_by(GateRun.created_at.desc(), GateRun.id.desc())
-    )
+    query = select(GateRun).where(GateRun.variant_id == variant.id).order_by(GateRun.id.desc())
     return list(session.scalars(query).all())
 
 
@@ -405,7 +401,7 @@ def latest_gate_run(session: Session, variant: Variant, test_set_hash: str) -> G
     query = (
         select(GateRun)
         .where(GateRun.variant_id == variant.id, GateRun.test_set_hash == test_set_hash)
-        .order_by(GateRun.created_at.desc(), GateRun.id.desc())
+        .order_by(GateRun.id.desc())
         .limit(1)
     )
     return session.scalar(query)

@@ -166,6 +166,8 @@ def test_bad_input_is_a_clear_error():
         offline.score_subsets(PRED, TRUTH, calls=[1, 2])
     with pytest.raises(ValueError, match="parse_failures"):
         offline.score(PRED, TRUTH, parse_failures=[False])
+    with pytest.raises(ValueError, match="calls: needed"):
+        offline.score(PRED, TRUTH, min_calls=3)
     with pytest.raises(ValueError, match="confidence"):
         offline.bootstrap(PRED, TRUTH, confidence=1.5)
 
