@@ -53,6 +53,7 @@ class RecordedControl:
     fail_status: int = 500
     requests: int = 0
     prompts: deque[str] = field(default_factory=lambda: deque(maxlen=200))  # the latest
+    bodies: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=200))
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def fail_next(self, count: int, status: int = 500) -> None:
@@ -166,6 +167,7 @@ def create_app(
         body = await _json_body(request)
         if isinstance(body, JSONResponse):
             return body
+        state.bodies.append(body)
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             return _error(400, "messages: must be a non-empty list", param="messages")
@@ -195,6 +197,7 @@ def create_app(
         body = await _json_body(request)
         if isinstance(body, JSONResponse):
             return body
+        state.bodies.append(body)
         prompt = body.get("prompt")
         prompts = [prompt] if isinstance(prompt, str) else prompt
         if (
