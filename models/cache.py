@@ -7,12 +7,14 @@ never sees its predecessor's answers.
 
 Backends: a redis-py client (sync ``redis.Redis`` or ``redis.asyncio.Redis``) with a key prefix,
 or an in-process LRU dict when no client is given. Entries expire after `ttl_s`. A Redis error
-is counted and treated as a miss (on read) or ignored (on write): the cache never fails a
-request. Predictions with parse failures are not stored (a retry may do better).
+or a command slower than `timeout_s` is counted and treated as a miss (on read) or ignored
+(on write): the cache never fails or stalls a request. Predictions with parse failures are not
+stored (a retry may do better). A hit is returned with no tokens and no cost.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import inspect
 import json
@@ -64,7 +66,10 @@ class ResponseCache:
         prefix: str = "abtest:llm-cache:",
         ttl_s: float = 7 * 24 * 3600,
         max_entries: int = 100_000,
+        timeout_s: float = 0.25,
     ) -> None:
+        if timeout_s <= 0:
+            raise ValueError("timeout_s: must be positive")
         if ttl_s <= 0:
             raise ValueError("ttl_s: must be positive")
         if max_entries < 1:
@@ -73,6 +78,7 @@ class ResponseCache:
         self.prefix = prefix
         self.ttl_s = float(ttl_s)
         self.max_entries = max_entries
+        self.timeout_s = float(timeout_s)
         self.stats = CacheStats()
         self.by_variant: dict[str, CacheStats] = {}
         self._memory: OrderedDict[str, tuple[float, str]] = OrderedDict()
@@ -140,9 +146,7 @@ class ResponseCache:
                     return None
                 self._memory.move_to_end(key)
                 return value
-        value = self.redis.get(key)
-        if inspect.isawaitable(value):
-            value = await value
+        value = await self._redis_call(self.redis.get, key)
         return value.decode() if isinstance(value, bytes) else value
 
     async def _write(self, key: str, value: str) -> None:
@@ -153,9 +157,17 @@ class ResponseCache:
                 while len(self._memory) > self.max_entries:
                     self._memory.popitem(last=False)
             return
-        result = self.redis.set(key, value, px=max(1, int(self.ttl_s * 1000)))
+        await self._redis_call(self.redis.set, key, value, px=max(1, int(self.ttl_s * 1000)))
+
+    async def _redis_call(self, method: Any, *args: Any, **kwargs: Any) -> Any:
+        """One Redis command, bounded by `timeout_s` (a sync client runs in a worker thread,
+        so a hung or reconnecting Redis cannot stall the event loop)."""
+        if inspect.iscoroutinefunction(method):
+            return await asyncio.wait_for(method(*args, **kwargs), self.timeout_s)
+        result = await asyncio.wait_for(asyncio.to_thread(method, *args, **kwargs), self.timeout_s)
         if inspect.isawaitable(result):
-            await result
+            result = await asyncio.wait_for(result, self.timeout_s)
+        return result
 
     def _count(self, variant_key: str, **deltas: int) -> None:
         per_variant = self.by_variant.setdefault(variant_key, CacheStats())

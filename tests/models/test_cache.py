@@ -164,7 +164,12 @@ async def test_redis_asyncio_client_works(redis_url, redis_prefix):
 
 
 async def test_unreachable_redis_degrades_to_misses():
-    broken = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    broken = redis.Redis(
+        host="127.0.0.1", port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0)
+    )
     arm = CountingArm()
     cache = ResponseCache(broken, prefix="abtest-test:unreachable:")
     cached = CachedArm(arm, cache, "v@1")
@@ -194,3 +199,29 @@ async def test_failing_writes_never_fail_the_request():
     cache = ResponseCache(FlakyRedis())
     results = await CachedArm(arm, cache, "v@1").predict_batch(["a", "b"])
     assert len(results) == 2 and cache.stats.errors == 2 and cache.stats.writes == 0
+
+
+class SlowRedis:
+    """A Redis that hangs (e.g. reconnecting with back-off): the cache gives up after timeout_s."""
+
+    def get(self, key: str):
+        import time
+
+        time.sleep(0.5)
+        return None
+
+    def set(self, key: str, value: str, px: int):
+        import time
+
+        time.sleep(0.5)
+
+
+async def test_a_hanging_redis_is_bounded_by_the_timeout():
+    import time
+
+    arm = CountingArm()
+    cache = ResponseCache(SlowRedis(), timeout_s=0.05)
+    started = time.perf_counter()
+    result = await CachedArm(arm, cache, "v@1").predict("storm")
+    assert time.perf_counter() - started < 0.4
+    assert not result.cache_hit and cache.stats.errors == 2
