@@ -1,0 +1,94 @@
+"""The demo's student: a small T5-style model trained from scratch on the bundled train split.
+
+No pretrained seq2seq weights can be downloaded here, so the demo student is built from nothing
+by `models.distill.train`: a byte-level BPE tokenizer trained offline on the training intents and
+targets (the fixed stretches of the paper's prompts and of the JSON targets are single tokens),
+and a ~0.6M-parameter encoder-decoder (d_model 96, 2+2 layers) trained on the paper's three
+student prompts. It reads the exact prompts of `models.prompts` and is loaded by the same local
+student arm as any fine-tuned model.
+
+Deviations from appendix A.6, because A.6 fine-tunes a pretrained model on a GPU and this one is
+trained from random weights on two CPU cores: learning rate 2e-3 (not 4e-5), batch 32 (not 4),
+DEMO_EPOCHS epochs (not 10), one torch thread. The best of the last three epochs is still kept
+when an evaluator is passed.
+
+`ensure_demo_student(cache_dir)` trains once and caches: the directory name carries a hash of the
+training data and settings, so a changed dataset or setting trains a new model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+from models.dataset import load_split
+from models.distill.train import (
+    CARD_NAME,
+    Evaluator,
+    TinyModelSpec,
+    TrainSettings,
+    records_hash,
+    train_student,
+)
+
+DEMO_EPOCHS = 3
+DEMO_SETTINGS = TrainSettings(
+    architecture="seq2seq",
+    base_model=None,
+    tiny=TinyModelSpec(vocab_size=1000, d_model=96, d_ff=256, layers=2, heads=4),
+    epochs=DEMO_EPOCHS,
+    learning_rate=2e-3,
+    batch_size=32,
+    eval_batch_size=200,
+    max_new_tokens=48,
+    keep_best_of_last=3,
+    evaluate_every_epoch=False,
+    threads=1,
+    seed=0,
+)
+
+
+def demo_key(settings: TrainSettings = DEMO_SETTINGS) -> str:
+    """A short hash of the bundled training data and the settings (the cache key)."""
+    payload = json.dumps(
+        {"train": records_hash(load_split("train")), "settings": asdict(settings)},
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def ensure_demo_student(
+    cache_dir: str | Path,
+    evaluate: Evaluator | None = None,
+    *,
+    settings: TrainSettings = DEMO_SETTINGS,
+    show_progress: bool = False,
+) -> Path:
+    """Path of the trained demo student under `cache_dir`, training it first if needed.
+
+    Pass the offline evaluator (the abtest layer wires `analysis.offline`) to score epochs on
+    the bundled test split and keep the best of the last three; without it the last epoch is kept.
+    """
+    cache = Path(cache_dir)
+    target = cache / f"demo-student-{demo_key(settings)}"
+    if (target / CARD_NAME).is_file():
+        return target
+    scratch = cache / f".training-{target.name}"
+    if scratch.exists():
+        shutil.rmtree(scratch)
+    cache.mkdir(parents=True, exist_ok=True)
+    train_student(
+        load_split("train"),
+        load_split("test"),
+        scratch,
+        settings,
+        evaluate,
+        show_progress=show_progress,
+        extra_card={"demo": True},
+    )
+    scratch.rename(target)
+    return target
