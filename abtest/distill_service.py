@@ -65,7 +65,8 @@ def student_variant_config(path: str | Path) -> dict[str, Any]:
         card = read_model_card(directory)
     except TrainError as exc:
         raise Invalid("path", str(exc).removeprefix("path: ")) from None
-    return {"path": str(directory), "architecture": card["architecture"]}
+    # `kind` is what models.arms.factory calls the architecture of a local student.
+    return {"path": str(directory), "kind": card["architecture"]}
 
 
 def register_trained_student(

@@ -303,15 +303,14 @@ def _encode_examples(
     examples: Sequence[tuple[str, str]], tokenizer: Any, settings: TrainSettings
 ) -> list[tuple[list[int], list[int]]]:
     """Token ids per example: (source, target) for seq2seq, (prompt, answer) for causal."""
-    prompts = tokenizer([p for p, _ in examples], add_special_tokens=False)["input_ids"]
+    # Prompts get the tokenizer's own special tokens (T5: </s>, Llama: <s>), as at serving time.
+    prompts = tokenizer([p for p, _ in examples])["input_ids"]
     answer_texts = [(t if settings.architecture == "seq2seq" else " " + t) for _, t in examples]
     answers = tokenizer(answer_texts, add_special_tokens=False)["input_ids"]
     eos = tokenizer.eos_token_id
     out = []
     for prompt, answer in zip(prompts, answers, strict=True):
         prompt = prompt[: settings.max_source_tokens]
-        if settings.architecture == "causal" and tokenizer.bos_token_id is not None:
-            prompt = [tokenizer.bos_token_id, *prompt]
         out.append((prompt, answer[: settings.max_target_tokens - 1] + [eos]))
     return out
 
@@ -361,12 +360,9 @@ def generate_texts(
     out: list[str] = [""] * len(prompts)
     device = next(model.parameters()).device
     causal = architecture == "causal"
-    add_bos = causal and tokenizer.bos_token_id is not None
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        encoded = tokenizer([prompts[i] for i in chunk], add_special_tokens=False)["input_ids"]
-        if add_bos:
-            encoded = [[tokenizer.bos_token_id, *e] for e in encoded]
+        encoded = tokenizer([prompts[i] for i in chunk])["input_ids"]
         width = max(len(e) for e in encoded)
         pad = tokenizer.pad_token_id
         if causal:  # left padding so every row continues from its last prompt token
