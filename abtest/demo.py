@@ -77,7 +77,9 @@ class SimulatedProject:
     attributes: dict[str, Any]
 
 
-def draw_projects(records: list[IntentRecord], n: int, rng: np.random.Generator) -> list[SimulatedProject]:
+def draw_projects(
+    records: list[IntentRecord], n: int, rng: np.random.Generator
+) -> list[SimulatedProject]:
     weights = np.array([r.calls for r in records], dtype=float)
     picks = rng.choice(len(records), size=n, p=weights / weights.sum())
     return [
@@ -131,14 +133,33 @@ def setup_platform(settings: Settings, console: Console) -> None:
 
 
 def gate_student(settings: Settings, name: str, console: Console) -> None:
-    """Until the offline gate lands, approve explicitly and say so."""
+    """Run the offline gate. The default policy asks for the paper's level of quality; a student
+    below it may still enter as a comparison arm under the documented baseline policy, and the
+    demo says so rather than hiding it."""
+    from abtest import gating
+    from analysis.gate import BASELINE_POLICY
+
     engine = db.get_engine(settings.database_url)
     with db.session_scope(engine) as session:
-        variant = services.get_variant(session, name)
-        services.record_promotion(
-            session, variant, variant.status, "approved", "demo", "demo approval"
+        run = gating.run_gate(session, name, "demo", settings=settings)
+        overall = run.metrics["candidate"]["subsets"]["all"]["overall"]
+        console.print(
+            f"offline gate {run.policy_version}: {name} overall {overall:.3f} -> "
+            f"{'PASS' if run.passed else 'FAIL'}"
         )
-    console.print(f"[yellow]approved {name} for traffic[/]")
+        for failure in run.failures:
+            console.print(f"  [red]- {failure}[/]")
+        if not run.passed:
+            run = gating.run_gate(
+                session, name, "demo", BASELINE_POLICY, progress=False, settings=settings
+            )
+            verdict = "PASS" if run.passed else "FAIL"
+            console.print(
+                f"[yellow]baseline policy {run.policy_version} (admits a comparison arm): "
+                f"{verdict}[/]"
+            )
+        gating.promote(session, name, "demo")
+    console.print(f"{name} is approved for traffic")
 
 
 async def simulate(settings: Settings, projects: list[SimulatedProject], seed: int) -> None:
@@ -153,6 +174,8 @@ async def simulate(settings: Settings, projects: list[SimulatedProject], seed: i
             routed = await router.handle_project(
                 project.project_id, project.record.intent, project.attributes
             )
+            if routed.served_by is None:
+                raise RuntimeError(f"no arm could answer {project.project_id}: {routed.error}")
             quality = agreement(routed.config, project.record.teacher)
             if rng.random() < export_probability(quality, routed.latency_ms / 1000):
                 await router.record_export(project.project_id)
@@ -167,7 +190,8 @@ def per_arm_counts(settings: Settings) -> list[dict[str, Any]]:
         """
         SELECT a.name AS arm, v.name AS variant,
                COUNT(DISTINCT CASE WHEN e.type = 'start' THEN e.project_id END) AS starts,
-               COUNT(DISTINCT CASE WHEN e.type = 'export' THEN e.project_id END) AS exports
+               COUNT(DISTINCT CASE WHEN e.type = 'export' THEN e.project_id END) AS exports,
+               SUM(CASE WHEN e.type = 'start' AND e.fallback THEN 1 ELSE 0 END) AS fallbacks
         FROM experiment_arms a
         JOIN variants v ON v.id = a.variant_id
         JOIN experiments x ON x.id = a.experiment_id
@@ -182,12 +206,17 @@ def per_arm_counts(settings: Settings) -> list[dict[str, Any]]:
 
 def print_rates(rows: list[dict[str, Any]], console: Console) -> None:
     table = Table(title=f"experiment {EXPERIMENT_KEY}: project completion rate")
-    for column in ("arm", "variant", "starts", "exports", "completion rate"):
+    for column in ("arm", "variant", "starts", "exports", "completion rate", "fallbacks"):
         table.add_column(column)
     for row in rows:
         rate = row["exports"] / row["starts"] if row["starts"] else float("nan")
         table.add_row(
-            row["arm"], row["variant"], str(row["starts"]), str(row["exports"]), f"{rate:.2%}"
+            row["arm"],
+            row["variant"],
+            str(row["starts"]),
+            str(row["exports"]),
+            f"{rate:.2%}",
+            str(row["fallbacks"] or 0),
         )
     console.print(table)
 

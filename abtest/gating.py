@@ -18,7 +18,6 @@ champion: it is run over the same test set and compared with a paired bootstrap.
 from __future__ import annotations
 
 import asyncio
-import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -32,13 +31,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from abtest import services
+from abtest.arms import build_variant_arm
 from abtest.errors import Conflict, Invalid
-from abtest.settings import Settings, get_settings
+from abtest.settings import Settings
 from abtest.tables import Experiment, GateRun, Promotion, Variant, utcnow
 from analysis import offline
 from analysis.gate import GatePolicy, GateVerdict, PolicyError, evaluate_gate
 from models.arms.base import Arm, ArmError, Prediction
-from models.arms.factory import build_arm
 from models.dataset import DatasetError, IntentRecord, bundled_path, file_hash, load_records
 
 # Variants whose answers are the recorded teacher outputs, i.e. the test truth itself.
@@ -94,42 +93,6 @@ def load_test_set(path: str | Path | None = None) -> TestSet:
 def _cached_records(path: str, sha256: str) -> tuple[IntentRecord, ...]:
     """Parsed dataset files, keyed by content hash (records are immutable)."""
     return tuple(load_records(path))
-
-
-@lru_cache(maxsize=2)
-def _fitted_knn(train_sha256: str) -> Any:
-    from models.arms.knn import KnnStudent
-
-    return KnnStudent().fit(_cached_records(str(bundled_path("train")), train_sha256))
-
-
-def build_variant_arm(variant: Variant, settings: Settings | None = None) -> Arm:
-    """The arm behind a variant, built by `models.arms.factory.build_arm`.
-
-    A kNN student fitted on the bundled train split (`{"fit": "train"}`) is fitted once per
-    process and shared (the fit is deterministic); everything else goes through the factory.
-    """
-    config = dict(variant.config or {})
-    if variant.kind == "knn_student" and config == {"fit": "train"}:
-        model = copy.copy(_fitted_knn(file_hash(bundled_path("train"))))
-        model.name = variant.name
-        return model
-    settings = settings or get_settings()
-    key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
-    try:
-        return build_arm(
-            variant.kind,
-            variant.name,
-            config,
-            openai_api_key=key,
-            openai_base_url=settings.openai_base_url,
-            timeout_s=settings.arm_timeout_s,
-        )
-    except ValueError as exc:
-        field, _, reason = str(exc).partition(": ")
-        if not reason:
-            field, reason = "config", str(exc)
-        raise Invalid(field, f"cannot build variant {variant.name!r}: {reason}") from None
 
 
 # --- running a variant --------------------------------------------------------------------------

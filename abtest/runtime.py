@@ -5,8 +5,7 @@
 - first assignments live in the assignments table, cached in Redis when `redis_url` is set and
   always in an in-process LRU; when Redis is down the router keeps serving from the database;
 - arms are built per variant: an explicit `arms` mapping wins (keyed by variant name, or by
-  experiment arm name), then `models.arms.factory.build_arm` when it exists, else the built-in
-  "recorded" and "knn_student" kinds;
+  experiment arm name), then `abtest.arms.build_variant_arm` (the models factory);
 - events are group-committed to the database, spooled to `settings.spool_dir` when it is down.
 
 `serving_lifespan(state)` builds the router for the FastAPI app and runs the spool replayer.
@@ -23,14 +22,15 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
+from abtest.arms import build_variant_arm
 from abtest.settings import Settings
 from abtest.tables import Assignment, Event, Experiment, ExperimentArm, Variant
-from models.arms.base import Arm, ArmError
+from models.arms.base import Arm
 from routing.assignment import ArmDef, CachedStore, LruCache, RedisCache
 from routing.events import EventSpool, EventWriter, RoutingTables
 from routing.metrics import RouterMetrics
 from routing.router import ExperimentCatalog, Router, RouterConfig
-from routing.storage import DatabaseStore, load_experiments
+from routing.storage import DatabaseGateway, DatabaseStore, load_experiments
 
 if TYPE_CHECKING:
     from abtest.api.deps import AppState
@@ -55,33 +55,6 @@ def redis_client(url: str) -> Any:
     )
 
 
-def _builtin_arm(arm: ArmDef) -> Arm:
-    """Arms that need nothing outside the repository: recorded teacher and kNN student."""
-    config = dict(arm.variant_config or {})
-    name = arm.variant or arm.name
-    if arm.variant_kind == "recorded":
-        from models.arms.recorded import RecordedTeacherArm
-        from models.dataset import load_records, load_split
-
-        path = config.get("path")
-        records = load_records(path) if path else load_split("train") + load_split("test")
-        return RecordedTeacherArm(records, name=name)
-    if arm.variant_kind == "knn_student":
-        from models.arms.knn import KnnStudent
-        from models.dataset import load_split
-
-        path = config.get("path")
-        if path:
-            model = KnnStudent.load(path)
-            model.name = name
-            return model
-        return KnnStudent(name=name).fit(load_split("train"))
-    raise ArmError(
-        f"variant {name!r} of kind {arm.variant_kind!r} cannot be built here "
-        "(models.arms.factory is not available)"
-    )
-
-
 def arm_provider(settings: Settings, arms: Mapping[str, Arm] | None = None) -> Any:
     """A function ArmDef -> Arm: explicit arms first, then the models factory, then built-ins."""
     explicit = dict(arms or {})
@@ -90,11 +63,7 @@ def arm_provider(settings: Settings, arms: Mapping[str, Arm] | None = None) -> A
         for key in (arm.variant, arm.name):
             if key is not None and key in explicit:
                 return explicit[key]
-        try:
-            from models.arms.factory import build_arm  # type: ignore[import-not-found]
-        except ImportError:
-            return _builtin_arm(arm)
-        return build_arm(_variant_view(arm), settings)
+        return build_variant_arm(_variant_view(arm), settings)
 
     return build
 
@@ -121,7 +90,8 @@ def build_router(
     spool = EventSpool(settings.spool_dir)
     writer = EventWriter(engine, TABLES, spool)
     catalog = ExperimentCatalog(lambda: load_experiments(engine, TABLES), 1.0, executor)
-    database = DatabaseStore(writer, catalog.by_id, spool, executor)
+    gateway = DatabaseGateway(writer, executor)
+    database = DatabaseStore(writer, catalog.by_id, spool, executor, gateway)
     redis = (
         RedisCache(redis_client(settings.redis_url), settings.redis_prefix, settings.cache_ttl_s)
         if settings.redis_url
@@ -137,6 +107,7 @@ def build_router(
         config=RouterConfig(timeout_s=settings.arm_timeout_s),
         metrics=RouterMetrics(),
         executor=executor,
+        event_sink=gateway.write_event,
     )
 
 
