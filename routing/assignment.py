@@ -8,6 +8,7 @@ over later hashing, so changing weights or coverage never moves a project alread
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections import OrderedDict
@@ -242,8 +243,11 @@ class MemoryStore:
 
 
 class RedisCache:
-    """First assignments cached in Redis. Never raises: when Redis is down it answers misses
-    and stays quiet for `retry_after_s` before trying again."""
+    """First assignments cached in Redis, with the lookups of concurrent requests coalesced
+    into one MGET and the writes into one pipeline (written in the background).
+
+    Never raises: when Redis is down it answers misses and stays quiet for `retry_after_s`.
+    """
 
     def __init__(
         self,
@@ -258,6 +262,9 @@ class RedisCache:
         self.retry_after_s = retry_after_s
         self._down_until = 0.0
         self.errors = 0
+        self._gets: list[tuple[str, asyncio.Future[Any]]] = []
+        self._sets: list[tuple[str, str]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def _key(self, experiment_id: int, project_id: str) -> str:
         return f"{self.prefix}asg:{experiment_id}:{project_id}"
@@ -270,27 +277,51 @@ class RedisCache:
         self.errors += 1
         self._down_until = time.monotonic() + self.retry_after_s
 
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def get(self, experiment_id: int, project_id: str) -> StoredAssignment | None:
         if not self.available:
             return None
-        try:
-            raw = await self.client.get(self._key(experiment_id, project_id))
-        except Exception:  # noqa: BLE001 - a cache outage is never the client's error
-            self._failed()
-            return None
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._gets.append((self._key(experiment_id, project_id), future))
+        if len(self._gets) == 1:
+            self._spawn(self._flush_gets())
+        raw = await future
         if raw is None:
             return None
         text = raw.decode() if isinstance(raw, bytes) else str(raw)
         arm, _, source = text.partition("|")
         return StoredAssignment(arm, source or "hash")
 
+    async def _flush_gets(self) -> None:
+        batch, self._gets = self._gets, []
+        try:
+            values = await self.client.mget([key for key, _ in batch])
+        except Exception:  # noqa: BLE001 - a cache outage is never the client's error
+            self._failed()
+            values = [None] * len(batch)
+        for (_, future), value in zip(batch, values, strict=True):
+            if not future.done():
+                future.set_result(value)
+
     async def put(self, experiment_id: int, project_id: str, value: StoredAssignment) -> None:
+        """Queue the write (it does not delay the answer)."""
         if not self.available:
             return
+        self._sets.append((self._key(experiment_id, project_id), f"{value.arm}|{value.source}"))
+        if len(self._sets) == 1:
+            self._spawn(self._flush_sets())
+
+    async def _flush_sets(self) -> None:
+        batch, self._sets = self._sets, []
         try:
-            await self.client.set(
-                self._key(experiment_id, project_id), f"{value.arm}|{value.source}", ex=self.ttl_s
-            )
+            pipeline = self.client.pipeline(transaction=False)
+            for key, value in batch:
+                pipeline.set(key, value, ex=self.ttl_s)
+            await pipeline.execute()
         except Exception:  # noqa: BLE001
             self._failed()
 

@@ -15,10 +15,11 @@ This module never imports `abtest`: the tables are passed in (`RoutingTables`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -205,6 +206,7 @@ class EventWriter:
         self.spool = spool
         self.postgres = engine.dialect.name == "postgresql"
         self.copy_threshold = 2000  # PostgreSQL: COPY for big batches, unnest() below
+        self._local = threading.local()
 
     # events ----------------------------------------------------------------------------------
 
@@ -224,9 +226,7 @@ class EventWriter:
     def insert(self, rows: Sequence[dict[str, Any]]) -> set[str]:
         """Insert rows, skipping known client_event_ids; returns the ids that were new."""
         if self.postgres:
-            if len(rows) >= self.copy_threshold:
-                return self._insert_postgres(rows)
-            return self._insert_postgres_unnest(rows)
+            return self._insert_postgres(rows)
         return self._insert_generic(rows)
 
     def _insert_generic(self, rows: Sequence[dict[str, Any]]) -> set[str]:
@@ -317,82 +317,99 @@ class EventWriter:
             .values(experiment_id=latest(a.c.experiment_id), arm_id=latest(a.c.arm_id))
         )
 
-    def _insert_postgres(self, rows: Sequence[dict[str, Any]]) -> set[str]:
-        events, assignments = self.tables.events.name, self.tables.assignments.name
-        columns = ", ".join(EVENT_COLUMNS)
-        selected = ", ".join(
-            "COALESCE(t.arm_id, a.arm_id)" if c == "arm_id" else f"t.{c}" for c in EVENT_COLUMNS
-        )
-        raw = self.engine.raw_connection()
-        try:
-            connection = raw.driver_connection
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    "CREATE TEMP TABLE IF NOT EXISTS _abtest_events_in ON COMMIT DELETE ROWS "
-                    f"AS SELECT {columns} FROM {events} WITH NO DATA"
-                )
-                with cursor.copy(f"COPY _abtest_events_in ({columns}) FROM STDIN") as copy:
-                    for row in rows:
-                        copy.write_row(_copy_values(row))
-                cursor.execute(
-                    f"INSERT INTO {events} ({columns}) SELECT {selected} "
-                    f"FROM _abtest_events_in t LEFT JOIN {assignments} a "
-                    "ON t.arm_id IS NULL AND a.experiment_id = t.experiment_id "
-                    "AND a.project_id = t.project_id "
-                    "ON CONFLICT (client_event_id) DO NOTHING RETURNING client_event_id"
-                )
-                stored = {row[0] for row in cursor.fetchall()}
-            if any(row.get("experiment_id") is None for row in rows):
-                raw.commit()
-                with self.engine.begin() as conn:
-                    self._reconcile_unknown_experiment(conn, rows)
-            else:
-                raw.commit()
-        except BaseException as exc:
-            if is_unavailable(exc):
-                raw.invalidate()
-            else:
-                raw.rollback()
-            raise
-        finally:
-            raw.close()
-        return stored
+    # PostgreSQL: one persistent connection per writer thread, raw psycopg statements ------
 
-    def _insert_postgres_unnest(self, rows: Sequence[dict[str, Any]]) -> set[str]:
-        """One `INSERT ... SELECT FROM unnest(arrays)`: a single round trip for a small batch."""
-        events, assignments = self.tables.events.name, self.tables.assignments.name
-        columns = ", ".join(EVENT_COLUMNS)
-        arrays = ", ".join(f"%s::{_PG_TYPES[c]}[]" for c in EVENT_COLUMNS)
-        selected = ", ".join(
-            "COALESCE(t.arm_id, a.arm_id)" if c == "arm_id" else f"t.{c}" for c in EVENT_COLUMNS
-        )
-        values = list(zip(*(_copy_values(row) for row in rows), strict=True))
-        statement = (
-            f"INSERT INTO {events} ({columns}) SELECT {selected} "
-            f"FROM unnest({arrays}) AS t({columns}) LEFT JOIN {assignments} a "
-            "ON t.arm_id IS NULL AND a.experiment_id = t.experiment_id "
-            "AND a.project_id = t.project_id "
-            "ON CONFLICT (client_event_id) DO NOTHING RETURNING client_event_id"
-        )
-        return self._run_postgres(rows, statement, [list(v) for v in values])
-
-    def _run_postgres(
-        self, rows: Sequence[dict[str, Any]], statement: str, params: list[Any]
-    ) -> set[str]:
-        raw = self.engine.raw_connection()
+    @contextlib.contextmanager
+    def _pg_cursor(self) -> Iterator[Any]:
+        """A cursor in a transaction on this thread's own connection (no pool round trip)."""
+        raw = getattr(self._local, "raw", None)
+        if raw is None:
+            raw = self.engine.raw_connection()
+            self._local.raw = raw
         try:
             with raw.driver_connection.cursor() as cursor:
-                cursor.execute(statement, params)
-                stored = {row[0] for row in cursor.fetchall()}
+                yield cursor
             raw.commit()
         except BaseException as exc:
-            if is_unavailable(exc):
-                raw.invalidate()
-            else:
-                raw.rollback()
+            self._local.raw = None
+            with contextlib.suppress(Exception):
+                if is_unavailable(exc):
+                    raw.invalidate()
+                else:
+                    raw.rollback()
+            with contextlib.suppress(Exception):
+                raw.close()
             raise
-        finally:
-            raw.close()
+
+    def _pg_insert_events(self, cursor: Any, rows: Sequence[dict[str, Any]]) -> set[str]:
+        events, assignments = self.tables.events.name, self.tables.assignments.name
+        columns = ", ".join(EVENT_COLUMNS)
+        selected = ", ".join(
+            "COALESCE(t.arm_id, a.arm_id)" if c == "arm_id" else f"t.{c}" for c in EVENT_COLUMNS
+        )
+        join = (
+            f"LEFT JOIN {assignments} a ON t.arm_id IS NULL "
+            "AND a.experiment_id = t.experiment_id AND a.project_id = t.project_id "
+            "ON CONFLICT (client_event_id) DO NOTHING RETURNING client_event_id"
+        )
+        if len(rows) >= self.copy_threshold:
+            cursor.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS _abtest_events_in ON COMMIT DELETE ROWS "
+                f"AS SELECT {columns} FROM {events} WITH NO DATA"
+            )
+            with cursor.copy(f"COPY _abtest_events_in ({columns}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(_copy_values(row))
+            cursor.execute(
+                f"INSERT INTO {events} ({columns}) SELECT {selected} "
+                f"FROM _abtest_events_in t {join}"
+            )
+        else:
+            record = ", ".join(f"{c} {_PG_TYPES[c]}" for c in EVENT_COLUMNS)
+            cursor.execute(
+                f"INSERT INTO {events} ({columns}) SELECT {selected} "
+                f"FROM jsonb_to_recordset(%s::jsonb) AS t({record}) {join}",
+                [_rows_json(rows)],
+            )
+        return {row[0] for row in cursor.fetchall()}
+
+    def _pg_first_assignments(
+        self, cursor: Any, items: dict[tuple[int, str], tuple[int, str]]
+    ) -> dict[tuple[int, str], tuple[int, str]]:
+        """Insert-or-read in one statement, then adopt orphan events of the new assignments."""
+        assignments, events = self.tables.assignments.name, self.tables.events.name
+        params = [json.dumps([[e, p, a, s] for (e, p), (a, s) in items.items()])]
+        cursor.execute(
+            "WITH input AS (SELECT (v->>0)::int AS e, v->>1 AS p, (v->>2)::int AS a, "
+            "v->>3 AS s FROM jsonb_array_elements(%s::jsonb) AS v), "
+            f"ins AS (INSERT INTO {assignments} "
+            "(experiment_id, project_id, arm_id, source, assigned_at) "
+            "SELECT e, p, a, s, now() FROM input "
+            "ON CONFLICT (experiment_id, project_id) DO NOTHING "
+            "RETURNING experiment_id, project_id, arm_id, source) "
+            "SELECT i.e, i.p, COALESCE(ins.arm_id, x.arm_id), "
+            "COALESCE(ins.source, x.source), ins.arm_id IS NOT NULL "
+            "FROM input i "
+            "LEFT JOIN ins ON ins.experiment_id = i.e AND ins.project_id = i.p "
+            f"LEFT JOIN {assignments} x ON x.experiment_id = i.e AND x.project_id = i.p",
+            params,
+        )
+        result = cursor.fetchall()
+        new = [(e, p, a) for e, p, a, _, inserted in result if inserted]
+        if new:
+            cursor.execute(
+                f"UPDATE {events} ev SET experiment_id = n.e, arm_id = n.a "
+                "FROM (SELECT (v->>0)::int AS e, v->>1 AS p, (v->>2)::int AS a "
+                "FROM jsonb_array_elements(%s::jsonb) AS v) AS n "
+                "WHERE ev.project_id = n.p AND ev.arm_id IS NULL "
+                "AND (ev.experiment_id IS NULL OR ev.experiment_id = n.e)",
+                [json.dumps(new)],
+            )
+        return {(e, p): (a, s) for e, p, a, s, _ in result if a is not None}
+
+    def _insert_postgres(self, rows: Sequence[dict[str, Any]]) -> set[str]:
+        with self._pg_cursor() as cursor:
+            stored = self._pg_insert_events(cursor, rows)
         if any(row.get("experiment_id") is None for row in rows):
             with self.engine.begin() as conn:
                 self._reconcile_unknown_experiment(conn, rows)
@@ -400,68 +417,18 @@ class EventWriter:
 
     # assignments -----------------------------------------------------------------------------
 
-    def _first_assignments_postgres(
-        self, items: dict[tuple[int, str], tuple[int, str]]
-    ) -> dict[tuple[int, str], tuple[int, str]]:
-        """Insert-or-read in one statement, then adopt orphan events of the new assignments."""
-        assignments, events = self.tables.assignments.name, self.tables.events.name
-        keys = list(items)
-        params = [
-            [e for e, _ in keys],
-            [p for _, p in keys],
-            [items[k][0] for k in keys],
-            [items[k][1] for k in keys],
-        ]
-        raw = self.engine.raw_connection()
-        try:
-            with raw.driver_connection.cursor() as cursor:
-                cursor.execute(
-                    "WITH input AS (SELECT * FROM unnest(%s::int[], %s::text[], %s::int[], "
-                    "%s::text[]) AS i(e, p, a, s)), "
-                    f"ins AS (INSERT INTO {assignments} "
-                    "(experiment_id, project_id, arm_id, source, assigned_at) "
-                    "SELECT e, p, a, s, now() FROM input "
-                    "ON CONFLICT (experiment_id, project_id) DO NOTHING "
-                    "RETURNING experiment_id, project_id, arm_id, source) "
-                    "SELECT i.e, i.p, COALESCE(ins.arm_id, x.arm_id), "
-                    "COALESCE(ins.source, x.source), ins.arm_id IS NOT NULL "
-                    "FROM input i "
-                    "LEFT JOIN ins ON ins.experiment_id = i.e AND ins.project_id = i.p "
-                    f"LEFT JOIN {assignments} x ON x.experiment_id = i.e AND x.project_id = i.p",
-                    params,
-                )
-                result = cursor.fetchall()
-                new = [(e, p, a) for e, p, a, _, inserted in result if inserted]
-                if new:
-                    cursor.execute(
-                        f"UPDATE {events} ev SET experiment_id = n.e, arm_id = n.a "
-                        "FROM unnest(%s::int[], %s::text[], %s::int[]) AS n(e, p, a) "
-                        "WHERE ev.project_id = n.p AND ev.arm_id IS NULL "
-                        "AND (ev.experiment_id IS NULL OR ev.experiment_id = n.e)",
-                        [[e for e, _, _ in new], [p for _, p, _ in new], [a for _, _, a in new]],
-                    )
-            raw.commit()
-        except BaseException as exc:
-            if is_unavailable(exc):
-                raw.invalidate()
-            else:
-                raw.rollback()
-            raise
-        finally:
-            raw.close()
-        return {(e, p): (a, s) for e, p, a, s, _ in result if a is not None}
-
     def first_assignments(
         self, items: Sequence[tuple[int, str, int, str]]
     ) -> dict[tuple[int, str], tuple[int, str]]:
         """Store `(experiment_id, project_id, arm_id, source)` unless the project already has an
         assignment; return the stored `(arm_id, source)` of every key. New assignments adopt the
         project's orphan events (reconciliation of out-of-order exports)."""
-        assignments = self.tables.assignments
-        now = utcnow()
         unique = {(e, p): (a, s) for e, p, a, s in items}
         if self.postgres:
-            return self._first_assignments_postgres(unique)
+            with self._pg_cursor() as cursor:
+                return self._pg_first_assignments(cursor, unique)
+        assignments = self.tables.assignments
+        now = utcnow()
         values = [
             {"experiment_id": e, "project_id": p, "arm_id": a, "source": s, "assigned_at": now}
             for (e, p), (a, s) in unique.items()
@@ -478,6 +445,37 @@ class EventWriter:
             if new:
                 self._adopt_orphans(conn, new)
         return stored
+
+    def write_together(
+        self, assignments: Sequence[tuple[int, str, int, str]], rows: Sequence[dict[str, Any]]
+    ) -> tuple[dict[tuple[int, str], tuple[int, str]] | None, WriteResult]:
+        """First assignments and events in one transaction (PostgreSQL): the group commit of
+        the request path. When the database is unreachable both are spooled: the assignments
+        come back as None (unconfirmed) and the events as spooled."""
+        try:
+            if self.postgres and not any(row.get("experiment_id") is None for row in rows):
+                unique = {(e, p): (a, s) for e, p, a, s in assignments}
+                with self._pg_cursor() as cursor:
+                    stored = self._pg_first_assignments(cursor, unique) if unique else {}
+                    new_ids = self._pg_insert_events(cursor, rows) if rows else set()
+            else:
+                stored = self.first_assignments(assignments) if assignments else {}
+                new_ids = self.insert(rows) if rows else set()
+        except Exception as exc:
+            if self.spool is None or not is_unavailable(exc):
+                raise
+            if assignments:
+                self.spool.append(
+                    "assignment",
+                    [
+                        {"experiment_id": e, "project_id": p, "arm_id": a, "source": s}
+                        for e, p, a, s in assignments
+                    ],
+                )
+            if rows:
+                self.spool.append("event", rows)
+            return None, WriteResult(len(rows), 0, 0, len(rows))
+        return stored, WriteResult(len(rows), len(new_ids), len(rows) - len(new_ids), 0, new_ids)
 
     def _stored(
         self, conn: sa.Connection, keys: Sequence[tuple[int, str]]
@@ -556,6 +554,19 @@ _PG_TYPES = {
     "output": "jsonb",
     "attributes": "jsonb",
 }
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _rows_json(rows: Sequence[dict[str, Any]]) -> str:
+    """The batch as one JSON array for `jsonb_to_recordset` (one parameter, dumped in C)."""
+    return json.dumps(
+        [{name: row.get(name) for name in EVENT_COLUMNS} for row in rows], default=_json_default
+    )
 
 
 def _copy_values(row: dict[str, Any]) -> tuple[Any, ...]:

@@ -12,7 +12,7 @@ import asyncio
 import hashlib
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -301,6 +301,7 @@ class Router:
         metrics: RouterMetrics | None = None,
         executor: Executor | None = None,
         clock: Callable[[], float] = time.monotonic,
+        event_sink: Callable[[dict[str, Any]], Awaitable[str]] | None = None,
     ) -> None:
         self.catalog = catalog
         self.store = store
@@ -314,6 +315,7 @@ class Router:
         self.breakers: dict[str, CircuitBreaker] = {}
         self._arms: dict[tuple[str, int], Arm] = {}
         self._events: GroupCommit[dict[str, Any], str] = GroupCommit(self._flush_events, executor)
+        self._sink = event_sink or self._events.submit
         if spool is not None:
             self.metrics.watch_spool(lambda: spool.depth)
 
@@ -439,7 +441,7 @@ class Router:
                 output=prediction.to_output() if prediction is not None else None,
                 attributes=dict(attributes) if attributes else None,
             )
-            spooled = await self._events.submit(event.to_row()) == "spooled"
+            spooled = await self._record(event.to_row()) == "spooled"
         return RoutedProject(
             project_id=project_id,
             experiment=experiment.key,
@@ -457,6 +459,11 @@ class Router:
         )
 
     # events ------------------------------------------------------------------------------------
+
+    async def _record(self, row: dict[str, Any]) -> str:
+        outcome = await self._sink(row)
+        self.metrics.events.labels(outcome).inc()
+        return outcome
 
     def _flush_events(self, rows: list[dict[str, Any]]) -> list[str]:
         """Group commit of single events; the outcome of each: stored, duplicate or spooled."""
@@ -476,8 +483,6 @@ class Router:
                 if row["client_event_id"] in seen:
                     outcomes[index] = "duplicate"
                 seen.add(row["client_event_id"])
-        for outcome in outcomes:
-            self.metrics.events.labels(outcome).inc()
         return outcomes
 
     async def record_export(
@@ -500,7 +505,7 @@ class Router:
             occurred_at,
             experiment,
         )
-        outcome = await self._events.submit(row)
+        outcome = await self._record(row)
         return {
             "client_event_id": row["client_event_id"],
             "experiment": experiment.key if experiment else None,

@@ -85,6 +85,47 @@ def load_experiments(engine: Engine, tables: RoutingTables) -> list[ExperimentDe
     return loaded
 
 
+class DatabaseGateway:
+    """One group commit for the request path: the first assignments and the events of
+    concurrent requests reach the database together, in one transaction per batch."""
+
+    def __init__(self, writer: EventWriter, executor: Executor | None = None) -> None:
+        self.writer = writer
+        self._commit: GroupCommit[tuple[str, Any], Any] = GroupCommit(self._flush, executor)
+
+    def _flush(self, items: list[tuple[str, Any]]) -> list[Any]:
+        assignments = [value for kind, value in items if kind == "assignment"]
+        rows: dict[str, dict[str, Any]] = {}
+        for kind, value in items:
+            if kind == "event":
+                rows.setdefault(value["client_event_id"], value)
+        stored, result = self.writer.write_together(assignments, list(rows.values()))
+        outcomes: list[Any] = []
+        seen: set[str] = set()
+        for kind, value in items:
+            if kind == "assignment":
+                outcomes.append(None if stored is None else stored.get((value[0], value[1])))
+                continue
+            event_id = value["client_event_id"]
+            if result.spooled:
+                outcomes.append("spooled")
+            elif event_id in seen or event_id not in result.new_ids:
+                outcomes.append("duplicate")
+            else:
+                outcomes.append("stored")
+            seen.add(event_id)
+        return outcomes
+
+    async def put_assignment(self, item: tuple[int, str, int, str]) -> tuple[int, str] | None:
+        """`(experiment_id, project_id, arm_id, source)` -> the stored `(arm_id, source)`, or
+        None when the database is unreachable (the assignment was spooled)."""
+        return await self._commit.submit(("assignment", item))
+
+    async def write_event(self, row: dict[str, Any]) -> str:
+        """Store one event row: 'stored', 'duplicate' or 'spooled' (durable either way)."""
+        return await self._commit.submit(("event", row))
+
+
 class DatabaseStore:
     """First assignments in the assignments table, batched across concurrent requests.
 
@@ -98,10 +139,12 @@ class DatabaseStore:
         arms_by_experiment: Any,
         spool: EventSpool | None = None,
         executor: Executor | None = None,
+        gateway: DatabaseGateway | None = None,
     ) -> None:
         self.writer = writer
         self.spool = spool
         self._arms = arms_by_experiment  # callable: experiment_id -> ExperimentDef | None
+        self.gateway = gateway
         self._puts: GroupCommit[tuple[int, str, int, str], tuple[int, str] | None] = GroupCommit(
             self._flush_puts, executor
         )
@@ -151,7 +194,11 @@ class DatabaseStore:
     ) -> StoredAssignment:
         experiment = self._arms(experiment_id)
         arm_id = experiment.arm(proposed.arm).arm_id
-        found = await self._puts.submit((experiment_id, project_id, arm_id, proposed.source))
+        item = (experiment_id, project_id, arm_id, proposed.source)
+        if self.gateway is not None:
+            found = await self.gateway.put_assignment(item)
+        else:
+            found = await self._puts.submit(item)
         if found is None:
             return StoredAssignment(proposed.arm, proposed.source, confirmed=False)
         name = self._name(experiment_id, found[0])

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -119,8 +120,8 @@ def _http_error(exc: RoutingError) -> Exception:
     return HTTPException(exc.status, detail=exc.as_detail())
 
 
-@router.post("/v1/projects", dependencies=app_role, tags=["serving"])
-async def post_project(body: ProjectIn, request: Request) -> dict[str, Any]:
+@router.post("/v1/projects", dependencies=app_role, response_class=JSONResponse)
+async def post_project(body: ProjectIn, request: Request) -> JSONResponse:
     """Assign the project, answer with its arm's three tool configurations, log the start."""
     try:
         routed = await _router(request).handle_project(
@@ -132,7 +133,7 @@ async def post_project(body: ProjectIn, request: Request) -> dict[str, Any]:
         )
     except RoutingError as exc:
         raise _http_error(exc) from None
-    return routed.to_json()
+    return JSONResponse(routed.to_json())
 
 
 @router.post("/v1/projects/{project_id}/export", dependencies=app_role)

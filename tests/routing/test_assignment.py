@@ -28,12 +28,15 @@ from routing.assignment import (
 
 
 def experiment(weights=(0.5, 0.5), coverage=1.0, seed="exp", namespace=None, overrides=None, id=1):
-    arms = tuple(
-        ArmDef(f"arm{i}", w, control=i == 0, arm_id=10 + i) for i, w in enumerate(weights)
-    )
+    arms = tuple(ArmDef(f"arm{i}", w, control=i == 0, arm_id=10 + i) for i, w in enumerate(weights))
     return ExperimentDef(
-        key=seed, seed=seed, arms=arms, coverage=coverage, namespace=namespace,
-        overrides=overrides or {}, id=id,
+        key=seed,
+        seed=seed,
+        arms=arms,
+        coverage=coverage,
+        namespace=namespace,
+        overrides=overrides or {},
+        id=id,
     )
 
 
@@ -66,8 +69,13 @@ def test_choose_arm_outside_ranges():
 def test_decide_matches_growthbook_sdk():
     exp = experiment((0.3, 0.7), coverage=0.8, seed="sdk-seed", namespace=Namespace("ns", 0, 0.7))
     gb_exp = Experiment(
-        key="sdk-seed", variations=[0, 1], weights=[0.3, 0.7], coverage=0.8, seed="sdk-seed",
-        hashVersion=2, namespace=("ns", 0, 0.7),
+        key="sdk-seed",
+        variations=[0, 1],
+        weights=[0.3, 0.7],
+        coverage=0.8,
+        seed="sdk-seed",
+        hashVersion=2,
+        namespace=("ns", 0, 0.7),
     )
     client = GrowthBook(attributes={})
     disagreements = 0
@@ -231,11 +239,11 @@ class BrokenRedis:
     def __init__(self):
         self.calls = 0
 
-    async def get(self, key):
+    async def mget(self, keys):
         self.calls += 1
         raise ConnectionError("redis is down")
 
-    async def set(self, key, value, ex=None):
+    def pipeline(self, transaction=True):
         self.calls += 1
         raise ConnectionError("redis is down")
 

@@ -1,0 +1,158 @@
+"""Event batch ingestion into PostgreSQL vs a raw COPY of the same rows.
+
+Ingestion is `routing.events.EventWriter.insert` as `/v1/events:batch` runs it: COPY into a temp
+table, then one `INSERT ... SELECT ... ON CONFLICT (client_event_id) DO NOTHING` that also
+resolves each export's arm from the project's assignment. The baseline is `COPY events FROM
+STDIN` of the same rows (no idempotency, no reconciliation). Both run in this process against a
+fresh database; the table is truncated between runs.
+
+    python bench/bench_ingest.py --events 100000 --batch 10000 --repeats 3
+    (ABTEST_BENCH_POSTGRES_URL, default postgresql://postgres@127.0.0.1:5432/postgres)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+import uuid
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+
+from abtest import db, services
+from abtest.runtime import TABLES
+from routing.events import EVENT_COLUMNS, EventRecord, EventWriter, _copy_values
+
+ADMIN_URL = os.environ.get(
+    "ABTEST_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def make_database() -> tuple[str, sa.Engine]:
+    admin = sa.create_engine(db.normalize_url(ADMIN_URL), isolation_level="AUTOCOMMIT")
+    name = f"abtest_bench_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    url = sa.make_url(db.normalize_url(ADMIN_URL)).set(database=name)
+    return name, db.make_engine(url.render_as_string(hide_password=False))
+
+
+def drop_database(name: str) -> None:
+    admin = sa.create_engine(db.normalize_url(ADMIN_URL), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--batch", type=int, default=10_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    name, engine = make_database()
+    try:
+        db.upgrade(engine)
+        with db.session_scope(engine) as session:
+            services.register_variant(session, "teacher", "teacher")
+            services.register_variant(session, "student", "teacher")
+            exp = services.create_experiment(
+                session,
+                services.ExperimentSpec(
+                    "bench",
+                    [
+                        services.ArmSpec("control", "teacher", 0.5, True),
+                        services.ArmSpec("treatment", "student", 0.5),
+                    ],
+                ),
+            )
+            exp_id, arm_ids = exp.id, [a.id for a in exp.arms]
+        projects = args.events // 2
+        with engine.begin() as conn:  # every project started: exports resolve to an arm
+            conn.execute(
+                sa.insert(TABLES.assignments),
+                [
+                    {
+                        "experiment_id": exp_id,
+                        "project_id": f"p{i}",
+                        "arm_id": arm_ids[i % 2],
+                        "source": "hash",
+                    }
+                    for i in range(projects)
+                ],
+            )
+            conn.execute(sa.text("ANALYZE assignments"))
+        now = datetime.now(UTC)
+        rows = [
+            EventRecord(
+                f"ev-{i}",
+                "export",
+                f"p{i % projects}",
+                exp_id,
+                None,
+                occurred_at=now,
+                received_at=now,
+                attributes={"kept_tools": ["adjust", "filter"]},
+            ).to_row()
+            for i in range(args.events)
+        ]
+        batches = [rows[i : i + args.batch] for i in range(0, len(rows), args.batch)]
+        writer = EventWriter(engine, TABLES, None)
+        writer.copy_threshold = 0
+
+        def truncate() -> None:
+            with engine.begin() as conn:
+                conn.execute(sa.text("TRUNCATE events"))
+
+        def ingest() -> None:
+            for batch in batches:
+                writer.insert(batch)
+
+        columns = ", ".join(EVENT_COLUMNS)
+
+        def raw_copy() -> None:
+            for batch in batches:
+                raw = engine.raw_connection()
+                try:
+                    with raw.driver_connection.cursor() as cursor:
+                        with cursor.copy(f"COPY events ({columns}) FROM STDIN") as copy:
+                            for row in batch:
+                                copy.write_row(_copy_values(row))
+                    raw.commit()
+                finally:
+                    raw.close()
+
+        best = {"raw COPY": float("inf"), "batch ingest": float("inf")}
+        for _ in range(args.repeats):  # interleaved, best of N (shared, noisy machine)
+            for label, fn in (("raw COPY", raw_copy), ("batch ingest", ingest)):
+                truncate()
+                started = time.perf_counter()
+                fn()
+                best[label] = min(best[label], time.perf_counter() - started)
+        with engine.connect() as conn:
+            stored, with_arm = conn.execute(
+                sa.text("SELECT count(*), count(arm_id) FROM events")
+            ).one()
+        assert stored == with_arm == args.events, (stored, with_arm)
+        ingest()  # a full retry: nothing new is stored
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM events")).scalar() == args.events
+        for label, seconds in best.items():
+            print(f"{label:>13}: {args.events / seconds:>10,.0f} events/s ({seconds:.3f} s)")
+        ratio = best["raw COPY"] / best["batch ingest"]
+        rate = args.events / best["batch ingest"]
+        verdict = "PASS" if ratio >= 0.5 and rate >= 50_000 else "FAIL"
+        print(
+            f"ingest/COPY: {ratio:.0%} (target >= 50%), {rate:,.0f} events/s "
+            f"(target >= 50,000) -> {verdict}"
+        )
+    finally:
+        engine.dispose()
+        drop_database(name)
+
+
+if __name__ == "__main__":
+    main()

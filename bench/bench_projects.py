@@ -1,0 +1,334 @@
+"""POST /v1/projects throughput and latency vs an empty FastAPI endpoint on the same server.
+
+The real server: `abtest.api.create_app` with an instant arm (no model time), PostgreSQL and
+Redis behind it, API keys on; every request is a new project (an assignment and a start event
+are committed before it is answered). The baseline: a FastAPI app whose POST /v1/projects
+returns a constant. Both run under the same uvicorn settings (one worker); the load comes from
+a second process on 127.0.0.1 (keep-alive HTTP/1.1 connections), bounded by --requests and
+--seconds. Prints requests/s, p50/p99 latency and the ratio.
+
+    python bench/bench_projects.py --requests 5000 --concurrency 32 --rounds 2
+    (ABTEST_BENCH_POSTGRES_URL, ABTEST_BENCH_REDIS_URL to point at other servers)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+ADMIN_URL = os.environ.get(
+    "ABTEST_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_URL = os.environ.get("ABTEST_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+# --- the two apps (uvicorn factories) ----------------------------------------------------------
+
+
+class InstantArm:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    async def predict(self, intent: str):  # noqa: ANN201
+        from models.arms.base import Prediction
+        from models.tools import Filter, ToolConfig
+
+        return Prediction(ToolConfig(filter=Filter("vivid", 50.0)), 0.0)
+
+    async def predict_batch(self, intents):  # noqa: ANN001,ANN201
+        return [await self.predict(i) for i in intents]
+
+
+def real_app():  # noqa: ANN201
+    from abtest.api import create_app
+    from abtest.settings import load_settings
+
+    app = create_app(load_settings())
+    app.state.abtest.extras["arms"] = {
+        "teacher": InstantArm("teacher"),
+        "student": InstantArm("student"),
+    }
+    return app
+
+
+def empty_app():  # noqa: ANN201
+    from fastapi import FastAPI
+
+    app = FastAPI()
+
+    @app.post("/v1/projects")
+    async def empty() -> dict[str, bool]:
+        return {"ok": True}
+
+    return app
+
+
+# --- load generator (runs in its own process) ------------------------------------------------
+
+
+async def _one_connection(port, bodies, key, latencies, deadline, errors):  # noqa: ANN001,ANN202
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        while bodies and time.perf_counter() < deadline:
+            body = bodies.pop()
+            request = (
+                f"POST /v1/projects HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Content-Type: application/json\r\nX-API-Key: {key}\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n"
+            ).encode() + body
+            started = time.perf_counter()
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            await reader.readexactly(length)
+            latencies.append(time.perf_counter() - started)
+            if not head.startswith(b"HTTP/1.1 200"):
+                errors.append(head.split(b"\r\n")[0].decode())
+    finally:
+        writer.close()
+
+
+async def _load(port: int, count: int, concurrency: int, seconds: float, key: str, tag: str):
+    def bodies(n: int, prefix: str) -> list[bytes]:
+        return [
+            json.dumps({"project_id": f"{prefix}-{i}", "intent": "make it warm"}).encode()
+            for i in range(n)
+        ]
+
+    warm: list[float] = []
+    errors: list[str] = []
+    queue = bodies(min(500, count), f"warm-{tag}")
+    await asyncio.gather(
+        *(
+            _one_connection(port, queue, key, warm, time.perf_counter() + 30, errors)
+            for _ in range(concurrency)
+        )
+    )
+    latencies: list[float] = []
+    queue = bodies(count, tag)
+    started = time.perf_counter()
+    await asyncio.gather(
+        *(
+            _one_connection(port, queue, key, latencies, started + seconds, errors)
+            for _ in range(concurrency)
+        )
+    )
+    elapsed = time.perf_counter() - started
+    latencies.sort()
+    return {
+        "requests": len(latencies),
+        "rps": len(latencies) / elapsed,
+        "p50_ms": latencies[len(latencies) // 2] * 1000,
+        "p99_ms": latencies[int(len(latencies) * 0.99)] * 1000,
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
+    }
+
+
+# --- orchestration ----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"server on port {port} did not start")
+
+
+def run_server(factory: str, env: dict[str, str]) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        f"bench_projects:{factory}",
+        "--factory",
+        "--app-dir",
+        str(HERE),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
+    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env})
+    wait_for_port(port)
+    return process, port
+
+
+def run_load(port: int, args: argparse.Namespace, key: str, tag: str) -> dict:
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--load-port",
+        str(port),
+        "--requests",
+        str(args.requests),
+        "--concurrency",
+        str(args.concurrency),
+        "--seconds",
+        str(args.seconds),
+        "--key",
+        key,
+        "--tag",
+        tag,
+    ]
+    output = subprocess.run(command, check=True, capture_output=True, text=True, timeout=300)
+    return json.loads(output.stdout.strip().splitlines()[-1])
+
+
+def prepare_database() -> tuple[str, str, str]:
+    import sqlalchemy as sa
+
+    from abtest import auth, db, services
+
+    admin = sa.create_engine(db.normalize_url(ADMIN_URL), isolation_level="AUTOCOMMIT")
+    name = f"abtest_bench_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    url = sa.make_url(db.normalize_url(ADMIN_URL)).set(database=name)
+    url_text = url.render_as_string(hide_password=False)
+    engine = db.make_engine(url_text)
+    db.upgrade(engine)
+    with db.session_scope(engine) as session:
+        services.register_variant(session, "teacher", "teacher")
+        services.register_variant(session, "student", "teacher")
+        services.create_experiment(
+            session,
+            services.ExperimentSpec(
+                "bench",
+                [
+                    services.ArmSpec("control", "teacher", 0.5, True),
+                    services.ArmSpec("treatment", "student", 0.5),
+                ],
+            ),
+        )
+        services.start_experiment(session, "bench")
+        _, key = auth.create_key(session, "bench", "app")
+    engine.dispose()
+    return name, url_text, key
+
+
+def drop_database(name: str) -> None:
+    import sqlalchemy as sa
+
+    from abtest import db
+
+    admin = sa.create_engine(db.normalize_url(ADMIN_URL), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=5000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--load-port", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--key", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--tag", default="run", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.load_port is not None:
+        result = asyncio.run(
+            _load(args.load_port, args.requests, args.concurrency, args.seconds, args.key, args.tag)
+        )
+        print(json.dumps(result))
+        return
+
+    sys.path.insert(0, str(ROOT))
+    name, url, key = prepare_database()
+    spool = tempfile.mkdtemp(prefix="abtest-bench-spool-")
+    prefix = f"abtest-bench:{uuid.uuid4().hex[:8]}:"
+    env = {
+        "ABTEST_DATABASE_URL": url,
+        "ABTEST_REDIS_URL": REDIS_URL,
+        "ABTEST_REDIS_PREFIX": prefix,
+        "ABTEST_SPOOL_DIR": spool,
+        "ABTEST_AUTH_ENABLED": "true",
+        "ABTEST_LOG_LEVEL": "WARNING",
+        "PYTHONPATH": str(ROOT),
+    }
+    results: dict[str, list[dict]] = {"empty endpoint": [], "POST /v1/projects": []}
+    try:
+        for round_number in range(args.rounds):
+            for label, factory in (
+                ("empty endpoint", "empty_app"),
+                ("POST /v1/projects", "real_app"),
+            ):
+                process, port = run_server(factory, env)
+                try:
+                    tag = f"r{round_number}-{factory}"
+                    results[label].append(run_load(port, args, key, tag))
+                finally:
+                    process.terminate()
+                    process.wait(timeout=30)
+        import sqlalchemy as sa
+
+        from abtest import db
+
+        engine = db.make_engine(url)
+        with engine.connect() as conn:
+            starts = conn.execute(sa.text("SELECT count(*) FROM events")).scalar()
+            assignments = conn.execute(sa.text("SELECT count(*) FROM assignments")).scalar()
+        engine.dispose()
+    finally:
+        drop_database(name)
+        import redis
+
+        client = redis.Redis.from_url(REDIS_URL)
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        if keys:
+            client.delete(*keys)
+    best = {label: max(runs, key=lambda r: r["rps"]) for label, runs in results.items()}
+    for label, runs in results.items():
+        for run in runs:
+            print(
+                f"{label:>18}: {run['rps']:>8,.0f} req/s  p50 {run['p50_ms']:6.2f} ms  "
+                f"p99 {run['p99_ms']:6.2f} ms  ({run['requests']} requests, "
+                f"{run['errors']} errors{', ' + run['first_error'] if run['errors'] else ''})"
+            )
+    served = sum(r["requests"] for r in results["POST /v1/projects"])
+    print(
+        f"stored: {starts} start events, {assignments} assignments for {served} timed requests "
+        f"(+ warm-up)"
+    )
+    ratio = best["POST /v1/projects"]["rps"] / best["empty endpoint"]["rps"]
+    print(
+        f"ratio projects/empty (best rounds): {ratio:.0%} (target >= 70%) -> "
+        f"{'PASS' if ratio >= 0.7 else 'FAIL'}"
+    )
+
+
+if __name__ == "__main__":
+    main()
