@@ -51,6 +51,11 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--bulk-threshold", type=int, default=None,
+        help="batches from this size use COPY + INSERT SELECT, smaller ones jsonb_to_recordset "
+        "(default: the writer's own threshold)",
+    )
     args = parser.parse_args()
 
     name, engine = make_database()
@@ -101,7 +106,8 @@ def main() -> None:
         ]
         batches = [rows[i : i + args.batch] for i in range(0, len(rows), args.batch)]
         writer = EventWriter(engine, TABLES, None)
-        writer.copy_threshold = 0
+        if args.bulk_threshold is not None:
+            writer.copy_threshold = args.bulk_threshold
 
         def truncate() -> None:
             with engine.begin() as conn:

@@ -358,7 +358,8 @@ class Router:
         timeout = arm.timeout_s or self.config.timeout_s
         try:
             model = self.arm_instance(arm)
-            prediction = await asyncio.wait_for(model.predict(intent), timeout)
+            async with asyncio.timeout(timeout):  # no extra task, unlike wait_for
+                prediction = await model.predict(intent)
             problem = unusable_reason(prediction)
         except TimeoutError:
             prediction, problem, kind = None, f"{label} timed out after {timeout:g}s", "timeout"

@@ -59,8 +59,7 @@ class FakeWriter:
 def exp(key="e1", status="running", coverage=1.0, weights=(0.0, 1.0), id=1):
     arms = (
         ArmDef("control", weights[0], True, arm_id=id * 10, variant="teacher"),
-        ArmDef("student", weights[1], False, arm_id=id * 10 + 1, variant="student",
-               timeout_s=None),
+        ArmDef("student", weights[1], False, arm_id=id * 10 + 1, variant="student", timeout_s=None),
     )
     return ExperimentDef(key, key, arms, coverage=coverage, id=id, status=status)
 
@@ -71,7 +70,10 @@ def make_router(student, teacher=None, experiments=None, timeout_s=0.2, clock=ti
     catalog = ExperimentCatalog(lambda: experiments)
     writer = FakeWriter()
     router = Router(
-        catalog, MemoryStore(), lambda arm: arms[arm.variant], writer,
+        catalog,
+        MemoryStore(),
+        lambda arm: arms[arm.variant],
+        writer,
         config=RouterConfig(timeout_s=timeout_s, failure_threshold=3, reset_after_s=10),
         clock=clock,
     )
@@ -196,8 +198,8 @@ def test_experiment_choice():
 
 
 @pytest.mark.parametrize(
-    ("project_id", "intent", "field"), [("", "x", "project_id"), ("p", "  ", "intent"),
-                                        ("p" * 201, "x", "project_id")]
+    ("project_id", "intent", "field"),
+    [("", "x", "project_id"), ("p", "  ", "intent"), ("p" * 201, "x", "project_id")],
 )
 def test_bad_input_names_the_field(project_id, intent, field):
     router, _ = make_router(FakeArm("s"))
@@ -224,18 +226,35 @@ def test_export_and_batch_rows():
     assert out == {"client_event_id": "x-1", "experiment": "e1", "outcome": "stored"}
     assert run(router.record_export("p1", ["filter"], "x-1"))["outcome"] == "duplicate"
     assert writer.rows["x-1"]["attributes"] == {"kept_tools": ["filter"]}
-    result = run(router.ingest([
-        {"client_event_id": "b1", "type": "export", "project_id": "p2", "arm": "student"},
-        {"client_event_id": "b1", "type": "export", "project_id": "p2"},
-    ]))
+    result = run(
+        router.ingest(
+            [
+                {"client_event_id": "b1", "type": "export", "project_id": "p2", "arm": "student"},
+                {"client_event_id": "b1", "type": "export", "project_id": "p2"},
+            ]
+        )
+    )
     assert result.received == 2 and writer.rows["b1"]["arm_id"] == 11
     with pytest.raises(RoutingError) as bad:
-        run(router.ingest([{"client_event_id": "c", "type": "export", "project_id": "p",
-                            "arm": "nope"}]))
+        run(
+            router.ingest(
+                [{"client_event_id": "c", "type": "export", "project_id": "p", "arm": "nope"}]
+            )
+        )
     assert bad.value.field == "events.0.arm"
     with pytest.raises(RoutingError) as bad_key:
-        run(router.ingest([{"client_event_id": "c", "type": "start", "project_id": "p",
-                            "experiment_key": "zz"}]))
+        run(
+            router.ingest(
+                [
+                    {
+                        "client_event_id": "c",
+                        "type": "start",
+                        "project_id": "p",
+                        "experiment_key": "zz",
+                    }
+                ]
+            )
+        )
     assert bad_key.value.field == "events.0.experiment_key" and bad_key.value.status == 404
 
 
