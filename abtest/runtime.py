@@ -98,6 +98,8 @@ def build_router(
         else None
     )
     store = CachedStore(database, redis, LruCache())
+    metrics = RouterMetrics()
+    metrics.watch_assignment_cache(lambda: store.hits, lambda: store.misses)
     return Router(
         catalog,
         store,
@@ -105,7 +107,7 @@ def build_router(
         writer,
         spool=spool,
         config=RouterConfig(timeout_s=settings.arm_timeout_s),
-        metrics=RouterMetrics(),
+        metrics=metrics,
         executor=executor,
         event_sink=gateway.write_event,
     )

@@ -38,8 +38,11 @@ class RouterMetrics:
         self.cache_hits = Counter(
             "abtest_cache_hits", "Answers an arm served from its cache", ["arm"], registry=r
         )
-        self.assignment_lookups = Counter(
-            "abtest_assignment_cache", "Assignment cache lookups", ["result"], registry=r
+        self.assignment_lookups = Gauge(
+            "abtest_assignment_cache_lookups",
+            "Assignment lookups answered by the in-process/Redis cache (hit) or not (miss)",
+            ["result"],
+            registry=r,
         )
         self.events = Counter(
             "abtest_events",
@@ -56,3 +59,9 @@ class RouterMetrics:
 
     def watch_spool(self, depth: Callable[[], float]) -> None:
         self.spool_depth.set_function(depth)
+
+    def watch_assignment_cache(
+        self, hits: Callable[[], float], misses: Callable[[], float]
+    ) -> None:
+        self.assignment_lookups.labels("hit").set_function(hits)
+        self.assignment_lookups.labels("miss").set_function(misses)

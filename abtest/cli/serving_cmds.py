@@ -36,7 +36,6 @@ def serve(
         if auth is not None
         else (base.auth_enabled if "ABTEST_AUTH_ENABLED" in os.environ else True)
     )
-    os.environ["ABTEST_AUTH_ENABLED"] = "true" if enabled else "false"
     settings = base.model_copy(update={"auth_enabled": enabled})
     engine = common.engine()
     if settings.bootstrap_api_key is not None:
@@ -56,7 +55,8 @@ def serve(
         common.err_console.print("[yellow]warning:[/] auth is OFF: every endpoint is open")
     if workers == 1:
         uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
-    else:
+    else:  # each worker builds its own app from the environment
+        os.environ["ABTEST_AUTH_ENABLED"] = "true" if enabled else "false"
         uvicorn.run(
             "abtest.api:create_app",
             factory=True,

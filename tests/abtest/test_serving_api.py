@@ -238,6 +238,7 @@ def test_metrics_and_readyz(client):
     text = client.get("/metrics").text
     assert "abtest_arm_latency_seconds_bucket" in text and 'experiment="e1"' in text
     assert "abtest_spool_depth 0.0" in text and "abtest_events_total" in text
+    assert 'abtest_assignment_cache_lookups{result="miss"} 1.0' in text
     assert client.get("/readyz").json() == {"status": "ready", "spool_depth": 0}
 
 
@@ -257,3 +258,29 @@ def test_keys_cli(settings, monkeypatch):
     assert again.exit_code == 1 and "already revoked" in again.output
     replay = runner.invoke(cli, ["spool", "replay"])
     assert replay.exit_code == 0 and "replayed 0" in replay.output
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "expected"),
+    [
+        ([], {}, True),
+        (["--no-auth"], {}, False),
+        ([], {"ABTEST_AUTH_ENABLED": "false"}, False),
+        (["--auth"], {"ABTEST_AUTH_ENABLED": "false"}, True),
+    ],
+)
+def test_serve_enables_auth_unless_disabled(sqlite_url, monkeypatch, argv, env, expected):
+    import uvicorn
+
+    engine = db.make_engine(sqlite_url)
+    db.upgrade(engine)
+    engine.dispose()
+    monkeypatch.setenv("ABTEST_DATABASE_URL", sqlite_url)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    served = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.update(app=app, **kw))
+    result = CliRunner().invoke(cli, ["serve", "--port", "8123", *argv])
+    assert result.exit_code == 0, result.output
+    assert served["app"].state.abtest.settings.auth_enabled is expected
+    assert served["port"] == 8123
