@@ -44,6 +44,7 @@ class LocalStudentArm:
         batch_size: int = 24,
         merge_adapter: bool = True,
         torch_threads: int | None = None,
+        generation_kwargs: dict[str, Any] | None = None,
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"kind: must be one of {KINDS}, got {kind!r}")
@@ -57,6 +58,7 @@ class LocalStudentArm:
         self.batch_size = batch_size
         self.parse_failure_counts: Counter[str] = Counter()
         self.generate_calls = 0
+        self.generation_kwargs = dict(generation_kwargs or {})
         self._lock = threading.Lock()
         self._load(kind, adapter_path, device, merge_adapter, torch_threads)
 
@@ -111,20 +113,26 @@ class LocalStudentArm:
         self.tokenizer = tokenizer
         self._torch = torch
 
-    def generate_texts(self, prompts: Sequence[str]) -> tuple[list[str], int, int]:
-        """Generate for `prompts` in ONE `generate` call; returns (texts, prompt, new tokens)."""
+    def generate_texts(
+        self, prompts: Sequence[str], **overrides: Any
+    ) -> tuple[list[str], int, int]:
+        """Generate for `prompts` in ONE `generate` call; returns (texts, prompt, new tokens).
+
+        `overrides` (and the arm's `generation_kwargs`) go to `generate`, e.g. `num_beams`."""
         torch = self._torch
         encoded = self.tokenizer(list(prompts), padding=True, return_tensors="pt")
         encoded = {k: v.to(self.device) for k, v in encoded.items() if k != "token_type_ids"}
         with self._lock, torch.inference_mode():
             self.generate_calls += 1
-            output = self.model.generate(
-                **encoded,
-                max_new_tokens=self.max_new_tokens,
-                do_sample=False,
-                num_beams=1,
-                pad_token_id=self.tokenizer.pad_token_id,
-            )
+            options: dict[str, Any] = {
+                "max_new_tokens": self.max_new_tokens,
+                "do_sample": False,
+                "num_beams": 1,
+                "pad_token_id": self.tokenizer.pad_token_id,
+                **self.generation_kwargs,
+                **overrides,
+            }
+            output = self.model.generate(**encoded, **options)
         if self.kind == "causal":
             output = output[:, encoded["input_ids"].shape[1] :]
         pad = self.tokenizer.pad_token_id
