@@ -141,6 +141,7 @@ def train(
     demo_settings: bool = typer.Option(
         False, "--demo-settings", help="The demo student's from-scratch settings (CPU)."
     ),
+    max_new_tokens: int = typer.Option(200, "--max-new-tokens", help="Per answer when scoring."),
     threads: int | None = typer.Option(None, "--threads"),
     register: str | None = typer.Option(None, "--register", help="Register as this variant."),
     as_json: bool = JSON_OPTION,
@@ -163,6 +164,7 @@ def train(
             learning_rate=learning_rate,
             batch_size=batch_size,
             eval_limit=eval_limit,
+            max_new_tokens=max_new_tokens,
             threads=threads,
         )
     try:

@@ -447,6 +447,9 @@ def _progress(enabled: bool) -> Any:
 
 
 def _save(model: Any, tokenizer: Any, path: Path) -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # ours are rich; keep stdout clean for --json
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
