@@ -124,40 +124,56 @@ def is_unavailable(exc: BaseException) -> bool:
 
 
 class EventSpool:
-    """An append-only local queue in a SQLite file; `append` returns once the rows are fsynced."""
+    """An append-only local queue in a SQLite file; `append` returns once the rows are fsynced.
+
+    The file is created on the first append, so a healthy server never writes to disk here.
+    """
 
     def __init__(self, directory: str | Path) -> None:
         self.path = Path(directory) / "spool.sqlite3"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.execute(
-            "CREATE TABLE IF NOT EXISTS spool ("
-            "id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, payload TEXT NOT NULL)"
-        )
-        self._depth = self._count()
+        self._conn: sqlite3.Connection | None = None
+        self._depth = 0
+        if self.path.exists():
+            self._open()
+            self._depth = self._count()
+
+    def _open(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS spool ("
+                "id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, payload TEXT NOT NULL)"
+            )
+            self._conn = conn
+        return self._conn
 
     def _count(self) -> int:
         with self._lock:
-            return int(self._conn.execute("SELECT count(*) FROM spool").fetchone()[0])
+            conn = self._open()
+            return int(conn.execute("SELECT count(*) FROM spool").fetchone()[0])
 
     def append(self, kind: str, rows: Sequence[dict[str, Any]]) -> None:
         """Durably append rows (kind 'event' or 'assignment')."""
         payloads = [(kind, row_to_json(row)) for row in rows]
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+            conn = self._open()
+            conn.execute("BEGIN IMMEDIATE")
             try:
-                self._conn.executemany("INSERT INTO spool (kind, payload) VALUES (?, ?)", payloads)
-                self._conn.execute("COMMIT")
+                conn.executemany("INSERT INTO spool (kind, payload) VALUES (?, ?)", payloads)
+                conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                conn.execute("ROLLBACK")
                 raise
             self._depth += len(payloads)
 
     def peek(self, limit: int = 5000) -> list[tuple[int, str, dict[str, Any]]]:
         with self._lock:
+            if self._conn is None:
+                return []
             rows = self._conn.execute(
                 "SELECT id, kind, payload FROM spool ORDER BY id LIMIT ?", (limit,)
             ).fetchall()
@@ -165,8 +181,9 @@ class EventSpool:
 
     def remove_through(self, last_id: int) -> None:
         with self._lock:
-            self._conn.execute("DELETE FROM spool WHERE id <= ?", (last_id,))
-            self._depth = int(self._conn.execute("SELECT count(*) FROM spool").fetchone()[0])
+            conn = self._open()
+            conn.execute("DELETE FROM spool WHERE id <= ?", (last_id,))
+            self._depth = int(conn.execute("SELECT count(*) FROM spool").fetchone()[0])
 
     @property
     def depth(self) -> int:
@@ -174,7 +191,9 @@ class EventSpool:
 
     def close(self) -> None:
         with self._lock:
-            self._conn.close()
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
 
 # --- database writes --------------------------------------------------------------------------
