@@ -21,10 +21,11 @@ Counting rules (the project is the unit):
   A project's completion day is the UTC day of ``max(first start, first export)``, so the
   cumulative sums of the daily rows are exactly the counts an analyst would have seen as of
   that day.
-* **Guardrails** are per call: start events of the experiment (the routed model calls), with
-  their arm resolved as above. Latency percentiles use linear interpolation (PostgreSQL's
-  ``percentile_cont``; the same ranks computed with window functions on SQLite). Cost per
-  project divides the cost of the calls by the number of started projects.
+* **Guardrails** are per call: start events of the experiment (the routed model calls),
+  attributed to the arm that served the call (the arm on the event; a call logged without one
+  falls back to the project's assignment). Latency percentiles use linear interpolation
+  (PostgreSQL's ``percentile_cont``; the same ranks computed with window functions on SQLite).
+  Cost per project divides the cost of the calls by the number of started projects.
 * **Segments.** A JSON attribute of the project's first start (``platform``, ``country``; a
   missing attribute is ``"(none)"``), or intent popularity: the number of started projects in the
   experiment whose normalised intent (lower-cased, trimmed) equals the project's, reported as
@@ -128,7 +129,6 @@ class ArmDay:
 class ArmGuardrails:
     arm_id: int
     calls: int
-    projects: int
     latency_count: int
     latency_p50_ms: float | None
     latency_p95_ms: float | None
@@ -186,9 +186,14 @@ def _in_scope(experiment_id: int, until: datetime | None) -> list[ColumnElement[
 
 
 def project_outcomes(
-    experiment_id: int, until: datetime | None = None, *, attribute: str | None = None
+    experiment_id: int,
+    until: datetime | None = None,
+    attributes: tuple[str, ...] = (),
+    *,
+    intent: bool = False,
 ) -> sa.Subquery:
-    """One row per started project: arm, first start, first export (or NULL), optional segment."""
+    """One row per started project: arm, first start, first export (or NULL), completion time,
+    and optionally segment attributes and the normalised intent of its first start."""
     is_start = events.c.type == "start"
     columns: list[ColumnElement[Any]] = [
         events.c.project_id.label("project_id"),
@@ -196,25 +201,35 @@ def project_outcomes(
         func.min(sa.case((events.c.type == "export", events.c.occurred_at))).label("first_export"),
         func.min(sa.case((is_start, events.c.arm_id))).label("event_arm_id"),
     ]
-    if attribute is not None:
+    for index, attribute in enumerate(attributes):
         value = events.c.attributes[attribute].as_string()
-        # The attribute of the project's first start: min() over starts is deterministic.
-        columns.append(func.min(sa.case((is_start, value))).label("segment"))
+        # min() over the project's starts: deterministic when a retry logged another value.
+        columns.append(func.min(sa.case((is_start, value))).label(f"segment_{index}"))
+    if intent:
+        normalized = func.lower(func.trim(events.c.intent))
+        columns.append(func.min(sa.case((is_start, normalized))).label("intent"))
     per_project = (
         sa.select(*columns)
         .where(*_in_scope(experiment_id, until))
         .group_by(events.c.project_id)
         .subquery("per_project")
     )
-    arm_id = func.coalesce(assignments.c.arm_id, per_project.c.event_arm_id).label("arm_id")
+    completed_at = sa.case(
+        (per_project.c.first_export > per_project.c.first_start, per_project.c.first_export),
+        else_=per_project.c.first_start,
+    )
     selected: list[ColumnElement[Any]] = [
-        per_project.c.project_id,
-        arm_id,
+        func.coalesce(assignments.c.arm_id, per_project.c.event_arm_id).label("arm_id"),
         per_project.c.first_start,
         per_project.c.first_export,
+        completed_at.label("completed_at"),
     ]
-    if attribute is not None:
-        selected.append(func.coalesce(per_project.c.segment, NO_SEGMENT).label("segment"))
+    for index, _ in enumerate(attributes):
+        column = per_project.c[f"segment_{index}"]
+        selected.append(func.coalesce(column, NO_SEGMENT).label(f"segment_{index}"))
+    if intent:
+        selected.append(per_project.c.intent)
+    # The assignment wins over the arm on the events (a hash join for the bulk case).
     return (
         sa.select(*selected)
         .select_from(
@@ -276,68 +291,131 @@ def experiment_keys(connection: Connection, statuses: tuple[str, ...] | None = N
     return list(connection.execute(query).scalars())
 
 
+@dataclass(frozen=True)
+class ProjectCounts:
+    """Everything counted per project, from one pass over the events."""
+
+    daily: list[ArmDay]
+    segments: dict[str, list[SegmentCounts]]
+
+
+def _check_attribute(attribute: str) -> str:
+    if not isinstance(attribute, str) or not ATTRIBUTE_PATTERN.match(attribute):
+        raise ValueError(f"segment attribute {attribute!r} must be a plain identifier")
+    return attribute
+
+
+def project_counts(
+    connection: Connection,
+    experiment_id: int,
+    until: datetime | None = None,
+    attributes: tuple[str, ...] = (),
+    popularity: bool = False,
+    thresholds: tuple[int, ...] = POPULARITY_THRESHOLDS,
+) -> ProjectCounts:
+    """Daily starts/exports per arm and segment counts, from ONE aggregation of the events.
+
+    The per-project rows are a materialised CTE; each grouping is a small GROUP BY over it,
+    glued with UNION ALL, so the events are scanned and grouped by project once.
+    """
+    attributes = tuple(_check_attribute(a) for a in attributes)
+    projects = (
+        sa.select(project_outcomes(experiment_id, until, attributes, intent=popularity))
+        .cte("projects")
+        .prefix_with("MATERIALIZED")
+    )
+    known = projects.c.arm_id.is_not(None)
+    exported = projects.c.first_export.is_not(None)
+    text = sa.String()
+
+    def grouped(kind: str, key: ColumnElement[Any], *where: ColumnElement[bool]) -> sa.Select:
+        return (
+            sa.select(
+                sa.literal(kind, text).label("kind"),
+                projects.c.arm_id,
+                sa.cast(key, text).label("key"),
+                func.count().label("starts"),
+                func.count(projects.c.first_export).label("exports"),
+            )
+            .where(known, *where)
+            .group_by(projects.c.arm_id, key)
+        )
+
+    parts = [
+        grouped("start_day", _utc_day(connection, projects.c.first_start)),
+        grouped("completion_day", _utc_day(connection, projects.c.completed_at), exported),
+    ]
+    for index, attribute in enumerate(attributes):
+        parts.append(grouped(f"attribute:{attribute}", projects.c[f"segment_{index}"]))
+    if popularity:
+        per_intent = (
+            sa.select(projects.c.intent, func.count().label("calls"))
+            .where(known, projects.c.intent.is_not(None))
+            .group_by(projects.c.intent)
+            .subquery("per_intent")
+        )
+        parts.append(
+            sa.select(
+                sa.literal("popularity", text).label("kind"),
+                projects.c.arm_id,
+                sa.cast(per_intent.c.calls, text).label("key"),
+                func.count().label("starts"),
+                func.count(projects.c.first_export).label("exports"),
+            )
+            .select_from(projects.join(per_intent, per_intent.c.intent == projects.c.intent))
+            .where(known)
+            .group_by(projects.c.arm_id, per_intent.c.calls)
+        )
+    rows = connection.execute(sa.union_all(*parts)).all()
+
+    by_day: dict[tuple[int, date], list[int]] = {}
+    segments: dict[str, list[SegmentCounts]] = {a: [] for a in attributes}
+    popular: dict[tuple[int, int], list[int]] = {}
+    for row in rows:
+        arm_id = int(row.arm_id)
+        if row.kind == "start_day":
+            by_day.setdefault((arm_id, _as_date(row.key)), [0, 0])[0] += int(row.starts)
+        elif row.kind == "completion_day":
+            by_day.setdefault((arm_id, _as_date(row.key)), [0, 0])[1] += int(row.exports)
+        elif row.kind == "popularity":
+            # Few rows (arm x distinct popularity values): fold into the nested subsets r_i.
+            for threshold in thresholds:
+                if int(row.key) >= threshold:
+                    counts = popular.setdefault((threshold, arm_id), [0, 0])
+                    counts[0] += int(row.starts)
+                    counts[1] += int(row.exports)
+        else:
+            attribute = row.kind.removeprefix("attribute:")
+            segments[attribute].append(
+                SegmentCounts(arm_id, str(row.key), int(row.starts), int(row.exports))
+            )
+    for attribute in attributes:
+        segments[attribute].sort(key=lambda s: (s.segment, s.arm_id))
+    if popularity:
+        segments["popularity"] = [
+            SegmentCounts(arm_id, f"r{threshold}", starts, exports)
+            for (threshold, arm_id), (starts, exports) in sorted(popular.items())
+        ]
+    daily = [
+        ArmDay(arm_id, day, starts, exports)
+        for (arm_id, day), (starts, exports) in sorted(by_day.items())
+    ]
+    return ProjectCounts(daily, segments)
+
+
 def arm_daily_counts(
     connection: Connection, experiment_id: int, until: datetime | None = None
 ) -> list[ArmDay]:
     """Starts by start day and exports by completion day, per arm; sorted by arm and day."""
-    projects = project_outcomes(experiment_id, until)
-    completed_at = sa.case(
-        (projects.c.first_export > projects.c.first_start, projects.c.first_export),
-        else_=projects.c.first_start,
-    )
-    start_day = _utc_day(connection, projects.c.first_start).label("day")
-    completion_day = _utc_day(connection, completed_at).label("day")
-    started = sa.select(
-        projects.c.arm_id,
-        start_day,
-        sa.literal(1).label("started"),
-        sa.literal(0).label("exported"),
-    ).where(projects.c.arm_id.is_not(None))
-    exported = sa.select(
-        projects.c.arm_id,
-        completion_day,
-        sa.literal(0).label("started"),
-        sa.literal(1).label("exported"),
-    ).where(projects.c.arm_id.is_not(None), projects.c.first_export.is_not(None))
-    both = sa.union_all(started, exported).subquery("flags")
-    query = (
-        sa.select(
-            both.c.arm_id,
-            both.c.day,
-            func.sum(both.c.started).label("starts"),
-            func.sum(both.c.exported).label("exports"),
-        )
-        .group_by(both.c.arm_id, both.c.day)
-        .order_by(both.c.arm_id, both.c.day)
-    )
-    return [
-        ArmDay(int(r.arm_id), _as_date(r.day), int(r.starts), int(r.exports))
-        for r in connection.execute(query)
-    ]
+    return project_counts(connection, experiment_id, until).daily
 
 
 def segment_counts(
     connection: Connection, experiment_id: int, attribute: str, until: datetime | None = None
 ) -> list[SegmentCounts]:
     """Starts and exports per arm and value of a JSON attribute of the project's first start."""
-    if not ATTRIBUTE_PATTERN.match(attribute or ""):
-        raise ValueError(f"segment attribute {attribute!r} must be a plain identifier")
-    projects = project_outcomes(experiment_id, until, attribute=attribute)
-    query = (
-        sa.select(
-            projects.c.arm_id,
-            projects.c.segment,
-            func.count().label("starts"),
-            func.count(projects.c.first_export).label("exports"),
-        )
-        .where(projects.c.arm_id.is_not(None))
-        .group_by(projects.c.arm_id, projects.c.segment)
-        .order_by(projects.c.segment, projects.c.arm_id)
-    )
-    return [
-        SegmentCounts(int(r.arm_id), str(r.segment), int(r.starts), int(r.exports))
-        for r in connection.execute(query)
-    ]
+    counts = project_counts(connection, experiment_id, until, (attribute,))
+    return counts.segments[attribute]
 
 
 def popularity_counts(
@@ -347,84 +425,47 @@ def popularity_counts(
     thresholds: tuple[int, ...] = POPULARITY_THRESHOLDS,
 ) -> list[SegmentCounts]:
     """Starts and exports per arm for the nested subsets r_i: intents with >= i projects."""
-    is_start = events.c.type == "start"
-    normalized = func.lower(func.trim(events.c.intent))
-    project_intent = (
-        sa.select(
-            events.c.project_id.label("project_id"),
-            func.min(sa.case((is_start, normalized))).label("intent"),
-        )
-        .where(*_in_scope(experiment_id, until))
-        .group_by(events.c.project_id)
-        .subquery("project_intent")
+    counts = project_counts(
+        connection, experiment_id, until, popularity=True, thresholds=thresholds
     )
-    projects = project_outcomes(experiment_id, until)
-    joined = (
-        sa.select(
-            projects.c.arm_id,
-            projects.c.first_export,
-            project_intent.c.intent,
-        )
-        .select_from(
-            projects.join(project_intent, project_intent.c.project_id == projects.c.project_id)
-        )
-        .where(projects.c.arm_id.is_not(None), project_intent.c.intent.is_not(None))
-        .subquery("with_intent")
-    )
-    popularity = (
-        sa.select(joined.c.intent, func.count().label("calls"))
-        .group_by(joined.c.intent)
-        .subquery("popularity")
-    )
-    per_arm = (
-        sa.select(
-            joined.c.arm_id,
-            popularity.c.calls,
-            func.count().label("starts"),
-            func.count(joined.c.first_export).label("exports"),
-        )
-        .select_from(joined.join(popularity, popularity.c.intent == joined.c.intent))
-        .group_by(joined.c.arm_id, popularity.c.calls)
-    )
-    # Few rows (arm x distinct popularity values): fold them into the nested subsets here.
-    totals: dict[tuple[str, int], list[int]] = {}
-    for row in connection.execute(per_arm):
-        for threshold in thresholds:
-            if int(row.calls) >= threshold:
-                counts = totals.setdefault((f"r{threshold}", int(row.arm_id)), [0, 0])
-                counts[0] += int(row.starts)
-                counts[1] += int(row.exports)
-    return [
-        SegmentCounts(arm_id, segment, starts, exports)
-        for (segment, arm_id), (starts, exports) in sorted(
-            totals.items(), key=lambda item: (int(item[0][0][1:]), item[0][1])
-        )
-    ]
+    return counts.segments["popularity"]
+
+
+def tune_for_analytics(connection: Connection) -> None:
+    """PostgreSQL: memory for in-memory hash aggregates and sorts, no JIT, for this transaction.
+
+    The report's few big GROUP BYs spill to disk with the default 4 MB work_mem, and JIT
+    compilation costs more than it saves on them. SET LOCAL ends with the transaction.
+    """
+    if _is_postgres(connection):
+        connection.exec_driver_sql("SET LOCAL work_mem = '256MB'")
+        connection.exec_driver_sql("SET LOCAL jit = off")
 
 
 def _calls(experiment_id: int, until: datetime | None) -> sa.Subquery:
-    """Start events of the experiment with their resolved arm."""
+    """Start events of the experiment (the routed calls) with the arm that served them.
+
+    A call logged without an arm falls back to the project's assignment (looked up only then).
+    """
     conditions = [events.c.experiment_id == experiment_id, events.c.type == "start"]
     if until is not None:
         conditions.append(events.c.occurred_at < until)
+    assigned_arm = (
+        sa.select(assignments.c.arm_id)
+        .where(
+            assignments.c.experiment_id == experiment_id,
+            assignments.c.project_id == events.c.project_id,
+        )
+        .scalar_subquery()
+    )
     return (
         sa.select(
-            func.coalesce(assignments.c.arm_id, events.c.arm_id).label("arm_id"),
-            events.c.project_id,
+            func.coalesce(events.c.arm_id, assigned_arm).label("arm_id"),
             events.c.latency_ms,
             events.c.fallback,
             events.c.error,
             events.c.cache_hit,
             events.c.cost_usd,
-        )
-        .select_from(
-            events.outerjoin(
-                assignments,
-                sa.and_(
-                    assignments.c.experiment_id == experiment_id,
-                    assignments.c.project_id == events.c.project_id,
-                ),
-            )
         )
         .where(*conditions)
         .subquery("calls")
@@ -444,7 +485,6 @@ def guardrail_stats(
         sa.select(
             calls.c.arm_id,
             func.count().label("calls"),
-            func.count(sa.distinct(calls.c.project_id)).label("projects"),
             func.count(calls.c.latency_ms).label("latency_count"),
             func.sum(_as_int(calls.c.fallback)).label("fallbacks"),
             func.sum(_as_int(calls.c.error.is_not(None))).label("errors"),
@@ -460,7 +500,6 @@ def guardrail_stats(
         ArmGuardrails(
             arm_id=int(r.arm_id),
             calls=int(r.calls),
-            projects=int(r.projects),
             latency_count=int(r.latency_count),
             latency_p50_ms=percentiles.get(int(r.arm_id), (None, None))[0],
             latency_p95_ms=percentiles.get(int(r.arm_id), (None, None))[1],

@@ -98,13 +98,12 @@ def build_report(
     info = queries.experiment_info(connection, key)
     if info is None:
         raise ReportError(f"no experiment with key {key!r}")
-    daily = queries.arm_daily_counts(connection, info.id, period_end)
+    queries.tune_for_analytics(connection)
+    counts = queries.project_counts(
+        connection, info.id, period_end, tuple(segment_attributes), popularity=True
+    )
     guardrails = queries.guardrail_stats(connection, info.id, period_end)
-    segments = {
-        attribute: queries.segment_counts(connection, info.id, attribute, period_end)
-        for attribute in segment_attributes
-    }
-    segments["popularity"] = queries.popularity_counts(connection, info.id, period_end)
+    daily, segments = counts.daily, counts.segments
     return assemble_report(info, daily, guardrails, segments, period_end, previous, now)
 
 
