@@ -398,6 +398,8 @@ class EventWriter:
         """Insert-or-read in one statement, then adopt orphan events of the new assignments."""
         assignments, events = self.tables.assignments.name, self.tables.events.name
         params = [json.dumps([[e, p, a, s] for (e, p), (a, s) in items.items()])]
+        # One round trip: insert the new assignments, let them adopt their project's orphan
+        # events (exports that arrived first), and read back what is stored for every key.
         cursor.execute(
             "WITH input AS (SELECT (v->>0)::int AS e, v->>1 AS p, (v->>2)::int AS a, "
             "v->>3 AS s FROM jsonb_array_elements(%s::jsonb) AS v), "
@@ -405,26 +407,20 @@ class EventWriter:
             "(experiment_id, project_id, arm_id, source, assigned_at) "
             "SELECT e, p, a, s, now() FROM input "
             "ON CONFLICT (experiment_id, project_id) DO NOTHING "
-            "RETURNING experiment_id, project_id, arm_id, source) "
+            "RETURNING experiment_id, project_id, arm_id, source), "
+            f"adopt AS (UPDATE {events} ev SET experiment_id = ins.experiment_id, "
+            "arm_id = ins.arm_id FROM ins WHERE ev.project_id = ins.project_id "
+            "AND ev.arm_id IS NULL "
+            "AND (ev.experiment_id IS NULL OR ev.experiment_id = ins.experiment_id)) "
             "SELECT i.e, i.p, COALESCE(ins.arm_id, x.arm_id), "
-            "COALESCE(ins.source, x.source), ins.arm_id IS NOT NULL "
+            "COALESCE(ins.source, x.source) "
             "FROM input i "
             "LEFT JOIN ins ON ins.experiment_id = i.e AND ins.project_id = i.p "
             f"LEFT JOIN {assignments} x ON x.experiment_id = i.e AND x.project_id = i.p",
             params,
         )
         result = cursor.fetchall()
-        new = [(e, p, a) for e, p, a, _, inserted in result if inserted]
-        if new:
-            cursor.execute(
-                f"UPDATE {events} ev SET experiment_id = n.e, arm_id = n.a "
-                "FROM (SELECT (v->>0)::int AS e, v->>1 AS p, (v->>2)::int AS a "
-                "FROM jsonb_array_elements(%s::jsonb) AS v) AS n "
-                "WHERE ev.project_id = n.p AND ev.arm_id IS NULL "
-                "AND (ev.experiment_id IS NULL OR ev.experiment_id = n.e)",
-                [json.dumps(new)],
-            )
-        return {(e, p): (a, s) for e, p, a, s, _ in result if a is not None}
+        return {(e, p): (a, s) for e, p, a, s in result if a is not None}
 
     def _insert_postgres(self, rows: Sequence[dict[str, Any]]) -> set[str]:
         with self._pg_cursor() as cursor:
