@@ -235,7 +235,9 @@ def augment(
     reports = []
     current = model
     for iteration in range(1, iterations + 1):
-        predictor = StudentPredictor(current)
+        predictor = StudentPredictor(
+            current, max_new_tokens=card["settings"].get("max_new_tokens", 200)
+        )
         try:
             added, report = augment_once(
                 records, predictor, offline_mistakes, writer, sample_size=sample_size, seed=seed

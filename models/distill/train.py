@@ -62,6 +62,7 @@ class TinyModelSpec:
     d_ff: int = 512
     layers: int = 2
     heads: int = 4
+    dropout: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -222,7 +223,7 @@ def _tiny_model(architecture: str, spec: TinyModelSpec, tokenizer: Any) -> Any:
             num_decoder_layers=spec.layers,
             num_heads=spec.heads,
             relative_attention_num_buckets=32,
-            dropout_rate=0.1,
+            dropout_rate=spec.dropout,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
             decoder_start_token_id=tokenizer.pad_token_id,
