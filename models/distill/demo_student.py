@@ -9,8 +9,8 @@ student arm as any fine-tuned model.
 
 Deviations from appendix A.6, because A.6 fine-tunes a pretrained model on a GPU and this one is
 trained from random weights on two CPU cores: learning rate 3e-3 (not 4e-5), batch 16 (not 4),
-DEMO_EPOCHS epochs (not 10), no dropout, one torch thread. The best of the last three epochs is still kept
-when an evaluator is passed.
+DEMO_EPOCHS epochs (not 10), no dropout, one torch thread. The best of the last three epochs is
+still kept when an evaluator is passed.
 
 `ensure_demo_student(cache_dir)` trains once and caches: the directory name carries a hash of the
 training data and settings, so a changed dataset or setting trains a new model.

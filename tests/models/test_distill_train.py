@@ -75,7 +75,8 @@ def test_tokenizer_is_lossless_and_keeps_fixed_text_in_single_tokens():
 def test_seq2seq_from_scratch_keeps_best_of_last_three(tmp_path):
     # Epoch 1 scores best but is not among the last three; of epochs 2-4, epoch 3 wins.
     evaluate = scripted([0.9, 0.1, 0.5, 0.3])
-    result = train_student(TRAIN[:6], TEST, tmp_path / "m", quick(epochs=4, max_new_tokens=8), evaluate,
+    settings = quick(epochs=4, max_new_tokens=8)
+    result = train_student(TRAIN[:6], TEST, tmp_path / "m", settings, evaluate,
                            show_progress=False)  # fmt: skip
     assert result.best_epoch == 3 and result.metrics == {"overall": 0.5}
     assert evaluate.calls == [(4, 4, 4)] * 4  # every epoch scored on the 4 test rows
