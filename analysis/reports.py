@@ -502,7 +502,7 @@ def callouts(report: dict[str, Any], previous: dict[str, Any] | None) -> list[di
                         "previous_period_end": previous.get("period_end"),
                         "message": f"{comparison['arm']}: decision changed from {old!r} to "
                         f"{comparison['decision']!r} since the report of "
-                        f"{str(previous.get('period_end'))[:10]}",
+                        f"{previous.get('as_of') or str(previous.get('period_end'))[:10]}",
                     }
                 )
     return out

@@ -176,7 +176,7 @@ def _copy_frame(engine: sa.Engine, query: str) -> pd.DataFrame:
             for chunk in copy:
                 buffer.write(chunk)
         buffer.seek(0)
-        return pd.read_csv(buffer)
+        return pd.read_csv(buffer, low_memory=False)
     finally:
         raw.close()
 
