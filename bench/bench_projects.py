@@ -62,6 +62,53 @@ def real_app():  # noqa: ANN201
     return app
 
 
+class _NoWorkRouter:
+    """Answers every project with a fixed result: isolates FastAPI, validation and auth."""
+
+    def __init__(self) -> None:
+        from models.tools import ToolConfig
+        from routing.metrics import RouterMetrics
+        from routing.router import RoutedProject
+
+        self.metrics = RouterMetrics()
+        self.spool = None
+        self._answer = RoutedProject(
+            "p",
+            "bench",
+            "control",
+            "teacher",
+            ToolConfig(),
+            0.0,
+            False,
+            "teacher",
+            False,
+            True,
+            "start:x",
+        )
+
+    async def warm_up(self) -> None:
+        return None
+
+    async def replay_forever(self) -> None:
+        return None
+
+    async def replay(self) -> int:
+        return 0
+
+    async def handle_project(self, *args, **kwargs):  # noqa: ANN002,ANN003,ANN201
+        return self._answer
+
+
+def framework_app():  # noqa: ANN201
+    """The real app and its /v1/projects handler, with a router that does no work."""
+    from abtest.api import create_app
+    from abtest.settings import load_settings
+
+    app = create_app(load_settings())
+    app.state.abtest.extras["router"] = _NoWorkRouter()
+    return app
+
+
 def empty_app():  # noqa: ANN201
     from fastapi import FastAPI
 
@@ -255,6 +302,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--framework",
+        action="store_true",
+        help="also run the real app with a router that does no work (FastAPI + auth cost)",
+    )
     parser.add_argument("--load-port", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--key", default="", help=argparse.SUPPRESS)
     parser.add_argument("--tag", default="run", help=argparse.SUPPRESS)
@@ -279,13 +331,13 @@ def main() -> None:
         "ABTEST_LOG_LEVEL": "WARNING",
         "PYTHONPATH": str(ROOT),
     }
-    results: dict[str, list[dict]] = {"empty endpoint": [], "POST /v1/projects": []}
+    apps = [("empty endpoint", "empty_app"), ("POST /v1/projects", "real_app")]
+    if args.framework:
+        apps.insert(1, ("app, no-work router", "framework_app"))
+    results: dict[str, list[dict]] = {label: [] for label, _ in apps}
     try:
         for round_number in range(args.rounds):
-            for label, factory in (
-                ("empty endpoint", "empty_app"),
-                ("POST /v1/projects", "real_app"),
-            ):
+            for label, factory in apps:
                 process, port = run_server(factory, env)
                 try:
                     tag = f"r{round_number}-{factory}"
@@ -323,6 +375,9 @@ def main() -> None:
         f"stored: {starts} start events, {assignments} assignments for {served} timed requests "
         f"(+ warm-up)"
     )
+    if args.framework:
+        share = best["app, no-work router"]["rps"] / best["empty endpoint"]["rps"]
+        print(f"ratio no-work-router app/empty: {share:.0%} (the framework's share of the gap)")
     ratio = best["POST /v1/projects"]["rps"] / best["empty endpoint"]["rps"]
     print(
         f"ratio projects/empty (best rounds): {ratio:.0%} (target >= 70%) -> "
