@@ -14,7 +14,7 @@ from typing import Any
 import typer
 
 from abtest.cli.common import JSON_OPTION, console, fail, print_json, session, settings
-from models.dataset import DatasetError, IntentRecord, load_records, write_records
+from models.dataset import DatasetError, IntentRecord, load_records, load_split, write_records
 from models.tools import ToolConfig
 
 dataset_app = typer.Typer(help="Build fine-tuning datasets from logged teacher outputs.")
@@ -129,6 +129,7 @@ def train(
     data: Path | None = typer.Option(None, "--data", help="Directory from `abtest dataset build`."),
     train_file: Path | None = typer.Option(None, "--train", help="Train JSON Lines."),
     test_file: Path | None = typer.Option(None, "--test", help="Test JSON Lines."),
+    bundled: bool = typer.Option(False, "--bundled", help="The bundled train/test split."),
     out: Path = typer.Option(..., "--out", help="New model directory."),
     architecture: str = typer.Option("seq2seq", "--architecture", help="seq2seq or causal."),
     base_model: Path | None = typer.Option(
@@ -152,10 +153,17 @@ def train(
     from models.distill.demo_student import DEMO_SETTINGS
     from models.distill.train import TrainError, TrainSettings, train_student
 
-    train_path, test_path = _splits(data, train_file, test_file)
-    train_records, test_records = _load(train_path, "train"), _load(test_path, "test")
+    if bundled:
+        if data is not None or train_file is not None or test_file is not None:
+            fail("bundled: use either --bundled or --data/--train/--test")
+        train_records, test_records = load_split("train"), load_split("test")
+    else:
+        train_path, test_path = _splits(data, train_file, test_file)
+        train_records, test_records = _load(train_path, "train"), _load(test_path, "test")
     if demo_settings:
-        config = replace(DEMO_SETTINGS, eval_limit=eval_limit, threads=threads or 1)
+        config = (
+            DEMO_SETTINGS if eval_limit is None else replace(DEMO_SETTINGS, eval_limit=eval_limit)
+        )
     else:
         config = TrainSettings(
             architecture=architecture,
@@ -288,7 +296,6 @@ def lowdata(
     """Reproduce the shape of the paper's Table 3 at this machine's scale (tiny model)."""
     from dataclasses import replace
 
-    from models.dataset import load_split
     from models.distill.augment import AugmentError
     from models.distill.lowdata import LOWDATA_SETTINGS, run_lowdata, table_markdown, write_table
 

@@ -12,8 +12,11 @@ trained from random weights on two CPU cores: learning rate 3e-3 (not 4e-5), bat
 DEMO_EPOCHS epochs (not 10), no dropout, one torch thread. The best of the last three epochs is
 still kept when an evaluator is passed.
 
-`ensure_demo_student(cache_dir)` trains once and caches: the directory name carries a hash of the
-training data and settings, so a changed dataset or setting trains a new model.
+`ensure_demo_student(cache_dir)` returns the committed copy under `models/data/demo-student` when
+its model card matches the bundled training data and these settings; otherwise it trains once and
+caches under `cache_dir` (the directory name carries a hash of the data and settings, so a changed
+dataset or setting trains a new model). Reproduce the committed copy with
+``abtest train --bundled --demo-settings --out models/data/demo-student``.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ import hashlib
 import json
 import shutil
 from dataclasses import asdict
+from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from models.dataset import load_split
 from models.distill.train import (
@@ -30,6 +35,7 @@ from models.distill.train import (
     Evaluator,
     TinyModelSpec,
     TrainSettings,
+    read_model_card,
     records_hash,
     train_student,
 )
@@ -61,6 +67,19 @@ def demo_key(settings: TrainSettings = DEMO_SETTINGS) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
+def bundled_demo_path() -> Path:
+    return Path(str(resources.files("models") / "data" / "demo-student"))
+
+
+def card_matches(card: dict[str, Any], settings: TrainSettings = DEMO_SETTINGS) -> bool:
+    """Whether a model card was trained on the bundled train split with `settings`."""
+    wanted = json.loads(json.dumps(asdict(settings), default=str))
+    return (
+        card.get("data", {}).get("train_sha256") == records_hash(load_split("train"))
+        and card.get("settings") == wanted
+    )
+
+
 def ensure_demo_student(
     cache_dir: str | Path,
     evaluate: Evaluator | None = None,
@@ -73,6 +92,9 @@ def ensure_demo_student(
     Pass the offline evaluator (the abtest layer wires `analysis.offline`) to score epochs on
     the bundled test split and keep the best of the last three; without it the last epoch is kept.
     """
+    bundled = bundled_demo_path()
+    if (bundled / CARD_NAME).is_file() and card_matches(read_model_card(bundled), settings):
+        return bundled
     cache = Path(cache_dir)
     target = cache / f"demo-student-{demo_key(settings)}"
     if (target / CARD_NAME).is_file():

@@ -210,6 +210,8 @@ def test_cli_trains_scores_and_registers(cli, engine, tmp_path):
 def test_cli_train_errors(cli, engine, tmp_path):
     result = cli("train", "--out", str(tmp_path / "m"))
     assert result.exit_code == 1 and "--data" in result.output
+    result = cli("train", "--bundled", "--data", str(tmp_path), "--out", str(tmp_path / "m"))
+    assert result.exit_code == 1 and "--bundled" in result.output
     result = cli("train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "m"))
     assert result.exit_code == 1 and "does not exist" in result.output
     data = tmp_path / "data"
@@ -220,3 +222,32 @@ def test_cli_train_errors(cli, engine, tmp_path):
                  "--architecture", "rnn")  # fmt: skip
     assert result.exit_code == 1 and "architecture" in result.output
     assert not (tmp_path / "m").exists()
+
+
+def test_demo_student_uses_a_matching_card_and_never_a_stale_one(tmp_path, monkeypatch):
+    import json as _json
+    from dataclasses import asdict, replace
+
+    from models.distill import demo_student
+
+    settings = replace(demo_student.DEMO_SETTINGS, epochs=1)
+    card = {
+        "data": {"train_sha256": records_hash(load_split("train"))},
+        "settings": _json.loads(_json.dumps(asdict(settings), default=str)),
+    }
+    assert demo_student.card_matches(card, settings)
+    assert not demo_student.card_matches(card, demo_student.DEMO_SETTINGS)
+    assert not demo_student.card_matches({**card, "data": {"train_sha256": "0" * 64}}, settings)
+    # A cached directory for exactly these settings is returned without training.
+    monkeypatch.setattr(demo_student, "bundled_demo_path", lambda: tmp_path / "none")
+    cached = tmp_path / f"demo-student-{demo_student.demo_key(settings)}"
+    cached.mkdir()
+    (cached / "model_card.json").write_text(_json.dumps(card))
+    monkeypatch.setattr(demo_student, "train_student", lambda *a, **k: pytest.fail("trained"))
+    assert demo_student.ensure_demo_student(tmp_path, settings=settings) == cached
+    # A bundled copy wins when its card matches.
+    bundled = tmp_path / "bundled"
+    bundled.mkdir()
+    (bundled / "model_card.json").write_text(_json.dumps(card))
+    monkeypatch.setattr(demo_student, "bundled_demo_path", lambda: bundled)
+    assert demo_student.ensure_demo_student(tmp_path / "other", settings=settings) == bundled
