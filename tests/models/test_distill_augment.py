@@ -186,6 +186,7 @@ def cli(monkeypatch):
 
 
 @pytest.mark.ml
+@pytest.mark.slow
 def test_cli_augments_with_a_trained_student(cli, student, stand_in, tmp_path):
     data = tmp_path / "data"
     data.mkdir()
@@ -212,6 +213,7 @@ def test_cli_augments_with_a_trained_student(cli, student, stand_in, tmp_path):
     assert json.loads(out.with_suffix(".report.json").read_text()) == summary
 
 
+@pytest.mark.ml
 def test_cli_augment_errors_change_nothing(cli, student, tmp_path):
     data = tmp_path / "data"
     data.mkdir()

@@ -66,6 +66,7 @@ def test_bad_fractions_are_rejected(tmp_path):
                     fractions=(0.0,))  # fmt: skip
 
 
+@pytest.mark.slow
 def test_cli_lowdata(tmp_path, stand_in):
     get_settings.cache_clear()
     runner = CliRunner()

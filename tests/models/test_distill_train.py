@@ -182,6 +182,7 @@ def cli(database_url, monkeypatch):
     return lambda *args: CliRunner().invoke(app, list(args))
 
 
+@pytest.mark.slow
 def test_cli_trains_scores_and_registers(cli, engine, tmp_path):
     data = tmp_path / "data"
     data.mkdir()
