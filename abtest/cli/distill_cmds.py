@@ -133,7 +133,10 @@ def train(
     out: Path = typer.Option(..., "--out", help="New model directory."),
     architecture: str = typer.Option("seq2seq", "--architecture", help="seq2seq or causal."),
     base_model: Path | None = typer.Option(
-        None, "--base-model", help="Local model directory; omitted: a tiny model from scratch."
+        None,
+        "--base-model",
+        help="Local model directory; omitted: a tiny model from scratch (A.6's lr 4e-5 is for "
+        "fine-tuning; add --demo-settings for from-scratch settings that learn on a CPU).",
     ),
     epochs: int = typer.Option(10, "--epochs"),
     learning_rate: float = typer.Option(4e-5, "--lr"),
