@@ -25,7 +25,8 @@ def read_logged_calls(
     """One `LoggedCall` per logged start with an intent and an output (no fallback, no error).
 
     `exported` is whether the same project (in the same experiment) has an export event.
-    `served_by` keeps only starts answered by those variants (e.g. the teacher's name).
+    `served_by` keeps only starts answered by those variants; by default, starts answered by a
+    teacher variant (kind teacher or recorded): the dataset distils the teacher, not students.
     """
     experiment_id = None
     if experiment_key is not None:
@@ -37,6 +38,10 @@ def read_logged_calls(
     for name in served_by:
         if session.scalar(select(Variant.id).where(Variant.name == name)) is None:
             raise NotFound("served_by", f"no variant named {name!r}")
+    if not served_by:
+        served_by = session.scalars(
+            select(Variant.name).where(Variant.kind.in_(services.TEACHER_KINDS))
+        ).all()
 
     exports = select(Event.project_id, Event.experiment_id).where(Event.type == "export")
     starts = select(Event.project_id, Event.experiment_id, Event.intent, Event.output).where(
@@ -49,8 +54,7 @@ def read_logged_calls(
     if experiment_id is not None:
         exports = exports.where(Event.experiment_id == experiment_id)
         starts = starts.where(Event.experiment_id == experiment_id)
-    if served_by:
-        starts = starts.where(Event.served_by.in_(list(served_by)))
+    starts = starts.where(Event.served_by.in_(list(served_by)))
     exported = {(row.project_id, row.experiment_id) for row in session.execute(exports)}
     return [
         LoggedCall(row.intent, row.output, (row.project_id, row.experiment_id) in exported)

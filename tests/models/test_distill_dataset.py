@@ -151,6 +151,7 @@ def _log(engine, rows):
     with db.session_scope(engine) as s:
         s.add(Variant(name="teacher", kind="teacher", config={}))
         s.add(Variant(name="other", kind="recorded", config={}))
+        s.add(Variant(name="student", kind="local_student", config={}))
         for number, (project, kind, intent, output, served_by) in enumerate(rows):
             s.add(Event(client_event_id=f"e{number}", type=kind, project_id=project,
                         intent=intent, output=output, served_by=served_by))  # fmt: skip
@@ -171,6 +172,19 @@ def test_cli_builds_from_logged_events(cli, engine, tmp_path):
     records = load_records(out / "train.jsonl") + load_records(out / "test.jsonl")
     assert len(records) == 6
     assert all(r.teacher == ToolConfig.from_record(WARM) and r.calls == 2 for r in records)
+    # Without --served-by: every teacher-kind variant ("other" is a recorded teacher here),
+    # never a student.
+    out2 = tmp_path / "ds2"
+    result = cli("dataset", "build", "--out", str(out2), "--test-size", "2", "--json")
+    assert json.loads(result.output)["logs"]["calls"] == 13
+
+
+def test_student_outputs_are_not_distilled_by_default(cli, engine, tmp_path):
+    rows = [("p1", "start", "a", WARM, "student"), ("p1", "export", None, None, None),
+            ("p2", "start", "b", WARM, "student"), ("p2", "export", None, None, None)]  # fmt: skip
+    _log(engine, rows)
+    result = cli("dataset", "build", "--out", str(tmp_path / "ds"))
+    assert result.exit_code == 1 and "0 intent(s)" in result.output
 
 
 def test_cli_dataset_errors_change_nothing(cli, engine, tmp_path):
