@@ -13,8 +13,10 @@ from sqlalchemy.orm import Session
 from abtest import services
 from abtest.errors import Invalid, NotFound
 from abtest.tables import Event, Experiment, Variant
+from models.dataset import IntentRecord
 from models.distill.dataset_builder import LoggedCall
 from models.distill.train import TrainError, read_model_card
+from models.tools import ToolConfig
 
 
 def read_logged_calls(
@@ -86,3 +88,28 @@ def register_trained_student(
         + f", train sha256 {card['data']['train_sha256'][:12]}"
     )
     return services.register_variant(session, name, "local_student", config, description, actor)
+
+
+# --- analysis.offline wired into models.distill (models never import analysis) ---------------
+
+
+def offline_evaluator(
+    configs: Sequence[ToolConfig],
+    records: Sequence[IntentRecord],
+    failures: Sequence[tuple[str, ...]],
+) -> dict[str, Any]:
+    """The paper's metric suite on all rows and the r3 / r5 subsets; `overall` on top."""
+    from analysis.offline import score_subsets
+
+    subsets = score_subsets(
+        configs, [r.teacher for r in records], [r.calls for r in records], failures
+    )
+    return {"overall": subsets["all"].overall, **{k: v.as_dict() for k, v in subsets.items()}}
+
+
+def offline_mistakes(
+    predictions: Sequence[ToolConfig], truth: Sequence[ToolConfig]
+) -> dict[str, Any]:
+    from analysis.offline import mistakes
+
+    return mistakes(predictions, truth)

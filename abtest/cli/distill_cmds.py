@@ -7,42 +7,16 @@ Thin wiring: `models.distill` does the work; this layer reads the logs from the 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from abtest.cli.common import JSON_OPTION, console, fail, print_json, session, settings
+from abtest.distill_service import offline_evaluator, offline_mistakes
 from models.dataset import DatasetError, IntentRecord, load_records, load_split, write_records
-from models.tools import ToolConfig
 
 dataset_app = typer.Typer(help="Build fine-tuning datasets from logged teacher outputs.")
-
-
-# --- wiring analysis.offline into models.distill ---------------------------------------------
-
-
-def offline_evaluator(
-    configs: Sequence[ToolConfig],
-    records: Sequence[IntentRecord],
-    failures: Sequence[tuple[str, ...]],
-) -> dict[str, Any]:
-    """The paper's metric suite on all rows and the r3 / r5 subsets; `overall` on top."""
-    from analysis.offline import score_subsets
-
-    subsets = score_subsets(
-        configs, [r.teacher for r in records], [r.calls for r in records], failures
-    )
-    return {"overall": subsets["all"].overall, **{k: v.as_dict() for k, v in subsets.items()}}
-
-
-def offline_mistakes(
-    predictions: Sequence[ToolConfig], truth: Sequence[ToolConfig]
-) -> dict[str, Any]:
-    from analysis.offline import mistakes
-
-    return mistakes(predictions, truth)
 
 
 def _load(path: Path, what: str) -> list[IntentRecord]:

@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from abtest.cli import app
-from abtest.cli.distill_cmds import offline_evaluator, offline_mistakes
+from abtest.distill_service import offline_evaluator, offline_mistakes
 from abtest.settings import get_settings
 from models.dataset import load_split
 from models.distill.lowdata import LowDataRow, run_lowdata, table_markdown, write_table
