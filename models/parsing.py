@@ -137,7 +137,9 @@ def split_answer(text: str) -> tuple[str, str]:
     """
     markers = list(re.finditer(r"\b(JSON|Parameters|PARAMETERS|parameters|Json)\s*:", text))
     if markers:
-        last = markers[-1]
+        # the last marker followed by an object (a note after the JSON may say "parameters:")
+        with_object = [m for m in markers if "{" in text[m.end() :]]
+        last = with_object[-1] if with_object else markers[-1]
         before, body = text[: last.start()], text[last.end() :]
     else:
         before, body = "", text

@@ -58,6 +58,12 @@ def test_messy_adjust_answers(text):
     assert parsed.part == adjust(exposure=10, hue=20)
 
 
+def test_a_note_after_the_json_does_not_hide_it():
+    text = 'TOOL: warm.\nJSON: {"temperature": 20}\nNote: other parameters: unchanged.'
+    parsed = parse_tool_output("adjust", text)
+    assert parsed.ok and parsed.part == adjust(temperature=20)
+
+
 def test_out_of_range_values_are_clamped():
     parsed = parse_tool_output("adjust", '{"exposure": 250, "hue": -5, "bloom": -3, "tint": -1e9}')
     assert parsed.part == adjust(exposure=100, tint=-100)  # hue, bloom clamp to 0
