@@ -471,6 +471,8 @@ def train_student(
 
     settings = settings or TrainSettings()
     settings.check()
+    if settings.base_model is not None:  # the adapter config must name the base absolutely
+        settings = replace(settings, base_model=str(Path(settings.base_model).resolve()))
     if not train_records:
         raise TrainError("train: the training set is empty")
     if evaluate is not None and not test_records:
