@@ -242,7 +242,7 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=150)
+@settings(max_examples=80)
 @given(json_values)
 def test_any_json_shape_gives_in_range_values_or_a_failure(value):
     text = "Parameters: " + json.dumps(value)
