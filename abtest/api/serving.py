@@ -123,10 +123,20 @@ def _http_error(exc: RoutingError) -> Exception:
 
 def _body_errors(exc: ValidationError) -> list[dict[str, Any]]:
     """pydantic errors in FastAPI's shape: loc starts with "body"."""
-    return [
-        {"type": e["type"], "loc": ["body", *e["loc"]], "msg": e["msg"], "input": e.get("input")}
-        for e in exc.errors(include_url=False, include_context=False)
-    ]
+    errors = []
+    for error in exc.errors(include_url=False, include_context=False):
+        given = error.get("input")
+        if isinstance(given, bytes):  # an undecodable body: echo it readably
+            given = given.decode("utf-8", "replace")
+        errors.append(
+            {
+                "type": error["type"],
+                "loc": ["body", *error["loc"]],
+                "msg": error["msg"],
+                "input": given,
+            }
+        )
+    return errors
 
 
 @router.post(

@@ -158,6 +158,11 @@ def test_malformed_requests_get_422_naming_the_field(client, engine_for):
         response = client.post(path, json=body)
         assert response.status_code == 422, response.text
         assert response.json()["detail"][0]["loc"] == loc, (path, body)
+    for raw in (b"\x80", b"{not json", b""):
+        response = client.post(
+            "/v1/projects", content=raw, headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body"]
     assert events(engine_for) == []  # nothing stored
 
 
