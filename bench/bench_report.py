@@ -159,8 +159,9 @@ def sql_report(engine: sa.Engine, period_end: datetime) -> dict:
 # --- the pandas path ----------------------------------------------------------------------------
 
 EVENT_COLUMNS = (
-    "type, project_id, experiment_id, arm_id, occurred_at, latency_ms, fallback, "
-    "error IS NOT NULL AS has_error, cache_hit, cost_usd, lower(trim(intent)) AS intent, "
+    "type, project_id, experiment_id, arm_id, occurred_at, latency_ms, fallback::int AS fallback, "
+    "(error IS NOT NULL)::int AS has_error, cache_hit::int AS cache_hit, cost_usd, "
+    "lower(trim(intent)) AS intent, "
     "attributes->>'platform' AS platform, attributes->>'country' AS country"
 )
 
@@ -196,7 +197,11 @@ def pandas_report(engine: sa.Engine, info: queries.ExperimentInfo, period_end: d
     events = events[
         events["experiment_id"].notna() | events["project_id"].isin(assigned["project_id"])
     ]
-    starts = events[events["type"] == "start"]
+    starts = events[events["type"] == "start"].copy()
+    for column in ("platform", "country", "intent"):
+        # Ordered categoricals: groupby-min stays in Cython (object columns fall back to Python).
+        values = sorted(starts[column].dropna().unique())
+        starts[column] = starts[column].astype(pd.CategoricalDtype(values, ordered=True))
     first = starts.groupby("project_id").agg(
         first_start=("occurred_at", "min"),
         event_arm_id=("arm_id", "min"),
@@ -222,7 +227,7 @@ def pandas_report(engine: sa.Engine, info: queries.ExperimentInfo, period_end: d
     ]
     segments = {}
     for attribute in reports.DEFAULT_SEGMENT_ATTRIBUTES:
-        values = projects[attribute].fillna(queries.NO_SEGMENT)
+        values = projects[attribute].astype(object).fillna(queries.NO_SEGMENT)
         grouped = (
             projects.assign(segment=values, exported=exported)
             .groupby(["arm_id", "segment"])["exported"]
@@ -233,6 +238,7 @@ def pandas_report(engine: sa.Engine, info: queries.ExperimentInfo, period_end: d
             for (arm, seg), r in grouped.iterrows()
         ]
     with_intent = projects[projects["intent"].notna()].assign(exported=exported)
+    with_intent["intent"] = with_intent["intent"].astype(object)
     popularity = with_intent.groupby("intent")["arm_id"].transform("size")
     rows = []
     for threshold in queries.POPULARITY_THRESHOLDS:
@@ -246,7 +252,7 @@ def pandas_report(engine: sa.Engine, info: queries.ExperimentInfo, period_end: d
     calls = starts[starts["experiment_id"] == info.id].merge(
         assigned, on="project_id", how="left", suffixes=("_event", "")
     )
-    calls["arm_id"] = calls["arm_id"].fillna(calls["arm_id_event"])
+    calls["arm_id"] = calls["arm_id_event"].fillna(calls["arm_id"])  # the serving arm first
     guardrails = []
     for arm, group in calls.groupby("arm_id"):
         latency = group["latency_ms"].dropna().to_numpy()
@@ -255,7 +261,6 @@ def pandas_report(engine: sa.Engine, info: queries.ExperimentInfo, period_end: d
             queries.ArmGuardrails(
                 int(arm),
                 len(group),
-                group["project_id"].nunique(),
                 int(latency.size),
                 float(p50),
                 float(p95),
@@ -317,7 +322,16 @@ def main() -> None:
             (a["starts"], a["exports"]) for a in frame["arms"]
         ]
         same_segments = sql["segments"] == frame["segments"]
-        print(f"same arm counts: {same}; same segments: {same_segments}")
+        same_guardrails = all(
+            a["calls"] == b["calls"]
+            and abs(a["latency_p95_ms"] - b["latency_p95_ms"]) < 1e-6
+            and abs(a["cost_usd"] - b["cost_usd"]) < 1e-6
+            for a, b in zip(sql["guardrails"], frame["guardrails"], strict=True)
+        )
+        print(
+            f"same arm counts: {same}; same segments: {same_segments}; "
+            f"same guardrails: {same_guardrails}"
+        )
         print(f"ratio pandas / SQL: {pandas_time / sql_best:.1f}x")
         if not same:
             raise SystemExit("the SQL and pandas paths disagree")
