@@ -52,7 +52,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
-        "--bulk-threshold", type=int, default=None,
+        "--bulk-threshold",
+        type=int,
+        default=None,
         help="batches from this size use COPY + INSERT SELECT, smaller ones jsonb_to_recordset "
         "(default: the writer's own threshold)",
     )
@@ -123,10 +125,10 @@ def main() -> None:
             for batch in batches:
                 raw = engine.raw_connection()
                 try:
-                    with raw.driver_connection.cursor() as cursor:
-                        with cursor.copy(f"COPY events ({columns}) FROM STDIN") as copy:
-                            for row in batch:
-                                copy.write_row(_copy_values(row))
+                    cursor = raw.driver_connection.cursor()
+                    with cursor, cursor.copy(f"COPY events ({columns}) FROM STDIN") as copy:
+                        for row in batch:
+                            copy.write_row(_copy_values(row))
                     raw.commit()
                 finally:
                     raw.close()
