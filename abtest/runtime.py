@@ -138,3 +138,20 @@ async def serving_lifespan(state: AppState) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError):
             await replayer
         await router.replay()
+        await close_router(router)
+        if state.extras.get("router") is router:
+            del state.extras["router"]  # a restarted app builds a fresh one
+
+
+async def close_router(router: Router) -> None:
+    """Release what `build_router` opened: the Redis client, the DB threads, the spool file."""
+    redis = getattr(getattr(router, "store", None), "redis", None)
+    if redis is not None:
+        with contextlib.suppress(Exception):
+            await redis.client.aclose()
+    executor = getattr(router, "executor", None)
+    if executor is not None:
+        executor.shutdown(wait=False)
+    spool = getattr(router, "spool", None)
+    if spool is not None:
+        spool.close()
