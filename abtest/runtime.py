@@ -26,6 +26,7 @@ from abtest.arms import build_variant_arm
 from abtest.settings import Settings
 from abtest.tables import Assignment, Event, Experiment, ExperimentArm, Variant
 from models.arms.base import Arm
+from models.cache import CachedArm, ResponseCache
 from routing.assignment import ArmDef, CachedStore, LruCache, RedisCache
 from routing.events import EventSpool, EventWriter, RoutingTables
 from routing.metrics import RouterMetrics
@@ -55,15 +56,28 @@ def redis_client(url: str) -> Any:
     )
 
 
-def arm_provider(settings: Settings, arms: Mapping[str, Arm] | None = None) -> Any:
-    """A function ArmDef -> Arm: explicit arms first, then the models factory, then built-ins."""
+def response_cache(settings: Settings) -> ResponseCache:
+    """Arm outputs per variant version and intent: Redis when configured, else in-process."""
+    client = redis_client(settings.redis_url) if settings.redis_url else None
+    return ResponseCache(client, prefix=f"{settings.redis_prefix}llm:", ttl_s=settings.cache_ttl_s)
+
+
+def arm_provider(
+    settings: Settings, arms: Mapping[str, Arm] | None = None, cache: ResponseCache | None = None
+) -> Any:
+    """A function ArmDef -> Arm: explicit arms first, else the variant's arm from the models
+    factory; with a `cache`, wrapped in the response cache (switched by the experiment)."""
     explicit = dict(arms or {})
 
     def build(arm: ArmDef) -> Arm:
         for key in (arm.variant, arm.name):
             if key is not None and key in explicit:
                 return explicit[key]
-        return build_variant_arm(_variant_view(arm), settings)
+        built = build_variant_arm(_variant_view(arm), settings)
+        if cache is None:
+            return built
+        variant_key = f"{arm.variant or arm.name}:v{arm.variant_version}"
+        return CachedArm(built, cache, variant_key, enabled=arm.cache)
 
     return build
 
@@ -103,7 +117,7 @@ def build_router(
     return Router(
         catalog,
         store,
-        arm_provider(settings, arms),
+        arm_provider(settings, arms, response_cache(settings)),
         writer,
         spool=spool,
         config=RouterConfig(timeout_s=settings.arm_timeout_s),

@@ -35,6 +35,7 @@ class ArmDef:
     variant_version: int = 1
     variant_config: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
     timeout_s: float | None = None
+    cache: bool = True  # the experiment's response-cache switch
 
 
 @dataclass(frozen=True)

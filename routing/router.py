@@ -313,7 +313,7 @@ class Router:
         self.executor = executor
         self.clock = clock
         self.breakers: dict[str, CircuitBreaker] = {}
-        self._arms: dict[tuple[str, int], Arm] = {}
+        self._arms: dict[tuple[str, int, bool], Arm] = {}
         self._events: GroupCommit[dict[str, Any], str] = GroupCommit(self._flush_events, executor)
         self._sink = event_sink or self._events.submit
         if spool is not None:
@@ -330,7 +330,7 @@ class Router:
         return self.breakers[key]
 
     def arm_instance(self, arm: ArmDef) -> Arm:
-        key = (arm.variant or arm.name, arm.variant_version)
+        key = (arm.variant or arm.name, arm.variant_version, arm.cache)
         if key not in self._arms:
             self._arms[key] = self.arm_provider(arm)
         return self._arms[key]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from concurrent.futures import Executor
+from dataclasses import replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -74,7 +75,7 @@ def load_experiments(engine: Engine, tables: RoutingTables) -> list[ExperimentDe
             ExperimentDef(
                 key=row["key"],
                 seed=row["seed"],
-                arms=tuple(arm_defs),
+                arms=tuple(replace(a, cache=bool(settings.get("cache", True))) for a in arm_defs),
                 coverage=float(row["coverage"]),
                 namespace=namespace,
                 overrides=dict(settings.get("overrides") or {}),
