@@ -34,7 +34,6 @@ async def route_same_intent(settings, count: int) -> list[bool]:
         routed = await router.handle_project(f"p{i}", "  Candle LIT ")
         assert routed.served_by == "teacher" and not routed.fallback
         hits.append(routed.cache_hit)
-    await router.close()
     return hits
 
 
