@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -10,6 +10,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Date,
     DateTime,
     Float,
     ForeignKey,
@@ -201,6 +202,60 @@ class Event(Base):
         ),
         Index("ix_events_project", "project_id", "experiment_id"),
     )
+
+
+class ProjectOutcome(Base):
+    """Rollup: one row per (experiment, project) with its first start/export and segment values.
+
+    Maintained incrementally by `analysis.rollup.refresh` (the report reads it, not the events).
+    """
+
+    __tablename__ = "project_outcomes"
+    experiment_id: Mapped[int] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
+    )
+    project_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    first_start_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_start_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    first_export_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True
+    )
+    start_day: Mapped[date | None] = mapped_column(Date, nullable=True)
+    export_day: Mapped[date | None] = mapped_column(Date, nullable=True)
+    event_arm_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    assigned_arm_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    platform: Mapped[str | None] = mapped_column(Text, nullable=True)
+    country: Mapped[str | None] = mapped_column(Text, nullable=True)
+    intent: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class CallRollup(Base):
+    """Rollup: guardrail sums per (experiment, arm, UTC day, latency bucket)."""
+
+    __tablename__ = "call_rollups"
+    experiment_id: Mapped[int] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
+    )
+    arm_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    bucket: Mapped[int] = mapped_column(Integer, primary_key=True)
+    calls: Mapped[int] = mapped_column(BigInteger)
+    fallbacks: Mapped[int] = mapped_column(BigInteger)
+    errors: Mapped[int] = mapped_column(BigInteger)
+    cache_hits: Mapped[int] = mapped_column(BigInteger)
+    cost_usd: Mapped[float] = mapped_column(Float)
+
+
+class RollupWatermark(Base):
+    """The last events.id / assignments.id merged into an experiment's rollup."""
+
+    __tablename__ = "rollup_watermarks"
+    experiment_id: Mapped[int] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
+    )
+    last_event_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    last_assignment_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    refreshed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class Report(Base):

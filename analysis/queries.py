@@ -71,6 +71,7 @@ events = table(
 )
 assignments = table(
     "assignments",
+    column("id", sa.BigInteger),
     column("experiment_id", sa.Integer),
     column("project_id", sa.String),
     column("arm_id", sa.Integer),

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Connection
 
-from analysis import queries, stats
+from analysis import queries, rollup, stats
 
 SCHEMA_VERSION = 1
 DEFAULT_SEGMENT_ATTRIBUTES = ("platform", "country")
@@ -94,15 +94,16 @@ def build_report(
     segment_attributes: Sequence[str] = DEFAULT_SEGMENT_ATTRIBUTES,
     now: datetime | None = None,
 ) -> dict[str, Any]:
-    """Query the counts for experiment `key` up to `period_end` and assemble the report."""
+    """Refresh the rollup, read the counts for `key` up to `period_end`, assemble the report."""
     info = queries.experiment_info(connection, key)
     if info is None:
         raise ReportError(f"no experiment with key {key!r}")
     queries.tune_for_analytics(connection)
-    counts = queries.project_counts(
+    rollup.refresh(connection, info.id)  # incremental: only the events since the last refresh
+    counts = rollup.project_counts(
         connection, info.id, period_end, tuple(segment_attributes), popularity=True
     )
-    guardrails = queries.guardrail_stats(connection, info.id, period_end)
+    guardrails = rollup.guardrail_stats(connection, info.id, period_end)
     daily, segments = counts.daily, counts.segments
     return assemble_report(info, daily, guardrails, segments, period_end, previous, now)
 

@@ -1,0 +1,86 @@
+"""report rollup: project_outcomes, call_rollups, rollup_watermarks
+
+Incrementally maintained pre-aggregation for the online report (see analysis/rollup.py).
+
+Revision ID: 0003_report_rollup
+Revises: 0002_bi_views
+Create Date: 2026-11-26 23:00:00
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0003_report_rollup"
+down_revision: str | None = "0002_bi_views"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+TIMESTAMP = sa.DateTime(timezone=True)
+
+
+def upgrade() -> None:
+    op.create_table(
+        "project_outcomes",
+        sa.Column("experiment_id", sa.Integer(), nullable=False),
+        sa.Column("project_id", sa.String(length=200), nullable=False),
+        sa.Column("first_start_at", TIMESTAMP, nullable=True),
+        sa.Column("last_start_at", TIMESTAMP, nullable=True),
+        sa.Column("first_export_at", TIMESTAMP, nullable=True),
+        sa.Column("start_day", sa.Date(), nullable=True),
+        sa.Column("export_day", sa.Date(), nullable=True),
+        sa.Column("event_arm_id", sa.Integer(), nullable=True),
+        sa.Column("assigned_arm_id", sa.Integer(), nullable=True),
+        sa.Column("platform", sa.Text(), nullable=True),
+        sa.Column("country", sa.Text(), nullable=True),
+        sa.Column("intent", sa.Text(), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["experiment_id"],
+            ["experiments.id"],
+            name=op.f("fk_project_outcomes_experiment_id_experiments"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("experiment_id", "project_id", name=op.f("pk_project_outcomes")),
+    )
+    op.create_table(
+        "call_rollups",
+        sa.Column("experiment_id", sa.Integer(), nullable=False),
+        sa.Column("arm_id", sa.Integer(), nullable=False),
+        sa.Column("day", sa.Date(), nullable=False),
+        sa.Column("bucket", sa.Integer(), nullable=False),
+        sa.Column("calls", sa.BigInteger(), nullable=False),
+        sa.Column("fallbacks", sa.BigInteger(), nullable=False),
+        sa.Column("errors", sa.BigInteger(), nullable=False),
+        sa.Column("cache_hits", sa.BigInteger(), nullable=False),
+        sa.Column("cost_usd", sa.Float(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["experiment_id"],
+            ["experiments.id"],
+            name=op.f("fk_call_rollups_experiment_id_experiments"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint(
+            "experiment_id", "arm_id", "day", "bucket", name=op.f("pk_call_rollups")
+        ),
+    )
+    op.create_table(
+        "rollup_watermarks",
+        sa.Column("experiment_id", sa.Integer(), nullable=False),
+        sa.Column("last_event_id", sa.BigInteger(), nullable=True),
+        sa.Column("last_assignment_id", sa.BigInteger(), nullable=True),
+        sa.Column("refreshed_at", TIMESTAMP, nullable=True),
+        sa.ForeignKeyConstraint(
+            ["experiment_id"],
+            ["experiments.id"],
+            name=op.f("fk_rollup_watermarks_experiment_id_experiments"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("experiment_id", name=op.f("pk_rollup_watermarks")),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("rollup_watermarks")
+    op.drop_table("call_rollups")
+    op.drop_table("project_outcomes")
