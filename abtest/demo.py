@@ -108,7 +108,12 @@ def setup_platform(settings: Settings, console: Console) -> None:
     db.upgrade(engine)
     with db.session_scope(engine) as session:
         services.register_variant(
-            session, "teacher", "recorded", {}, "GPT-3.5-Turbo's recorded answers", actor="demo"
+            session,
+            "teacher",
+            "teacher",
+            {},
+            "GPT-3.5-Turbo over the OpenAI API (here: the recorded server)",
+            actor="demo",
         )
         services.register_variant(
             session,
@@ -127,6 +132,9 @@ def setup_platform(settings: Settings, console: Console) -> None:
                 services.ArmSpec("student", "knn-student", 0.5),
             ],
             description="Does the cheap student keep the project completion rate?",
+            # Analysed once, at the planned end: the fixed-horizon test decides; the report
+            # still shows the always-valid interval an analyst peeking daily would use.
+            settings={"sequential": False, "margin": -0.02},
         )
         services.create_experiment(session, spec)
         services.start_experiment(session, EXPERIMENT_KEY)
@@ -162,24 +170,33 @@ def gate_student(settings: Settings, name: str, console: Console) -> None:
     console.print(f"{name} is approved for traffic")
 
 
-async def simulate(settings: Settings, projects: list[SimulatedProject], seed: int) -> None:
+async def simulate(
+    settings: Settings, projects: list[SimulatedProject], seed: int, concurrency: int = 16
+) -> None:
+    """Route the projects (`concurrency` at a time, like parallel app users) and let each
+    simulated user decide whether to export."""
     from abtest.runtime import build_router
 
     rng = np.random.default_rng(seed + 1)
-    engine = db.get_engine(settings.database_url)
-    router = build_router(settings, engine)
+    router = build_router(settings, db.get_engine(settings.database_url))
+    draws = rng.random(len(projects))
+
+    async def one(project: SimulatedProject, draw: float) -> None:
+        routed = await router.handle_project(
+            project.project_id, project.record.intent, project.attributes
+        )
+        if routed.served_by is None:
+            raise RuntimeError(f"no arm could answer {project.project_id}: {routed.error}")
+        quality = agreement(routed.config, project.record.teacher)
+        if draw < export_probability(quality, routed.latency_ms / 1000):
+            await router.record_export(project.project_id)
+
     with Progress() as progress:
         task = progress.add_task("routing projects", total=len(projects))
-        for project in projects:
-            routed = await router.handle_project(
-                project.project_id, project.record.intent, project.attributes
-            )
-            if routed.served_by is None:
-                raise RuntimeError(f"no arm could answer {project.project_id}: {routed.error}")
-            quality = agreement(routed.config, project.record.teacher)
-            if rng.random() < export_probability(quality, routed.latency_ms / 1000):
-                await router.record_export(project.project_id)
-            progress.advance(task)
+        for start in range(0, len(projects), concurrency):
+            chunk = range(start, min(start + concurrency, len(projects)))
+            await asyncio.gather(*(one(projects[i], draws[i]) for i in chunk))
+            progress.advance(task, len(chunk))
 
 
 def per_arm_counts(settings: Settings) -> list[dict[str, Any]]:
@@ -221,13 +238,61 @@ def print_rates(rows: list[dict[str, Any]], console: Console) -> None:
     console.print(table)
 
 
-def run_demo(projects: int, database: str, seed: int, console: Console) -> list[dict[str, Any]]:
-    settings = Settings(database_url=fresh_sqlite(database))
-    console.print(f"demo database: {settings.database_url}")
-    setup_platform(settings, console)
-    rng = np.random.default_rng(seed)
-    simulated = draw_projects(load_split("test"), projects, rng)
-    asyncio.run(simulate(settings, simulated, seed))
+def print_analysis(settings: Settings, console: Console, html_out: Path) -> dict[str, Any]:
+    """Store today's report, print the decision per treatment and write the HTML report."""
+    from abtest import reporting
+    from analysis.reports import render_html
+
+    engine = db.get_engine(settings.database_url)
+    with db.session_scope(engine) as session:
+        report, _ = reporting.run_report(session, EXPERIMENT_KEY)
+    for arm in report["arms"]:
+        console.print(
+            f"{arm['name']:>10}: {arm['rate']:.2%} "
+            f"(95% CI {arm['ci_low']:.2%} to {arm['ci_high']:.2%}, {arm['starts']} projects)"
+        )
+    for comparison in report["comparisons"]:
+        low, high = comparison["difference_ci"]
+        console.print(
+            f"{comparison['arm']} vs control: difference {comparison['difference']:+.2%} "
+            f"(95% CI {low:+.2%} to {high:+.2%}), ratio {comparison['ratio']:.1%} of control, "
+            f"p = {comparison['p_value']:.2g} -> [bold]{comparison['decision']}[/]"
+        )
+        non_inferior = comparison["non_inferiority"]
+        if non_inferior:
+            verdict = (
+                "non-inferior" if non_inferior.get("non_inferior") else "not shown non-inferior"
+            )
+            console.print(f"  non-inferiority margin {report['margin']:+.0%}: {verdict}")
+    if report["srm"]["flagged"]:
+        console.print(f"[bold red]sample ratio mismatch:[/] {report['srm']['message']}")
+    html_out.write_text(render_html(report), encoding="utf-8")
+    console.print(f"HTML report with plots: {html_out}")
+    return report
+
+
+def run_demo(
+    projects: int, database: str, seed: int, console: Console, teacher_latency_ms: float = 20.0
+) -> list[dict[str, Any]]:
+    from models.recorded_server import serve_in_thread
+
+    base_url, stop = serve_in_thread(latency_ms=teacher_latency_ms)
+    console.print(f"recorded OpenAI-compatible teacher server: {base_url}")
+    try:
+        settings = Settings(
+            database_url=fresh_sqlite(database),
+            openai_base_url=base_url,
+            openai_api_key="recorded",  # type: ignore[arg-type]
+            spool_dir=Path(database).resolve().parent / "abtest-demo-spool",
+        )
+        console.print(f"demo database: {settings.database_url}")
+        setup_platform(settings, console)
+        rng = np.random.default_rng(seed)
+        simulated = draw_projects(load_split("test"), projects, rng)
+        asyncio.run(simulate(settings, simulated, seed))
+    finally:
+        stop()
     rows = per_arm_counts(settings)
     print_rates(rows, console)
+    print_analysis(settings, console, Path(database).with_suffix(".html"))
     return rows
