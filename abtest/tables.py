@@ -217,9 +217,7 @@ class ProjectOutcome(Base):
     project_id: Mapped[str] = mapped_column(String(200), primary_key=True)
     first_start_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     last_start_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    first_export_at: Mapped[datetime | None] = mapped_column(
-        DateTime(timezone=True), nullable=True
-    )
+    first_export_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     start_day: Mapped[date | None] = mapped_column(Date, nullable=True)
     export_day: Mapped[date | None] = mapped_column(Date, nullable=True)
     event_arm_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -227,6 +225,8 @@ class ProjectOutcome(Base):
     platform: Mapped[str | None] = mapped_column(Text, nullable=True)
     country: Mapped[str | None] = mapped_column(Text, nullable=True)
     intent: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    __table_args__ = (Index("ix_project_outcomes_last_start", "experiment_id", "last_start_at"),)
 
 
 class CallRollup(Base):
@@ -255,6 +255,8 @@ class RollupWatermark(Base):
     )
     last_event_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     last_assignment_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    window_events: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    window_assignments: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     refreshed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 

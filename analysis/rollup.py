@@ -17,12 +17,15 @@ Two tables (their ORM twins are in `abtest/tables.py`; this module never imports
 ``project_outcomes`` (INSERT ... SELECT ... ON CONFLICT DO UPDATE keeping the least / greatest
 values, on PostgreSQL and SQLite alike); re-derive the rows of projects whose assignment is new
 (its arm, and exports logged without experiment that only the assignment brings into scope);
-recompute ``call_rollups`` for every day touched. Late commits: an event that commits after a
-refresh with an id below the watermark (PostgreSQL allocates ids before commit) is picked up by
-the next refresh as long as fewer than ``RESCAN_IDS`` ids were allocated after it meanwhile; the
-re-scan is safe because the project values are MIN/MAX and touched days are recomputed, not
-incremented. ``rebuild=True`` recomputes the experiment from scratch. PostgreSQL serialises
-concurrent refreshes of one experiment with a row lock on its watermark.
+recompute ``call_rollups`` for every day touched. Late commits: PostgreSQL allocates ids before
+commit, so an event can become visible after a refresh with an id below the watermark. Each
+refresh stores how many events (and assignments) the last ``RESCAN_IDS`` ids below its
+watermarks hold; when the next refresh counts more there (a cheap primary-key range count), it
+re-scans that window too.
+An event committed after more than ``RESCAN_IDS`` later ids were allocated is missed until a
+``rebuild``. Re-scanning is safe because the project values are MIN/MAX and touched days are
+recomputed, not incremented. ``rebuild=True`` recomputes the experiment from scratch.
+PostgreSQL serialises concurrent refreshes of one experiment with a row lock on its watermark.
 
 **Reading** (`project_counts`, `guardrail_stats`) needs ``until`` on a UTC midnight (a report's
 period end) or None, and segment attributes among ``ROLLUP_ATTRIBUTES``; anything else falls
@@ -53,6 +56,7 @@ RESCAN_IDS = 50_000
 BUCKET_BASE = 1.02
 MAX_BUCKET = 1000
 NO_LATENCY = -1
+MAX_LISTED_PROJECTS = 10_000
 
 project_outcomes = table(
     "project_outcomes",
@@ -86,6 +90,8 @@ rollup_watermarks = table(
     column("experiment_id", sa.Integer),
     column("last_event_id", sa.BigInteger),
     column("last_assignment_id", sa.BigInteger),
+    column("window_events", sa.BigInteger),
+    column("window_assignments", sa.BigInteger),
     column("refreshed_at", TIMESTAMP),
 )
 
@@ -110,7 +116,7 @@ def outcome_source(
     *,
     after_id: int | None = None,
     up_to_id: int | None = None,
-    projects: sa.Select | None = None,
+    projects: sa.Select | list[str] | None = None,
     until: datetime | None = None,
 ) -> sa.Select:
     """Per-project values (columns OUTCOME_COLUMNS) of the in-scope events, optionally only
@@ -321,6 +327,14 @@ def _touched_days(
 # --- refresh -----------------------------------------------------------------------------------
 
 
+def _window_events(
+    connection: Connection, last_id: int, rescan_ids: int, rows: sa.TableClause = events
+) -> int:
+    """Rows (any experiment) with last_id - rescan_ids < id <= last_id: a primary-key range."""
+    window = sa.and_(rows.c.id > last_id - rescan_ids, rows.c.id <= last_id)
+    return int(connection.scalar(sa.select(func.count()).where(window)) or 0)
+
+
 def refresh(
     connection: Connection,
     experiment_id: int,
@@ -339,7 +353,12 @@ def refresh(
         .on_conflict_do_nothing(index_elements=["experiment_id"])
     )
     mark = connection.execute(
-        sa.select(rollup_watermarks.c.last_event_id, rollup_watermarks.c.last_assignment_id)
+        sa.select(
+            rollup_watermarks.c.last_event_id,
+            rollup_watermarks.c.last_assignment_id,
+            rollup_watermarks.c.window_events,
+            rollup_watermarks.c.window_assignments,
+        )
         .where(rollup_watermarks.c.experiment_id == experiment_id)
         .with_for_update()
     ).one()
@@ -361,8 +380,14 @@ def refresh(
         _recompute_calls(connection, experiment_id, None)
         after_id, days = 0, None
     else:
-        after_id = max(0, int(mark.last_event_id) - rescan_ids)
-        after_assignment = max(0, int(mark.last_assignment_id or 0) - rescan_ids)
+        last = int(mark.last_event_id)
+        # Re-scan the window below the watermark only when events were committed into it late.
+        late = _window_events(connection, last, rescan_ids) != mark.window_events
+        after_id = max(0, last - rescan_ids) if late else last
+        last_assigned = int(mark.last_assignment_id or 0)
+        assigned_window = _window_events(connection, last_assigned, rescan_ids, assignments)
+        late_assigned = assigned_window != mark.window_assignments
+        after_assignment = max(0, last_assigned - rescan_ids) if late_assigned else last_assigned
         days = _touched_days(connection, experiment_id, after_id, up_to, after_assignment)
         _merge_outcomes(
             connection, outcome_source(connection, experiment_id, after_id=after_id, up_to_id=up_to)
@@ -383,6 +408,8 @@ def refresh(
         .values(
             last_event_id=up_to,
             last_assignment_id=assigned_up_to,
+            window_events=_window_events(connection, up_to, rescan_ids),
+            window_assignments=_window_events(connection, assigned_up_to, rescan_ids, assignments),
             refreshed_at=datetime.now(UTC),
         )
     )
@@ -428,20 +455,32 @@ def _projects(connection: Connection, experiment_id: int, until: datetime | None
     if until is None:
         return sa.select(*selected).where(*conditions).subquery("projects")
     conditions.append(o.first_start_at < until)
-    clean = sa.select(*selected).where(*conditions, o.last_start_at < until)
-    # Starts on both sides of until: their min-over-starts values are recomputed from events.
-    straddling = sa.select(o.project_id).where(*conditions, o.last_start_at >= until)
-    fixed = outcome_source(connection, experiment_id, projects=straddling, until=until).subquery()
-    redone = sa.select(
-        func.coalesce(fixed.c.assigned_arm_id, fixed.c.event_arm_id).label("arm_id"),
-        fixed.c.start_day,
-        fixed.c.export_day,
-        fixed.c.first_export_at,
-        fixed.c.platform,
-        fixed.c.country,
-        fixed.c.intent,
-    ).where(fixed.c.first_start_at.is_not(None))
-    merged = sa.union_all(clean, redone).subquery("merged")
+    # Starts on both sides of until: their min-over-starts values are recomputed from their own
+    # events. Found through the (experiment_id, last_start_at) index; usually none.
+    straddling: list[str] | sa.Select = list(
+        connection.execute(
+            sa.select(o.project_id).where(*conditions, o.last_start_at >= until)
+        ).scalars()
+    )
+    clean = sa.select(*selected).where(*conditions)
+    if len(straddling) > MAX_LISTED_PROJECTS:  # bind parameters are limited: a subquery then
+        straddling = sa.select(o.project_id).where(*conditions, o.last_start_at >= until)
+    if straddling:
+        clean = clean.where(o.last_start_at < until)
+        fixed = outcome_source(
+            connection, experiment_id, projects=straddling, until=until
+        ).subquery()
+        redone = sa.select(
+            func.coalesce(fixed.c.assigned_arm_id, fixed.c.event_arm_id).label("arm_id"),
+            fixed.c.start_day,
+            fixed.c.export_day,
+            fixed.c.first_export_at,
+            fixed.c.platform,
+            fixed.c.country,
+            fixed.c.intent,
+        ).where(fixed.c.first_start_at.is_not(None))
+        clean = sa.union_all(clean, redone)
+    merged = clean.subquery("merged")
     exported = merged.c.first_export_at < until
     return sa.select(
         merged.c.arm_id,

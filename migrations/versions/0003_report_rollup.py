@@ -43,6 +43,12 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("experiment_id", "project_id", name=op.f("pk_project_outcomes")),
     )
+    op.create_index(
+        "ix_project_outcomes_last_start",
+        "project_outcomes",
+        ["experiment_id", "last_start_at"],
+        unique=False,
+    )
     op.create_table(
         "call_rollups",
         sa.Column("experiment_id", sa.Integer(), nullable=False),
@@ -69,6 +75,8 @@ def upgrade() -> None:
         sa.Column("experiment_id", sa.Integer(), nullable=False),
         sa.Column("last_event_id", sa.BigInteger(), nullable=True),
         sa.Column("last_assignment_id", sa.BigInteger(), nullable=True),
+        sa.Column("window_events", sa.BigInteger(), nullable=True),
+        sa.Column("window_assignments", sa.BigInteger(), nullable=True),
         sa.Column("refreshed_at", TIMESTAMP, nullable=True),
         sa.ForeignKeyConstraint(
             ["experiment_id"],
@@ -83,4 +91,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("rollup_watermarks")
     op.drop_table("call_rollups")
+    op.drop_index("ix_project_outcomes_last_start", table_name="project_outcomes")
     op.drop_table("project_outcomes")
