@@ -51,6 +51,12 @@ def parse_record(row: dict[str, Any], *, strict: bool = True) -> IntentRecord:
 
 
 def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
+    for _, row in iter_numbered_jsonl(path):
+        yield row
+
+
+def iter_numbered_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(file line number, object) for each non-blank line."""
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
@@ -61,12 +67,12 @@ def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
                 raise DatasetError(f"{path}:{number}: not JSON ({exc.msg})") from None
             if not isinstance(row, dict):
                 raise DatasetError(f"{path}:{number}: expected a JSON object")
-            yield row
+            yield number, row
 
 
 def load_records(path: str | Path, *, strict: bool = True) -> list[IntentRecord]:
     records = []
-    for number, row in enumerate(iter_jsonl(path), start=1):
+    for number, row in iter_numbered_jsonl(path):
         try:
             records.append(parse_record(row, strict=strict))
         except ToolValidationError as exc:
