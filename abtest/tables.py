@@ -229,6 +229,38 @@ class ProjectOutcome(Base):
     __table_args__ = (Index("ix_project_outcomes_last_start", "experiment_id", "last_start_at"),)
 
 
+class OutcomeCount(Base):
+    """Rollup: started projects per (experiment, arm, start day, export day, platform, country).
+
+    ``export_day`` is 9999-12-31 for a project not exported; maintained with project_outcomes.
+    """
+
+    __tablename__ = "outcome_counts"
+    experiment_id: Mapped[int] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
+    )
+    arm_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    start_day: Mapped[date] = mapped_column(Date, primary_key=True)
+    export_day: Mapped[date] = mapped_column(Date, primary_key=True)
+    platform: Mapped[str] = mapped_column(Text, primary_key=True)
+    country: Mapped[str] = mapped_column(Text, primary_key=True)
+    projects: Mapped[int] = mapped_column(BigInteger)
+
+
+class IntentCount(Base):
+    """Rollup: started projects per (experiment, arm, normalised intent, start day, export day)."""
+
+    __tablename__ = "intent_counts"
+    experiment_id: Mapped[int] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
+    )
+    arm_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    intent: Mapped[str] = mapped_column(Text, primary_key=True)
+    start_day: Mapped[date] = mapped_column(Date, primary_key=True)
+    export_day: Mapped[date] = mapped_column(Date, primary_key=True)
+    projects: Mapped[int] = mapped_column(BigInteger)
+
+
 class CallRollup(Base):
     """Rollup: guardrail sums per (experiment, arm, UTC day, latency bucket)."""
 

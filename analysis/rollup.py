@@ -57,6 +57,7 @@ BUCKET_BASE = 1.02
 MAX_BUCKET = 1000
 NO_LATENCY = -1
 MAX_LISTED_PROJECTS = 10_000
+NEVER = date(9999, 12, 31)  # export_day of a project not exported (keys cannot be NULL)
 
 project_outcomes = table(
     "project_outcomes",
@@ -84,6 +85,25 @@ call_rollups = table(
     column("errors", sa.BigInteger),
     column("cache_hits", sa.BigInteger),
     column("cost_usd", sa.Float),
+)
+outcome_counts = table(
+    "outcome_counts",
+    column("experiment_id", sa.Integer),
+    column("arm_id", sa.Integer),
+    column("start_day", sa.Date),
+    column("export_day", sa.Date),
+    column("platform", sa.Text),
+    column("country", sa.Text),
+    column("projects", sa.BigInteger),
+)
+intent_counts = table(
+    "intent_counts",
+    column("experiment_id", sa.Integer),
+    column("arm_id", sa.Integer),
+    column("intent", sa.Text),
+    column("start_day", sa.Date),
+    column("export_day", sa.Date),
+    column("projects", sa.BigInteger),
 )
 rollup_watermarks = table(
     "rollup_watermarks",
@@ -324,7 +344,114 @@ def _touched_days(
     return sorted({queries._as_date(value) for value in rows if value is not None})
 
 
+# --- counts over project_outcomes -----------------------------------------------------------
+
+
+def _count_dimensions() -> dict[str, tuple[sa.TableClause, list[ColumnElement[Any]]]]:
+    o = project_outcomes.c
+    arm = func.coalesce(o.assigned_arm_id, o.event_arm_id)
+    export_day = func.coalesce(o.export_day, sa.literal(NEVER, sa.Date))
+    return {
+        "outcome": (
+            outcome_counts,
+            [
+                arm.label("arm_id"),
+                o.start_day.label("start_day"),
+                export_day.label("export_day"),
+                func.coalesce(o.platform, queries.NO_SEGMENT).label("platform"),
+                func.coalesce(o.country, queries.NO_SEGMENT).label("country"),
+            ],
+        ),
+        "intent": (
+            intent_counts,
+            [
+                arm.label("arm_id"),
+                o.intent.label("intent"),
+                o.start_day.label("start_day"),
+                export_day.label("export_day"),
+            ],
+        ),
+    }
+
+
+def _add_counts(
+    connection: Connection, experiment_id: int, sign: int, projects: sa.Select | None
+) -> None:
+    """Add (sign=1) or remove (sign=-1) the contributions of `projects` (all when None) to
+    ``outcome_counts`` and ``intent_counts``: the report then reads a few thousand rows."""
+    o = project_outcomes.c
+    for kind, (target, keys) in _count_dimensions().items():
+        conditions = [
+            o.experiment_id == experiment_id,
+            o.start_day.is_not(None),
+            func.coalesce(o.assigned_arm_id, o.event_arm_id).is_not(None),
+        ]
+        if kind == "intent":
+            conditions.append(o.intent.is_not(None))
+        if projects is not None:
+            conditions.append(o.project_id.in_(projects))
+        grouped = (
+            sa.select(
+                sa.literal(experiment_id, sa.Integer).label("experiment_id"),
+                *keys,
+                (func.count() * sign).label("projects"),
+            )
+            .where(*conditions)
+            .group_by(*keys)
+        )
+        names = ["experiment_id", *(k.name for k in keys), "projects"]
+        insert = _insert(connection, target).from_select(names, grouped)
+        if projects is None:
+            connection.execute(insert)
+            continue
+        key_names = [k.name for k in keys]
+        connection.execute(
+            insert.on_conflict_do_update(
+                index_elements=["experiment_id", *key_names],
+                set_={"projects": target.c.projects + insert.excluded.projects},
+            )
+        )
+
+
 # --- refresh -----------------------------------------------------------------------------------
+
+
+def _changed_projects(
+    connection: Connection,
+    experiment_id: int,
+    event_ids: tuple[int, int],
+    assignment_ids: tuple[int, int],
+) -> sa.Table:
+    """A temporary table of the projects with new events or a new assignment, taken ONCE, so
+    that the counts removed and added back cover exactly the same projects."""
+    changed = sa.Table(
+        "rollup_changed",
+        sa.MetaData(),
+        sa.Column("project_id", sa.String(200)),
+        sa.Column("assigned", sa.Boolean),
+        prefixes=["TEMPORARY"],
+    )
+    changed.drop(connection, checkfirst=True)
+    changed.create(connection)
+    with_events = (
+        sa.select(events.c.project_id, sa.false())
+        .where(
+            *queries._in_scope(experiment_id, None),
+            events.c.id > event_ids[0],
+            events.c.id <= event_ids[1],
+        )
+        .group_by(events.c.project_id)
+    )
+    assigned = sa.select(assignments.c.project_id, sa.true()).where(
+        assignments.c.experiment_id == experiment_id,
+        assignments.c.id > assignment_ids[0],
+        assignments.c.id <= assignment_ids[1],
+    )
+    for rows in (with_events, assigned):
+        connection.execute(sa.insert(changed).from_select(["project_id", "assigned"], rows))
+    if queries._is_postgres(connection):
+        connection.exec_driver_sql("ANALYZE rollup_changed")
+    return changed
 
 
 def _window_events(
@@ -371,12 +498,21 @@ def refresh(
         )
         or 0
     )
+    # Counted now, before any work: an event committed later in this window makes the next
+    # refresh count more there and re-scan it (harmless if this refresh saw it after all).
+    window_events = _window_events(connection, up_to, rescan_ids)
+    window_assignments = _window_events(connection, assigned_up_to, rescan_ids, assignments)
     full = rebuild or mark.last_event_id is None
     if full:
         connection.execute(
             sa.delete(project_outcomes).where(project_outcomes.c.experiment_id == experiment_id)
         )
+        for target in (outcome_counts, intent_counts):
+            connection.execute(sa.delete(target).where(target.c.experiment_id == experiment_id))
         _merge_outcomes(connection, outcome_source(connection, experiment_id), upsert=False)
+        if queries._is_postgres(connection):
+            connection.exec_driver_sql("ANALYZE project_outcomes")
+        _add_counts(connection, experiment_id, 1, None)
         _recompute_calls(connection, experiment_id, None)
         after_id, days = 0, None
     else:
@@ -389,18 +525,25 @@ def refresh(
         late_assigned = assigned_window != mark.window_assignments
         after_assignment = max(0, last_assigned - rescan_ids) if late_assigned else last_assigned
         days = _touched_days(connection, experiment_id, after_id, up_to, after_assignment)
-        _merge_outcomes(
-            connection, outcome_source(connection, experiment_id, after_id=after_id, up_to_id=up_to)
+        changed = _changed_projects(
+            connection, experiment_id, (after_id, up_to), (after_assignment, assigned_up_to)
         )
-        newly_assigned = sa.select(assignments.c.project_id).where(
-            assignments.c.experiment_id == experiment_id,
-            assignments.c.id > after_assignment,
-            assignments.c.id <= assigned_up_to,
-        )
-        _merge_outcomes(
-            connection,
-            outcome_source(connection, experiment_id, up_to_id=up_to, projects=newly_assigned),
-        )
+        try:
+            # Counts: take the changed projects out, merge their new events, put them back in.
+            everyone = sa.select(changed.c.project_id)
+            _add_counts(connection, experiment_id, -1, everyone)
+            with_events = everyone.where(changed.c.assigned.is_(False))
+            source = outcome_source(
+                connection, experiment_id, after_id=after_id, up_to_id=up_to, projects=with_events
+            )
+            _merge_outcomes(connection, source)
+            # A new assignment: its arm, and its older events (unlabelled ones enter the scope).
+            assigned = everyone.where(changed.c.assigned.is_(True))
+            source = outcome_source(connection, experiment_id, up_to_id=after_id, projects=assigned)
+            _merge_outcomes(connection, source)
+            _add_counts(connection, experiment_id, 1, everyone)
+        finally:
+            changed.drop(connection)
         _recompute_calls(connection, experiment_id, days)
     connection.execute(
         sa.update(rollup_watermarks)
@@ -408,8 +551,8 @@ def refresh(
         .values(
             last_event_id=up_to,
             last_assignment_id=assigned_up_to,
-            window_events=_window_events(connection, up_to, rescan_ids),
-            window_assignments=_window_events(connection, assigned_up_to, rescan_ids, assignments),
+            window_events=window_events,
+            window_assignments=window_assignments,
             refreshed_at=datetime.now(UTC),
         )
     )
@@ -436,64 +579,47 @@ def covers(until: datetime | None, attributes: tuple[str, ...] = ()) -> bool:
     return _is_midnight(until) and all(a in ROLLUP_ATTRIBUTES for a in attributes)
 
 
-def _projects(connection: Connection, experiment_id: int, until: datetime | None) -> sa.Subquery:
-    """Started projects as of `until`: arm, first export (None if not before until), days."""
+def _straddling(
+    connection: Connection, experiment_id: int, until: datetime
+) -> list[tuple[int, Any]]:
+    """Corrections for projects with starts on both sides of `until` (found through the
+    (experiment_id, last_start_at) index; usually none): their stored values (weight -1, as in
+    the counts tables) and their values recomputed from their events before until (+1), as
+    (weight, row) pairs with row = (arm_id, start_day, export_day, platform, country, intent)."""
     o = project_outcomes.c
-    selected = [
-        func.coalesce(o.assigned_arm_id, o.event_arm_id).label("arm_id"),
-        o.start_day,
-        o.export_day,
-        o.first_export_at,
-        o.platform,
-        o.country,
-        o.intent,
-    ]
-    conditions: list[ColumnElement[bool]] = [
+    conditions = [
         o.experiment_id == experiment_id,
-        o.first_start_at.is_not(None),
+        o.first_start_at < until,
+        o.last_start_at >= until,
     ]
-    if until is None:
-        return sa.select(*selected).where(*conditions).subquery("projects")
-    conditions.append(o.first_start_at < until)
-    # Starts on both sides of until: their min-over-starts values are recomputed from their own
-    # events. Found through the (experiment_id, last_start_at) index; usually none.
-    straddling: list[str] | sa.Select = list(
-        connection.execute(
-            sa.select(o.project_id).where(*conditions, o.last_start_at >= until)
-        ).scalars()
-    )
-    clean = sa.select(*selected).where(*conditions)
-    if len(straddling) > MAX_LISTED_PROJECTS:  # bind parameters are limited: a subquery then
-        straddling = sa.select(o.project_id).where(*conditions, o.last_start_at >= until)
-    if straddling:
-        clean = clean.where(o.last_start_at < until)
-        fixed = outcome_source(
-            connection, experiment_id, projects=straddling, until=until
-        ).subquery()
-        redone = sa.select(
-            func.coalesce(fixed.c.assigned_arm_id, fixed.c.event_arm_id).label("arm_id"),
+    stored = connection.execute(
+        sa.select(
+            o.project_id,
+            func.coalesce(o.assigned_arm_id, o.event_arm_id),
+            o.start_day,
+            o.export_day,
+            o.platform,
+            o.country,
+            o.intent,
+        ).where(*conditions)
+    ).all()
+    if not stored:
+        return []
+    projects: list[str] | sa.Select = [row[0] for row in stored]
+    if len(projects) > MAX_LISTED_PROJECTS:  # bind parameters are limited: a subquery then
+        projects = sa.select(o.project_id).where(*conditions)
+    fixed = outcome_source(connection, experiment_id, projects=projects, until=until).subquery()
+    redone = connection.execute(
+        sa.select(
+            func.coalesce(fixed.c.assigned_arm_id, fixed.c.event_arm_id),
             fixed.c.start_day,
             fixed.c.export_day,
-            fixed.c.first_export_at,
             fixed.c.platform,
             fixed.c.country,
             fixed.c.intent,
         ).where(fixed.c.first_start_at.is_not(None))
-        clean = sa.union_all(clean, redone)
-    merged = clean.subquery("merged")
-    exported = merged.c.first_export_at < until
-    return sa.select(
-        merged.c.arm_id,
-        merged.c.start_day,
-        sa.case((exported, merged.c.export_day)).label("export_day"),
-        sa.case((exported, merged.c.first_export_at)).label("first_export_at"),
-        merged.c.platform,
-        merged.c.country,
-        merged.c.intent,
-    ).subquery("projects")
-
-
-KEYS = ("start_day", "completion_day", "platform", "country", "intent")
+    ).all()
+    return [(-1, tuple(row[1:])) for row in stored] + [(1, tuple(row)) for row in redone]
 
 
 def project_counts(
@@ -504,101 +630,107 @@ def project_counts(
     popularity: bool = False,
     thresholds: tuple[int, ...] = queries.POPULARITY_THRESHOLDS,
 ) -> ProjectCounts:
-    """`analysis.queries.project_counts` from the rollup (refresh it first); same results."""
+    """`analysis.queries.project_counts` from the counts tables (refresh first); same results.
+
+    Reads ``outcome_counts`` (arm x start day x export day x platform x country) and
+    ``intent_counts`` summed per (arm, intent): a few thousand rows, whatever the events.
+    """
     attributes = tuple(queries._check_attribute(a) for a in attributes)
     if not covers(until, attributes):
         return queries.project_counts(
             connection, experiment_id, until, attributes, popularity, thresholds
         )
-    projects = _projects(connection, experiment_id, until)
-    p = projects.c
-    completion = sa.case(
-        (p.first_export_at.is_(None), None),
-        (p.export_day > p.start_day, p.export_day),
-        else_=p.start_day,
-    )
-    keyed = sa.select(
-        p.arm_id,
-        p.start_day,
-        completion.label("completion_day"),
-        func.coalesce(p.platform, queries.NO_SEGMENT).label("platform"),
-        func.coalesce(p.country, queries.NO_SEGMENT).label("country"),
-        p.intent,
-        p.first_export_at,
-    ).where(p.arm_id.is_not(None))
-    wanted = ["start_day", "completion_day", *attributes] + (["intent"] if popularity else [])
-    rows = _grouped(connection, keyed.subquery("keyed"), wanted)
-    return _fold(rows, attributes, popularity, thresholds)
+    end = _day_of(until) if until is not None else NEVER
+    c = outcome_counts.c
+    rows: list[tuple[int, tuple[Any, ...]]] = [
+        (int(n), (arm, start, export, platform, country, None))
+        for arm, start, export, platform, country, n in connection.execute(
+            sa.select(c.arm_id, c.start_day, c.export_day, c.platform, c.country, c.projects).where(
+                c.experiment_id == experiment_id, c.start_day < end, c.projects != 0
+            )
+        )
+    ]
+    corrections = _straddling(connection, experiment_id, until) if until is not None else []
+    intents: dict[tuple[str, int], list[int]] = {}
+    if popularity:
+        i = intent_counts.c
+        exported = sa.case((i.export_day < end, i.projects), else_=0)
+        for arm, intent, starts, exports in connection.execute(
+            sa.select(i.arm_id, i.intent, func.sum(i.projects), func.sum(exported))
+            .where(i.experiment_id == experiment_id, i.start_day < end)
+            .group_by(i.arm_id, i.intent)
+        ):
+            intents[(str(intent), int(arm))] = [int(starts), int(exports)]
+    for weight, (arm, start, export, platform, country, intent) in corrections:
+        if arm is None or start is None:
+            continue
+        export = export if export is not None else NEVER
+        rows.append(
+            (
+                weight,
+                (
+                    arm,
+                    start,
+                    export,
+                    platform if platform is not None else queries.NO_SEGMENT,
+                    country if country is not None else queries.NO_SEGMENT,
+                    None,
+                ),
+            )
+        )
+        if popularity and intent is not None:
+            counts = intents.setdefault((str(intent), int(arm)), [0, 0])
+            counts[0] += weight
+            if queries._as_date(export) < end:
+                counts[1] += weight
+    return _fold(rows, intents, end, attributes, popularity, thresholds)
 
 
-def _grouped(
-    connection: Connection, keyed: sa.Subquery, wanted: list[str]
-) -> list[tuple[str, int, Any, int, int]]:
-    """(kind, arm, key, starts, exports) per arm and value of each wanted key, in one scan on
-    PostgreSQL (GROUPING SETS), one GROUP BY per key elsewhere."""
-    text = sa.String()
-    starts, exports = func.count(), func.count(keyed.c.first_export_at)
-    if queries._is_postgres(connection):
-        sets = [sa.tuple_(keyed.c.arm_id, keyed.c[name]) for name in wanted]
-        selected = [func.grouping(*(keyed.c[name] for name in wanted)).label("mask")]
-        selected += [keyed.c.arm_id] + [keyed.c[name] for name in wanted]
-        query = sa.select(*selected, starts, exports).group_by(func.grouping_sets(*sets))
-        result = []
-        for row in connection.execute(query):
-            mask = int(row[0])
-            # GROUPING's bit for a key is 0 when the row groups by it (leftmost = highest bit).
-            index = next(i for i in range(len(wanted)) if not mask & (1 << (len(wanted) - 1 - i)))
-            value = row[2 + index]
-            result.append((wanted[index], int(row[1]), value, int(row[-2]), int(row[-1])))
-        return result
-    parts = [
-        sa.select(
-            sa.literal(name, text).label("kind"),
-            keyed.c.arm_id,
-            sa.cast(keyed.c[name], text).label("key"),
-            starts.label("starts"),
-            exports.label("exports"),
-        ).group_by(keyed.c.arm_id, keyed.c[name])
-        for name in wanted
-    ]
-    return [
-        (r.kind, int(r.arm_id), r.key, int(r.starts), int(r.exports))
-        for r in connection.execute(sa.union_all(*parts))
-    ]
+def _day_of(until: datetime) -> date:
+    return (until.astimezone(UTC) if until.tzinfo else until).date()
 
 
 def _fold(
-    rows: list[tuple[str, int, Any, int, int]],
+    rows: list[tuple[int, tuple[Any, ...]]],
+    intents: dict[tuple[str, int], list[int]],
+    end: date,
     attributes: tuple[str, ...],
     popularity: bool,
     thresholds: tuple[int, ...],
 ) -> ProjectCounts:
     by_day: dict[tuple[int, date], list[int]] = {}
+    by_segment: dict[tuple[str, str, int], list[int]] = {}
+    for weight, (arm, start, export, platform, country, _) in rows:
+        arm_id, start_day = int(arm), queries._as_date(start)
+        if start_day >= end:
+            continue
+        export_day = queries._as_date(export)
+        done = export_day < end
+        by_day.setdefault((arm_id, start_day), [0, 0])[0] += weight
+        if done:
+            by_day.setdefault((arm_id, max(start_day, export_day)), [0, 0])[1] += weight
+        values = {"platform": platform, "country": country}
+        for attribute in attributes:
+            counts = by_segment.setdefault((attribute, str(values[attribute]), arm_id), [0, 0])
+            counts[0] += weight
+            counts[1] += weight if done else 0
     segments: dict[str, list[queries.SegmentCounts]] = {a: [] for a in attributes}
-    per_intent: dict[str, dict[int, tuple[int, int]]] = {}
-    for kind, arm_id, key, starts, exports in rows:
-        if kind == "start_day":
-            by_day.setdefault((arm_id, queries._as_date(key)), [0, 0])[0] += starts
-        elif kind == "completion_day":
-            if key is not None:
-                by_day.setdefault((arm_id, queries._as_date(key)), [0, 0])[1] += exports
-        elif kind == "intent":
-            if key is not None:
-                per_intent.setdefault(str(key), {})[arm_id] = (starts, exports)
-        else:
-            segments[kind].append(queries.SegmentCounts(arm_id, str(key), starts, exports))
-    for attribute in attributes:
-        segments[attribute].sort(key=lambda s: (s.segment, s.arm_id))
+    for (attribute, value, arm_id), (starts, exports) in sorted(by_segment.items()):
+        if starts:
+            segments[attribute].append(queries.SegmentCounts(arm_id, value, starts, exports))
     if popularity:
+        size: dict[str, int] = {}
+        for (intent, _), (starts, _) in intents.items():
+            size[intent] = size.get(intent, 0) + starts
         popular: dict[tuple[int, int], list[int]] = {}
-        for arms in per_intent.values():
-            size = sum(starts for starts, _ in arms.values())
+        for (intent, arm_id), (starts, exports) in intents.items():
+            if not starts:
+                continue
             for threshold in thresholds:
-                if size >= threshold:
-                    for arm_id, (starts, exports) in arms.items():
-                        counts = popular.setdefault((threshold, arm_id), [0, 0])
-                        counts[0] += starts
-                        counts[1] += exports
+                if size[intent] >= threshold:
+                    counts = popular.setdefault((threshold, arm_id), [0, 0])
+                    counts[0] += starts
+                    counts[1] += exports
         segments["popularity"] = [
             queries.SegmentCounts(arm_id, f"r{threshold}", starts, exports)
             for (threshold, arm_id), (starts, exports) in sorted(popular.items())
@@ -606,6 +738,7 @@ def _fold(
     daily = [
         queries.ArmDay(arm_id, day, starts, exports)
         for (arm_id, day), (starts, exports) in sorted(by_day.items())
+        if starts or exports
     ]
     return ProjectCounts(daily, segments)
 

@@ -1,4 +1,4 @@
-"""report rollup: project_outcomes, call_rollups, rollup_watermarks
+"""report rollup: project_outcomes, outcome/intent/call counts, rollup_watermarks
 
 Incrementally maintained pre-aggregation for the online report (see analysis/rollup.py).
 
@@ -50,6 +50,54 @@ def upgrade() -> None:
         unique=False,
     )
     op.create_table(
+        "outcome_counts",
+        sa.Column("experiment_id", sa.Integer(), nullable=False),
+        sa.Column("arm_id", sa.Integer(), nullable=False),
+        sa.Column("start_day", sa.Date(), nullable=False),
+        sa.Column("export_day", sa.Date(), nullable=False),
+        sa.Column("platform", sa.Text(), nullable=False),
+        sa.Column("country", sa.Text(), nullable=False),
+        sa.Column("projects", sa.BigInteger(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["experiment_id"],
+            ["experiments.id"],
+            name=op.f("fk_outcome_counts_experiment_id_experiments"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint(
+            "experiment_id",
+            "arm_id",
+            "start_day",
+            "export_day",
+            "platform",
+            "country",
+            name=op.f("pk_outcome_counts"),
+        ),
+    )
+    op.create_table(
+        "intent_counts",
+        sa.Column("experiment_id", sa.Integer(), nullable=False),
+        sa.Column("arm_id", sa.Integer(), nullable=False),
+        sa.Column("intent", sa.Text(), nullable=False),
+        sa.Column("start_day", sa.Date(), nullable=False),
+        sa.Column("export_day", sa.Date(), nullable=False),
+        sa.Column("projects", sa.BigInteger(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["experiment_id"],
+            ["experiments.id"],
+            name=op.f("fk_intent_counts_experiment_id_experiments"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint(
+            "experiment_id",
+            "arm_id",
+            "intent",
+            "start_day",
+            "export_day",
+            name=op.f("pk_intent_counts"),
+        ),
+    )
+    op.create_table(
         "call_rollups",
         sa.Column("experiment_id", sa.Integer(), nullable=False),
         sa.Column("arm_id", sa.Integer(), nullable=False),
@@ -91,5 +139,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("rollup_watermarks")
     op.drop_table("call_rollups")
+    op.drop_table("intent_counts")
+    op.drop_table("outcome_counts")
     op.drop_index("ix_project_outcomes_last_start", table_name="project_outcomes")
     op.drop_table("project_outcomes")

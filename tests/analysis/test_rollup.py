@@ -43,7 +43,13 @@ def starts_and_exports(result):
 def test_table_clauses_match_the_orm_tables():
     from abtest.tables import Base
 
-    for clause in (rollup.project_outcomes, rollup.call_rollups, rollup.rollup_watermarks):
+    for clause in (
+        rollup.project_outcomes,
+        rollup.outcome_counts,
+        rollup.intent_counts,
+        rollup.call_rollups,
+        rollup.rollup_watermarks,
+    ):
         orm = Base.metadata.tables[clause.name]
         assert {c.name for c in clause.columns} == set(orm.c.keys())
         for col in clause.columns:
