@@ -8,13 +8,13 @@ student prompts. It reads the exact prompts of `models.prompts` and is loaded by
 student arm as any fine-tuned model.
 
 Deviations from appendix A.6, because A.6 fine-tunes a pretrained model on a GPU and this one is
-trained from random weights on two CPU cores: learning rate 3e-3 (not 4e-5), batch 16 (not 4),
+trained from random weights on two CPU cores: learning rate 1e-3 (not 4e-5), batch 16 (not 4),
 DEMO_EPOCHS epochs (not 10), no dropout, one torch thread. The best of the last three epochs is
 still kept when an evaluator is passed.
 
-Measured (bench/RESULTS.md): offline overall 0.082 on the bundled test split; the model learnt
-the answer format but collapsed to one intent-independent answer, far below the kNN baseline
-(0.502). It is a real, honestly weak student; a pretrained base on a GPU is the real thing.
+Measured (bench/RESULTS.md): offline overall 0.104 on the bundled test split (r3 0.096, r5
+0.081); the model learnt the answer format and a little adjust, but answers "none" / no selective
+adjust for almost every intent, far below the kNN baseline (0.502). It is a real, honestly weak student; a pretrained base on a GPU is the real thing.
 
 `ensure_demo_student(cache_dir)` returns the committed copy under `models/data/demo-student` when
 its model card matches the bundled training data and these settings; otherwise it trains once and
@@ -44,13 +44,13 @@ from models.distill.train import (
     train_student,
 )
 
-DEMO_EPOCHS = 8
+DEMO_EPOCHS = 6
 DEMO_SETTINGS = TrainSettings(
     architecture="seq2seq",
     base_model=None,
     tiny=TinyModelSpec(vocab_size=1000, d_model=96, d_ff=256, layers=2, heads=4, dropout=0.0),
     epochs=DEMO_EPOCHS,
-    learning_rate=3e-3,
+    learning_rate=1e-3,
     batch_size=16,
     eval_batch_size=200,
     max_new_tokens=48,
