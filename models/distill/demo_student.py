@@ -14,7 +14,8 @@ still kept when an evaluator is passed.
 
 Measured (bench/RESULTS.md): offline overall 0.104 on the bundled test split (r3 0.096, r5
 0.081); the model learnt the answer format and a little adjust, but answers "none" / no selective
-adjust for almost every intent, far below the kNN baseline (0.502). It is a real, honestly weak student; a pretrained base on a GPU is the real thing.
+adjust for almost every intent, far below the kNN baseline (0.502). It is a real, honestly weak
+student; a pretrained base on a GPU is the real thing.
 
 `ensure_demo_student(cache_dir)` returns the committed copy under `models/data/demo-student` when
 its model card matches the bundled training data and these settings; otherwise it trains once and
