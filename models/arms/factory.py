@@ -9,8 +9,10 @@ Kinds and their config keys (all optional unless marked required):
   price_per_mtok ([input, output] USD per million tokens).
 - ``openai_student``: model (required), base_url (required unless `openai_base_url`), mode
   ("completions" | "chat"), max_tokens, max_retries, backoff_s, price_per_mtok.
-- ``local_student``: path (required), adapter_path, kind ("auto" | "seq2seq" | "causal"),
-  device ("cpu" | "cuda" | "auto"), max_new_tokens, batch_size.
+- ``local_student``: path (required), adapter_path, kind ("auto" | "seq2seq" | "causal" |
+  "embedding"; "auto" serves a directory whose model card says embedding with the embedding
+  student arm of `models.distill.embedding_student`), device ("cpu" | "cuda" | "auto"),
+  max_new_tokens, batch_size.
 - ``recorded``: split ("train" | "test" | "both", default both).
 - ``knn_student``: exactly one of path (a pickle from `KnnStudent.save`) or fit ("train").
 """
@@ -184,8 +186,14 @@ def _local_student(
     if adapter is not None and not Path(adapter).is_dir():
         raise ValueError(f"config.adapter_path: {adapter} is not a directory")
     model_kind = _get(config, "kind", str, "auto")
-    if model_kind not in MODEL_KINDS:
-        raise ValueError(f"config.kind: must be one of {MODEL_KINDS}, got {model_kind!r}")
+    if model_kind not in (*MODEL_KINDS, "embedding"):
+        raise ValueError(
+            f"config.kind: must be one of {(*MODEL_KINDS, 'embedding')}, got {model_kind!r}"
+        )
+    from models.distill.embedding_student import is_embedding_student
+
+    if model_kind == "embedding" or (model_kind == "auto" and is_embedding_student(path)):
+        return _embedding_student(name, path)
     device = _get(config, "device", str, "cpu")
     if device not in ("cpu", "auto") and not device.startswith("cuda"):
         raise ValueError(f"config.device: must be cpu, cuda[:n] or auto, got {device!r}")
@@ -204,6 +212,18 @@ def _local_student(
         if message.split(":", 1)[0] in {"path", "device", "kind", "adapter_path"}:
             raise ValueError(f"config.{message}") from exc
         raise ValueError(f"config.path: cannot load a model from {path}: {exc}") from exc
+
+
+def _embedding_student(name: str, path: str) -> Arm:
+    from models.distill.embedding_student import EmbeddingStudentArm
+
+    try:
+        return EmbeddingStudentArm(path, name=name)
+    except ValueError as exc:
+        raise ValueError(f"config.{exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - an unreadable directory is a config error
+        message = f"config.path: cannot load an embedding student from {path}: {exc}"
+        raise ValueError(message) from exc
 
 
 def _recorded(
