@@ -1,6 +1,6 @@
 """Incrementally maintained per-project rollup, so a report does not rescan the events.
 
-Two tables (their ORM twins are in `abtest/tables.py`; this module never imports abtest):
+Tables (their ORM twins are in `abtest/tables.py`; this module never imports abtest):
 
 * ``project_outcomes``: one row per (experiment, project) that has an in-scope event: first
   start, last start, first export (timestamps and UTC days), the arm on its starts (min), its
@@ -26,6 +26,11 @@ An event committed after more than ``RESCAN_IDS`` later ids were allocated is mi
 ``rebuild``. Re-scanning is safe because the project values are MIN/MAX and touched days are
 recomputed, not incremented. ``rebuild=True`` recomputes the experiment from scratch.
 PostgreSQL serialises concurrent refreshes of one experiment with a row lock on its watermark.
+
+``outcome_counts`` (arm x start day x export day x platform x country) and ``intent_counts``
+(arm x intent x start day x export day) count the rows of ``project_outcomes``; a refresh
+takes the changed projects out of them, merges, and adds them back (in one transaction), so the
+report reads a few thousand rows whatever the number of events.
 
 **Reading** (`project_counts`, `guardrail_stats`) needs ``until`` on a UTC midnight (a report's
 period end) or None, and segment attributes among ``ROLLUP_ATTRIBUTES``; anything else falls

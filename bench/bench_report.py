@@ -1,22 +1,28 @@
-"""Benchmark: the full report of one experiment in PostgreSQL, SQL aggregation versus pandas.
+"""Benchmark: the full report of one experiment in PostgreSQL, from the rollup versus pandas.
 
     python bench/bench_report.py --projects 10000000
 
 Creates a throwaway PostgreSQL database (ABTEST_BENCH_POSTGRES_URL, default
 postgresql+psycopg://postgres@127.0.0.1:5432/postgres is the admin connection), migrates it,
-and generates N projects server-side with generate_series: assignments, start events (2% of
-projects start twice), exports (about 90%; 1% of them logged without experiment/arm, some
-before their start), latency, cost, fallback/cache flags, platform/country attributes and a
-skewed intent distribution. Then it times
+and generates N projects over 14 days server-side with generate_series (FK triggers off,
+secondary indexes dropped and rebuilt, UNLOGGED events/assignments: the database is throwaway):
+assignments, start events (2% of projects start twice), exports (about 90%; 1% of them logged
+without experiment/arm, some before their start), latency, cost, fallback/cache flags,
+platform/country attributes and a skewed intent distribution. Then, in one process:
 
-* SQL: `analysis.reports.build_report` (per-arm-and-day counts, guardrails with percentiles,
-  platform/country/popularity segments, all statistics) — best of --repeat runs;
-* pandas: COPY the same rows (events of the experiment plus the unlabelled ones, and the
-  assignments) into DataFrames and compute the same sufficient statistics there, then the same
-  `assemble_report`.
+(a) `analysis.rollup.refresh` from scratch (the one-off backfill; afterwards the scheduler pays
+    only increments);
+(b) one more day of projects is inserted (indexes in place) and the rollup refreshed
+    incrementally;
+(c) `analysis.reports.build_report` (its incremental refresh included, then the per-arm-and-day
+    counts, guardrails, platform/country/popularity segments and all statistics from the
+    rollup) — best of --repeat runs;
+(d) pandas: COPY the same rows (events of the experiment plus the unlabelled ones, and the
+    assignments) into DataFrames and compute the same sufficient statistics there, then the same
+    `assemble_report`.
 
-It prints both times and the ratio, checks that both paths give the same counts, and drops the
-database unless --keep.
+It prints the times and the ratio (d)/(c), checks that both paths give the same counts and
+segments (latency p95 within one histogram bucket, 2%), and drops the database unless --keep.
 """
 
 from __future__ import annotations
