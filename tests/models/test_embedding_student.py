@@ -175,3 +175,24 @@ def test_factory_serves_the_directory_as_an_arm(small_student) -> None:
     assert isinstance(one, Prediction) and one.latency_ms > 0
     assert len(batch) == 5 and all(isinstance(p, Prediction) for p in batch)
     assert batch[0].config == one.config
+
+
+@pytest.mark.ml
+@pytest.mark.slow
+def test_ensure_trains_once_and_caches_when_the_committed_copy_does_not_match(
+    tmp_path, monkeypatch
+) -> None:
+    import models.distill.embedding_student as module
+
+    small = {"train": load_split("train")[:40], "test": load_split("test")[:10]}
+    monkeypatch.setattr(module, "load_split", lambda split: small[split])
+    settings = EmbeddingSettings(blend=0.3)
+    path = ensure_embedding_student(tmp_path, settings=settings)
+    assert path.parent == tmp_path and path != bundled_embedding_path()
+    card = read_model_card(path)
+    assert card["demo"] is True and card["data"]["train_rows"] == 40
+    assert card_matches(card, settings)
+    stamp = (path / "model_card.json").stat().st_mtime_ns
+    assert ensure_embedding_student(tmp_path, settings=settings) == path
+    assert (path / "model_card.json").stat().st_mtime_ns == stamp  # not retrained
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no scratch left behind
