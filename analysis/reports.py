@@ -634,6 +634,7 @@ def plot_images(report: dict[str, Any]) -> dict[str, str]:
         high = [_nan(t["arms"][name]["ci_high"]) for t in timeline]
         (line,) = ax.plot(days, rate, marker="o", label=name)
         ax.fill_between(days, low, high, alpha=0.2, color=line.get_color())
+    _day_axis(ax, days)
     ax.set_title("Cumulative completion rate (95% Wilson interval)")
     ax.set_ylabel("exports / starts")
     ax.legend(loc="best")
@@ -649,12 +650,24 @@ def plot_images(report: dict[str, Any]) -> dict[str, str]:
         (line,) = ax.plot(days, estimate, marker="o", label=f"{name} / control - 1")
         ax.fill_between(days, low, high, alpha=0.2, color=line.get_color())
     ax.axhline(0, color="black", linewidth=0.8)
+    _day_axis(ax, days)
     ax.set_title("Relative difference with its always-valid interval")
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax.legend(loc="best")
     fig.autofmt_xdate()
     images["relative_difference"] = _png(fig)
     return images
+
+
+def _day_axis(ax: Any, days: list[datetime]) -> None:
+    """Whole days on the x axis; a single day gets a day of margin each side (matplotlib would
+    otherwise spread one point over years)."""
+    from matplotlib.dates import DateFormatter, DayLocator
+
+    if len(set(days)) == 1:
+        ax.set_xlim(days[0] - timedelta(days=1), days[0] + timedelta(days=1))
+    ax.xaxis.set_major_locator(DayLocator(interval=max(1, len(days) // 8)))
+    ax.xaxis.set_major_formatter(DateFormatter("%Y-%m-%d"))
 
 
 def _nan(value: float | None) -> float:
