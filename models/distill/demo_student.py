@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
@@ -36,11 +35,10 @@ from typing import Any
 
 from models.dataset import load_split
 from models.distill.train import (
-    CARD_NAME,
     Evaluator,
     TinyModelSpec,
     TrainSettings,
-    read_model_card,
+    cached_model_dir,
     records_hash,
     train_student,
 )
@@ -97,25 +95,18 @@ def ensure_demo_student(
     Pass the offline evaluator (the abtest layer wires `analysis.offline`) to score epochs on
     the bundled test split and keep the best of the last three; without it the last epoch is kept.
     """
-    bundled = bundled_demo_path()
-    if (bundled / CARD_NAME).is_file() and card_matches(read_model_card(bundled), settings):
-        return bundled
-    cache = Path(cache_dir)
-    target = cache / f"demo-student-{demo_key(settings)}"
-    if (target / CARD_NAME).is_file():
-        return target
-    scratch = cache / f".training-{target.name}"
-    if scratch.exists():
-        shutil.rmtree(scratch)
-    cache.mkdir(parents=True, exist_ok=True)
-    train_student(
-        load_split("train"),
-        load_split("test"),
-        scratch,
-        settings,
-        evaluate,
-        show_progress=show_progress,
-        extra_card={"demo": True},
+    return cached_model_dir(
+        bundled_demo_path(),
+        lambda card: card_matches(card, settings),
+        cache_dir,
+        f"demo-student-{demo_key(settings)}",
+        lambda scratch: train_student(
+            load_split("train"),
+            load_split("test"),
+            scratch,
+            settings,
+            evaluate,
+            show_progress=show_progress,
+            extra_card={"demo": True},
+        ),
     )
-    scratch.rename(target)
-    return target

@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -41,7 +40,13 @@ import numpy as np
 
 from models.arms.base import Prediction
 from models.dataset import IntentRecord, load_split, normalize_intent
-from models.distill.train import CARD_NAME, TrainError, read_model_card, records_hash
+from models.distill.train import (
+    CARD_NAME,
+    TrainError,
+    cached_model_dir,
+    read_model_card,
+    records_hash,
+)
 from models.tools import (
     ADJUST_ORDER,
     ADJUST_RANGES,
@@ -546,28 +551,21 @@ def ensure_embedding_student(
     show_progress: bool = False,
 ) -> Path:
     """The committed copy if it matches the bundled data and settings, else train once and cache."""
-    bundled = bundled_embedding_path()
-    if (bundled / CARD_NAME).is_file() and card_matches(read_model_card(bundled), settings):
-        return bundled
-    cache = Path(cache_dir)
-    target = cache / f"embedding-student-{embedding_key(settings)}"
-    if (target / CARD_NAME).is_file():
-        return target
-    scratch = cache / f".training-{target.name}"
-    if scratch.exists():
-        shutil.rmtree(scratch)
-    cache.mkdir(parents=True, exist_ok=True)
-    train_embedding_student(
-        load_split("train"),
-        scratch,
-        settings,
-        test=load_split("test") if evaluate is not None else None,
-        evaluate=evaluate,
-        show_progress=show_progress,
-        extra_card={"demo": True},
+    return cached_model_dir(
+        bundled_embedding_path(),
+        lambda card: card_matches(card, settings),
+        cache_dir,
+        f"embedding-student-{embedding_key(settings)}",
+        lambda scratch: train_embedding_student(
+            load_split("train"),
+            scratch,
+            settings,
+            test=load_split("test") if evaluate is not None else None,
+            evaluate=evaluate,
+            show_progress=show_progress,
+            extra_card={"demo": True},
+        ),
     )
-    scratch.rename(target)
-    return target
 
 
 def embedding_variant_config(path: str | Path) -> dict[str, Any]:

@@ -717,3 +717,28 @@ class StudentPredictor:
             batch_size=self.batch_size,
         )
         return configs
+
+
+def cached_model_dir(
+    bundled: Path,
+    bundled_matches: Callable[[dict[str, Any]], bool],
+    cache_dir: str | Path,
+    name: str,
+    train: Callable[[Path], object],
+) -> Path:
+    """A trained model directory: the committed copy at `bundled` when its card matches, else
+    `cache_dir/name` (trained once: `train(scratch)` writes into a scratch directory that is
+    renamed into place only when training finished)."""
+    if (bundled / CARD_NAME).is_file() and bundled_matches(read_model_card(bundled)):
+        return bundled
+    cache = Path(cache_dir)
+    target = cache / name
+    if (target / CARD_NAME).is_file():
+        return target
+    scratch = cache / f".training-{name}"
+    if scratch.exists():
+        shutil.rmtree(scratch)
+    cache.mkdir(parents=True, exist_ok=True)
+    train(scratch)
+    scratch.rename(target)
+    return target
