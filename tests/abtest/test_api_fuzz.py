@@ -4,11 +4,11 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from abtest import db, services
 from abtest.api import create_app
 from abtest.settings import Settings
 from models.arms.base import Prediction
 from models.tools import ToolConfig
+from tests.serving_setup import start_two_arm_experiment
 
 
 class Instant:
@@ -25,22 +25,7 @@ class Instant:
 def api_schema(tmp_path_factory):
     directory = tmp_path_factory.mktemp("fuzz")
     url = f"sqlite:///{directory / 'abtest.db'}"
-    engine = db.make_engine(url)
-    db.upgrade(engine)
-    with db.session_scope(engine) as session:
-        services.register_variant(session, "teacher", "teacher")
-        services.register_variant(session, "student", "teacher")
-        services.create_experiment(
-            session,
-            services.ExperimentSpec(
-                "e1",
-                [
-                    services.ArmSpec("control", "teacher", 0.5, True),
-                    services.ArmSpec("treatment", "student", 0.5),
-                ],
-            ),
-        )
-        services.start_experiment(session, "e1")
+    engine = start_two_arm_experiment(url)
     engine.dispose()
     app = create_app(Settings(database_url=url, spool_dir=directory / "spool"))
     app.state.abtest.extras["arms"] = {"teacher": Instant(), "student": Instant()}

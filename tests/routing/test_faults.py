@@ -28,6 +28,7 @@ from abtest.settings import Settings
 from models.arms.base import Prediction
 from models.tools import ToolConfig
 from tests.conftest import unavailable
+from tests.serving_setup import start_two_arm_experiment
 
 pytestmark = [pytest.mark.fault, pytest.mark.postgres, pytest.mark.redis]
 
@@ -175,28 +176,8 @@ class Instant:
 ARMS = {"teacher": Instant("teacher"), "student": Instant("student")}
 
 
-def setup_experiment(url: str) -> sa.Engine:
-    engine = db.make_engine(url)
-    db.upgrade(engine)
-    with db.session_scope(engine) as session:
-        services.register_variant(session, "teacher", "teacher")
-        services.register_variant(session, "student", "teacher")
-        services.create_experiment(
-            session,
-            services.ExperimentSpec(
-                "e1",
-                [
-                    services.ArmSpec("control", "teacher", 0.5, True),
-                    services.ArmSpec("treatment", "student", 0.5),
-                ],
-            ),
-        )
-        services.start_experiment(session, "e1")
-    return engine
-
-
 def test_postgres_restart_loses_and_duplicates_nothing(postgres, tmp_path):
-    engine = setup_experiment(postgres.url)
+    engine = start_two_arm_experiment(postgres.url)
     settings = Settings(database_url=postgres.url, spool_dir=tmp_path / "spool")
     router = build_router(settings, engine, ARMS)
     total = 240
@@ -252,7 +233,7 @@ def test_postgres_restart_loses_and_duplicates_nothing(postgres, tmp_path):
 
 
 def test_redis_outage_changes_nothing_for_clients(redis_server, postgres_url, tmp_path):
-    engine = setup_experiment(postgres_url)
+    engine = start_two_arm_experiment(postgres_url)
     settings = Settings(
         database_url=postgres_url,
         redis_url=redis_server.url,
