@@ -176,12 +176,8 @@ class Event(Base):
     client_event_id: Mapped[str] = mapped_column(String(100), unique=True)
     type: Mapped[str] = mapped_column(String(10))
     project_id: Mapped[str] = mapped_column(String(200))
-    experiment_id: Mapped[int | None] = mapped_column(
-        ForeignKey("experiments.id", ondelete="CASCADE"), nullable=True
-    )
-    arm_id: Mapped[int | None] = mapped_column(
-        ForeignKey("experiment_arms.id", ondelete="CASCADE"), nullable=True
-    )
+    experiment_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    arm_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     latency_ms: Mapped[float | None] = mapped_column(Float, nullable=True)

@@ -5,6 +5,8 @@
 - Out-of-order events are kept: an export whose arm is unknown is stored with the arm taken from
   the project's assignment when one exists, and `reconcile_project` fills it in when the
   assignment is created later.
+- Events have no foreign keys (an append-only log): the writer checks each batch's distinct
+  (experiment_id, arm_id) pairs in one query and refuses unknown ones (`InvalidEventReference`).
 - PostgreSQL batches go through `COPY` into a temporary table and one `INSERT ... SELECT`.
 - When the database cannot be reached the rows go to a local SQLite spool (synchronous=FULL:
   committed means fsynced), and are acknowledged only then; `replay_spool` drains it later.
@@ -19,7 +21,7 @@ import contextlib
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -199,6 +201,16 @@ class EventSpool:
 # --- database writes --------------------------------------------------------------------------
 
 
+class InvalidEventReference(ValueError):
+    """Events name an experiment or arm that does not exist, or an arm of another experiment.
+
+    Bad data, not an outage: the batch is refused and never spooled."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("invalid event references: " + "; ".join(self.problems))
+
+
 @dataclass
 class WriteResult:
     received: int = 0
@@ -226,6 +238,9 @@ class EventWriter:
         self.postgres = engine.dialect.name == "postgresql"
         self.copy_threshold = 2000  # PostgreSQL: COPY for big batches, unnest() below
         self._local = threading.local()
+        # (experiment_id, arm_id) pairs already checked: experiments and arms are never deleted
+        # by the application, so a pair that was valid stays valid (bounded, cleared when full).
+        self._valid_references: set[tuple[int | None, int | None]] = set()
 
     # events ----------------------------------------------------------------------------------
 
@@ -251,6 +266,7 @@ class EventWriter:
     def _insert_generic(self, rows: Sequence[dict[str, Any]]) -> set[str]:
         events = self.tables.events
         with self.engine.begin() as conn:
+            self._check_references(conn, rows)
             rows = self._resolve_arms(conn, rows)
             statement = _insert(conn, events).on_conflict_do_nothing(
                 index_elements=["client_event_id"]
@@ -259,6 +275,86 @@ class EventWriter:
             conn.execute(statement, rows)
             self._reconcile_unknown_experiment(conn, rows)
         return {row["client_event_id"] for row in rows} - known
+
+    # references (the events table has no foreign keys) -------------------------------------
+
+    def _unchecked_pairs(
+        self, rows: Sequence[dict[str, Any]]
+    ) -> set[tuple[int | None, int | None]]:
+        pairs = {(row.get("experiment_id"), row.get("arm_id")) for row in rows}
+        pairs.discard((None, None))
+        return pairs - self._valid_references
+
+    def _check_pairs(
+        self,
+        pairs: set[tuple[int | None, int | None]],
+        found: Iterable[tuple[str, int, int | None]],
+    ) -> None:
+        """Raise unless every pair names an existing experiment and an arm of that experiment.
+
+        `found` holds ('e', experiment_id, None) for each existing experiment and
+        ('a', arm_id, its experiment_id) for each existing arm."""
+        experiments: set[int] = set()
+        arm_experiment: dict[int, int] = {}
+        for kind, key, experiment_id in found:
+            if kind == "e":
+                experiments.add(key)
+            else:
+                arm_experiment[key] = experiment_id  # type: ignore[assignment]
+        problems = []
+        for experiment_id, arm_id in sorted(pairs, key=repr):
+            if experiment_id is not None and experiment_id not in experiments:
+                problems.append(f"experiment_id {experiment_id} does not exist")
+            elif arm_id is not None and arm_id not in arm_experiment:
+                problems.append(f"arm_id {arm_id} does not exist")
+            elif (
+                experiment_id is not None
+                and arm_id is not None
+                and arm_experiment[arm_id] != experiment_id
+            ):
+                problems.append(
+                    f"arm_id {arm_id} belongs to experiment {arm_experiment[arm_id]}, "
+                    f"not to experiment_id {experiment_id}"
+                )
+        if problems:
+            raise InvalidEventReference(problems)
+        if len(self._valid_references) + len(pairs) > 10_000:
+            self._valid_references.clear()
+        self._valid_references.update(pairs)
+
+    @staticmethod
+    def _pair_keys(pairs: set[tuple[int | None, int | None]]) -> tuple[list[Any], list[Any]]:
+        experiments = sorted({e for e, _ in pairs if e is not None}, key=repr)
+        arms = sorted({a for _, a in pairs if a is not None}, key=repr)
+        return experiments, arms
+
+    def _check_references(self, conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> None:
+        """One query: do the batch's experiments and arms exist, and do the arms match?"""
+        pairs = self._unchecked_pairs(rows)
+        if not pairs:
+            return
+        experiments, arms = self._pair_keys(pairs)
+        e, a = self.tables.experiments, self.tables.experiment_arms
+        query = sa.union_all(
+            sa.select(sa.literal("e"), e.c.id, sa.null()).where(e.c.id.in_(experiments)),
+            sa.select(sa.literal("a"), a.c.id, a.c.experiment_id).where(a.c.id.in_(arms)),
+        )
+        self._check_pairs(pairs, conn.execute(query))
+
+    def _pg_check_references(self, cursor: Any, rows: Sequence[dict[str, Any]]) -> None:
+        """`_check_references` on this thread's raw PostgreSQL connection."""
+        pairs = self._unchecked_pairs(rows)
+        if not pairs:
+            return
+        experiments, arms = self._pair_keys(pairs)
+        cursor.execute(
+            f"SELECT 'e', id, NULL::int FROM {self.tables.experiments.name} "
+            "WHERE id = ANY(%s::bigint[]) UNION ALL "
+            f"SELECT 'a', id, experiment_id FROM {self.tables.experiment_arms.name} "
+            "WHERE id = ANY(%s::bigint[])",
+            [experiments, arms],
+        )
+        self._check_pairs(pairs, cursor.fetchall())
 
     def _known_ids(self, conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> set[str]:
         events = self.tables.events
@@ -361,6 +457,7 @@ class EventWriter:
             raise
 
     def _pg_insert_events(self, cursor: Any, rows: Sequence[dict[str, Any]]) -> set[str]:
+        self._pg_check_references(cursor, rows)
         events, assignments = self.tables.events.name, self.tables.assignments.name
         columns = ", ".join(EVENT_COLUMNS)
         selected = ", ".join(
