@@ -1,10 +1,13 @@
 """Event batch ingestion into PostgreSQL vs a raw COPY of the same rows.
 
-Ingestion is `routing.events.EventWriter.insert` as `/v1/events:batch` runs it: COPY into a temp
-table, then one `INSERT ... SELECT ... ON CONFLICT (client_event_id) DO NOTHING` that also
-resolves each export's arm from the project's assignment. The baseline is `COPY events FROM
-STDIN` of the same rows (no idempotency, no reconciliation). Both run in this process against a
-fresh database; the table is truncated between runs.
+Ingestion is `routing.events.EventWriter.insert` as `/v1/events:batch` runs it: check the
+batch's experiment/arm references (one query), dedupe, probe a sample of the client_event_ids
+(all of them when the sample finds a stored one), resolve each export's arm from the project's
+assignment (one query), then a binary `COPY events` of the new rows inside a savepoint (a stored
+id met by the COPY rolls it back: COPY into a temp table + `INSERT ... ON CONFLICT DO NOTHING`).
+The baseline is the same binary `COPY events FROM STDIN` of the same rows
+(`routing.events.copy_events`: no idempotency, no reference check, no arm resolution). Both run
+in this process against a fresh database; the table is truncated between runs.
 
     python bench/bench_ingest.py --events 100000 --batch 10000 --repeats 3
     (ABTEST_BENCH_POSTGRES_URL, default postgresql://postgres@127.0.0.1:5432/postgres)
@@ -22,7 +25,7 @@ import sqlalchemy as sa
 
 from abtest import db, services
 from abtest.runtime import TABLES
-from routing.events import EVENT_COLUMNS, EventRecord, EventWriter, _copy_values
+from routing.events import EventRecord, EventWriter, copy_events
 
 ADMIN_URL = os.environ.get(
     "ABTEST_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -55,7 +58,7 @@ def main() -> None:
         "--bulk-threshold",
         type=int,
         default=None,
-        help="batches from this size use COPY + INSERT SELECT, smaller ones jsonb_to_recordset "
+        help="batches from this size use the direct COPY, smaller ones jsonb_to_recordset "
         "(default: the writer's own threshold)",
     )
     args = parser.parse_args()
@@ -119,16 +122,12 @@ def main() -> None:
             for batch in batches:
                 writer.insert(batch)
 
-        columns = ", ".join(EVENT_COLUMNS)
-
         def raw_copy() -> None:
             for batch in batches:
                 raw = engine.raw_connection()
                 try:
-                    cursor = raw.driver_connection.cursor()
-                    with cursor, cursor.copy(f"COPY events ({columns}) FROM STDIN") as copy:
-                        for row in batch:
-                            copy.write_row(_copy_values(row))
+                    with raw.driver_connection.cursor() as cursor:
+                        copy_events(cursor, "events", batch)
                     raw.commit()
                 finally:
                     raw.close()
