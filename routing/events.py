@@ -510,24 +510,26 @@ class EventWriter:
     def _pg_assigned_arms(
         self, cursor: Any, rows: Sequence[dict[str, Any]]
     ) -> dict[tuple[int, str], int]:
-        """The assigned arm of each (experiment, project) of rows that lack an arm (one query,
-        an index probe per key)."""
-        keys = {
-            (row["experiment_id"], row["project_id"])
-            for row in rows
-            if row.get("arm_id") is None and row.get("experiment_id") is not None
-        }
-        if not keys:
-            return {}
-        # The keys go as one JSON text (psycopg would dump a long list element by element), in
-        # index order: neighbouring probes then share their index pages.
-        cursor.execute(
-            "SELECT k.e, k.p, a.arm_id FROM json_to_recordset(%s::json) AS k(e int, p text) "
-            f"CROSS JOIN LATERAL (SELECT arm_id FROM {self.tables.assignments.name} x "
-            "WHERE x.experiment_id = k.e AND x.project_id = k.p OFFSET 0) a",
-            [orjson.dumps([{"e": e, "p": p} for e, p in sorted(keys)]).decode()],
-        )
-        return {(e, p): a for e, p, a in cursor.fetchall()}
+        """The assigned arm of each (experiment, project) of rows that lack an arm: a query per
+        experiment in the batch (usually one), an index probe per project."""
+        wanted: dict[int, set[str]] = {}
+        for row in rows:
+            if row.get("arm_id") is None and row.get("experiment_id") is not None:
+                wanted.setdefault(row["experiment_id"], set()).add(row["project_id"])
+        found: dict[tuple[int, str], int] = {}
+        for experiment_id, projects in wanted.items():
+            # The projects go as one JSON text (psycopg dumps a long list element by element)
+            # and are probed in index order, so that neighbouring probes share index pages.
+            cursor.execute(
+                "SELECT k.p, a.arm_id FROM (SELECT value AS p FROM "
+                "json_array_elements_text(%s::json) ORDER BY 1) k "
+                f"CROSS JOIN LATERAL (SELECT arm_id FROM {self.tables.assignments.name} x "
+                "WHERE x.experiment_id = %s AND x.project_id = k.p OFFSET 0) a",
+                [orjson.dumps(list(projects)).decode(), experiment_id],
+            )
+            for project_id, arm_id in cursor.fetchall():
+                found[(experiment_id, project_id)] = arm_id
+        return found
 
     def _pg_insert_events(
         self, cursor: Any, rows: Sequence[dict[str, Any]], direct_copy: bool = True
