@@ -3,9 +3,9 @@
 Ingestion is `routing.events.EventWriter.insert` as `/v1/events:batch` runs it: check the
 batch's experiment/arm references (one query), dedupe, probe a sample of the client_event_ids
 (all of them when the sample finds a stored one), resolve each export's arm from the project's
-assignment (one query), then a binary `COPY events` of the new rows inside a savepoint (a stored
-id met by the COPY rolls it back: COPY into a temp table + `INSERT ... ON CONFLICT DO NOTHING`).
-The baseline is the same binary `COPY events FROM STDIN` of the same rows
+assignment (one query per experiment), then a binary `COPY events` of the new rows inside a
+savepoint (a stored id met by the COPY rolls it back: COPY into a temp table + `INSERT ... ON
+CONFLICT DO NOTHING`). The baseline is the same binary `COPY events FROM STDIN` of the same rows
 (`routing.events.copy_events`: no idempotency, no reference check, no arm resolution). Both run
 in this process against a fresh database; the table is truncated between runs.
 

@@ -131,6 +131,22 @@ def test_big_batch_resolves_arms_from_assignments(engine, experiment):
     assert stored(engine)["r77"].arm_id == control
 
 
+def test_big_batch_of_two_experiments_resolves_each(engine, experiment):
+    exp_id, control, student = experiment
+    other_exp, other_control, other_student = make_experiment(engine, "e2")
+    writer = writer_for(engine)
+    writer.first_assignments(
+        [(exp_id, f"p{i}", control, "hash") for i in range(BIG)]
+        + [(other_exp, f"p{i}", other_student, "hash") for i in range(BIG)]
+    )
+    batch = [export(f"x{i}", f"p{i}", (exp_id, other_exp)[i % 2]) for i in range(BIG)]
+    assert writer.write(batch).stored == BIG
+    rows = stored(engine)
+    assert [rows[f"x{i}"].arm_id for i in range(BIG)] == [
+        (control, other_student)[i % 2] for i in range(BIG)
+    ]
+
+
 def test_concurrent_writer_between_probe_and_copy(postgres_url, monkeypatch):
     """Another writer stores one of the batch's ids after the probe: the direct COPY fails on
     the unique index, rolls back to its savepoint and the batch goes through ON CONFLICT."""
