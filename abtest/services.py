@@ -279,8 +279,12 @@ def update_arm_weights(session: Session, key: str, weights: dict[str, float]) ->
         for a in experiment.arms
     ]
     _validate_arms(specs)
+    changed = any(arms[spec.name].weight != spec.weight for spec in specs)
     for spec in specs:
         arms[spec.name].weight = spec.weight
+    if changed and experiment.started_at is not None:
+        # projects assigned so far may now hash elsewhere: routing must look them up
+        experiment.allocation_version = (experiment.allocation_version or 0) + 1
     session.flush()
     return experiment
 

@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -121,6 +122,8 @@ class Experiment(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     shipped_arm: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    # Weight changes since the experiment first started (routing skips assignment lookups at 0).
+    allocation_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     arms: Mapped[list[ExperimentArm]] = relationship(
         back_populates="experiment", order_by="ExperimentArm.id", cascade="all, delete-orphan"
@@ -159,9 +162,12 @@ class Assignment(Base):
 
     __tablename__ = "assignments"
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
+    # No foreign keys (migration 0005): every request's first assignment is written here, and
+    # the two per-row key checks cost as much as the rest of the insert. Rows come from the
+    # router, whose arm ids are loaded from experiment_arms; experiments are never deleted.
+    experiment_id: Mapped[int] = mapped_column(Integer)
     project_id: Mapped[str] = mapped_column(String(200))
-    arm_id: Mapped[int] = mapped_column(ForeignKey("experiment_arms.id", ondelete="CASCADE"))
+    arm_id: Mapped[int] = mapped_column(Integer)
     source: Mapped[str] = mapped_column(String(20), default="hash")  # hash | override
     assigned_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -176,6 +182,8 @@ class Event(Base):
     client_event_id: Mapped[str] = mapped_column(String(100), unique=True)
     type: Mapped[str] = mapped_column(String(10))
     project_id: Mapped[str] = mapped_column(String(200))
+    # No foreign keys: events are an append-only log and the writer checks the references of
+    # each batch in one query (routing.events.InvalidEventReference); see migration 0004.
     experiment_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     arm_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -197,6 +205,12 @@ class Event(Base):
             "ix_events_experiment_arm_type_day", "experiment_id", "arm_id", "type", "occurred_at"
         ),
         Index("ix_events_project", "project_id", "experiment_id"),
+        Index(
+            "ix_events_orphans",
+            "project_id",
+            postgresql_where=text("arm_id IS NULL"),
+            sqlite_where=text("arm_id IS NULL"),
+        ),
     )
 
 
