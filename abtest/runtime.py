@@ -30,6 +30,7 @@ from models.cache import CachedArm, ResponseCache
 from routing.assignment import ArmDef, CachedStore, LruCache, RedisCache
 from routing.events import EventSpool, EventWriter, RoutingTables
 from routing.metrics import RouterMetrics
+from routing.pg_gateway import PostgresGateway
 from routing.router import ExperimentCatalog, Router, RouterConfig
 from routing.storage import DatabaseGateway, DatabaseStore, load_experiments
 
@@ -104,7 +105,9 @@ def build_router(
     spool = EventSpool(settings.spool_dir)
     writer = EventWriter(engine, TABLES, spool)
     catalog = ExperimentCatalog(lambda: load_experiments(engine, TABLES), 1.0, executor)
-    gateway = DatabaseGateway(writer, executor)
+    gateway = (
+        PostgresGateway(writer, executor) if writer.postgres else DatabaseGateway(writer, executor)
+    )
     database = DatabaseStore(writer, catalog.by_id, spool, executor, gateway)
     redis = (
         RedisCache(redis_client(settings.redis_url), settings.redis_prefix, settings.cache_ttl_s)
@@ -114,7 +117,7 @@ def build_router(
     store = CachedStore(database, redis, LruCache())
     metrics = RouterMetrics()
     metrics.watch_assignment_cache(lambda: store.hits, lambda: store.misses)
-    return Router(
+    router = Router(
         catalog,
         store,
         arm_provider(settings, arms, response_cache(settings)),
@@ -124,7 +127,10 @@ def build_router(
         metrics=metrics,
         executor=executor,
         event_sink=gateway.write_event,
+        first_sink=gateway.write_first,
     )
+    router.close_hooks.append(gateway.close)
+    return router
 
 
 def get_router(state: AppState) -> Router:
@@ -163,6 +169,9 @@ async def close_router(router: Router) -> None:
     if redis is not None:
         with contextlib.suppress(Exception):
             await redis.client.aclose()
+    for hook in getattr(router, "close_hooks", ()):
+        with contextlib.suppress(Exception):
+            await hook()
     executor = getattr(router, "executor", None)
     if executor is not None:
         executor.shutdown(wait=False)

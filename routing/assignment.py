@@ -60,6 +60,9 @@ class ExperimentDef:
     id: int | None = None
     status: str = "running"
     hash_version: int = 2
+    # Bumped whenever the weights of a started experiment change: until then hashing alone
+    # reproduces every stored assignment, so routing need not look them up.
+    allocation_version: int = 0
 
     def __post_init__(self) -> None:
         controls = [arm for arm in self.arms if arm.control]
@@ -310,6 +313,10 @@ class RedisCache:
 
     async def put(self, experiment_id: int, project_id: str, value: StoredAssignment) -> None:
         """Queue the write (it does not delay the answer)."""
+        self.queue_put(experiment_id, project_id, value)
+
+    def queue_put(self, experiment_id: int, project_id: str, value: StoredAssignment) -> None:
+        """Queue the write; one background pipeline sends every write queued meanwhile."""
         if not self.available:
             return
         self._sets.append((self._key(experiment_id, project_id), f"{value.arm}|{value.source}"))
@@ -358,6 +365,29 @@ class CachedStore:
         self.lru.put(experiment_id, project_id, value)
         if self.redis is not None:
             await self.redis.put(experiment_id, project_id, value)
+
+    async def recall(
+        self, experiment_id: int, project_id: str, *, deep: bool
+    ) -> StoredAssignment | None:
+        """The stored assignment as far as the in-process cache knows; with `deep`, also ask
+        Redis and then the source of truth."""
+        if deep:
+            return await self.get(experiment_id, project_id)
+        value = self.lru.get(experiment_id, project_id)
+        if value is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return value
+
+    def remember(
+        self, experiment_id: int, project_id: str, value: StoredAssignment, *, shared: bool
+    ) -> None:
+        """Cache an assignment the source of truth confirmed: in-process, and in Redis when
+        `shared` (only experiments whose lookups go past this process need it there)."""
+        self.lru.put(experiment_id, project_id, value)
+        if shared and self.redis is not None:
+            self.redis.queue_put(experiment_id, project_id, value)
 
     async def get(self, experiment_id: int, project_id: str) -> StoredAssignment | None:
         value = await self._cached(experiment_id, project_id)

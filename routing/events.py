@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -347,6 +348,16 @@ class EventWriter:
         )
         self._check_pairs(pairs, conn.execute(query))
 
+    def references_unchecked(self, rows: Sequence[dict[str, Any]]) -> bool:
+        """Whether some (experiment_id, arm_id) pair of `rows` has not been checked yet."""
+        return bool(self._unchecked_pairs(rows))
+
+    def check_references(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Raise InvalidEventReference unless every experiment and arm of `rows` exists and
+        each arm belongs to its experiment (one query; pairs that passed are remembered)."""
+        with self.engine.connect() as conn:
+            self._check_references(conn, rows)
+
     def _pg_check_references(self, cursor: Any, rows: Sequence[dict[str, Any]]) -> None:
         """`_check_references` on this thread's raw PostgreSQL connection."""
         pairs = self._unchecked_pairs(rows)
@@ -545,9 +556,12 @@ class EventWriter:
         selected = ", ".join(
             "COALESCE(t.arm_id, a.arm_id)" if c == "arm_id" else f"t.{c}" for c in EVENT_COLUMNS
         )
+        # LATERAL ... OFFSET 0 (not pulled up into a join): one index probe per armless row,
+        # whatever the often stale statistics of a fast-growing assignments table suggest.
         join = (
-            f"LEFT JOIN {assignments} a ON t.arm_id IS NULL "
-            "AND a.experiment_id = t.experiment_id AND a.project_id = t.project_id "
+            f"LEFT JOIN LATERAL (SELECT arm_id FROM {assignments} x WHERE t.arm_id IS NULL "
+            "AND x.experiment_id = t.experiment_id AND x.project_id = t.project_id OFFSET 0) a "
+            "ON true "
             "ON CONFLICT (client_event_id) DO NOTHING RETURNING client_event_id"
         )
         if len(rows) >= self.copy_threshold:
@@ -593,7 +607,9 @@ class EventWriter:
             "COALESCE(ins.source, x.source) "
             "FROM input i "
             "LEFT JOIN ins ON ins.experiment_id = i.e AND ins.project_id = i.p "
-            f"LEFT JOIN {assignments} x ON x.experiment_id = i.e AND x.project_id = i.p",
+            f"LEFT JOIN LATERAL (SELECT arm_id, source FROM {assignments} y "
+            "WHERE ins.arm_id IS NULL AND y.experiment_id = i.e AND y.project_id = i.p OFFSET 0) x "
+            "ON true",
             params,
         )
         result = cursor.fetchall()
@@ -645,29 +661,44 @@ class EventWriter:
         the request path. When the database is unreachable both are spooled: the assignments
         come back as None (unconfirmed) and the events as spooled."""
         try:
+            references = [*rows, *({"experiment_id": e, "arm_id": a} for e, _, a, _ in assignments)]
+            if self.references_unchecked(references):  # before anything is written
+                self.check_references(references)
             if self.postgres and not any(row.get("experiment_id") is None for row in rows):
                 unique = {(e, p): (a, s) for e, p, a, s in assignments}
                 with self._pg_cursor() as cursor:
                     stored = self._pg_first_assignments(cursor, unique) if unique else {}
+                    rows = _starts_take_stored_arms(rows, stored)
                     new_ids = self._pg_insert_events(cursor, rows) if rows else set()
             else:
                 stored = self.first_assignments(assignments) if assignments else {}
+                rows = _starts_take_stored_arms(rows, stored)
                 new_ids = self.insert(rows) if rows else set()
         except Exception as exc:
             if self.spool is None or not is_unavailable(exc):
                 raise
-            if assignments:
-                self.spool.append(
-                    "assignment",
-                    [
-                        {"experiment_id": e, "project_id": p, "arm_id": a, "source": s}
-                        for e, p, a, s in assignments
-                    ],
-                )
-            if rows:
-                self.spool.append("event", rows)
-            return None, WriteResult(len(rows), 0, 0, len(rows))
+            return None, self.spool_together(assignments, rows)
         return stored, WriteResult(len(rows), len(new_ids), len(rows) - len(new_ids), 0, new_ids)
+
+    def spool_together(
+        self,
+        assignments: Sequence[tuple[int, str, int | None, str]],
+        rows: Sequence[dict[str, Any]],
+    ) -> WriteResult:
+        """Spool first assignments and events while the database is unreachable (fsynced
+        before this returns); replay stores the assignments first."""
+        assert self.spool is not None
+        if assignments:
+            self.spool.append(
+                "assignment",
+                [
+                    {"experiment_id": e, "project_id": p, "arm_id": a, "source": s}
+                    for e, p, a, s in assignments
+                ],
+            )
+        if rows:
+            self.spool.append("event", rows)
+        return WriteResult(len(rows), 0, 0, len(rows))
 
     def _stored(
         self, conn: sa.Connection, keys: Sequence[tuple[int, str]]
@@ -717,6 +748,22 @@ class EventWriter:
         """Give every orphan event (no arm) the arm of its project's assignment; returns rows."""
         with self.engine.begin() as conn:
             return conn.execute(self._adopt_statement()).rowcount or 0
+
+
+def _starts_take_stored_arms(
+    rows: Sequence[dict[str, Any]], stored: dict[tuple[int, str], tuple[int, str]]
+) -> Sequence[dict[str, Any]]:
+    """A start event counts in its project's stored arm (intention to treat), even when a
+    concurrent request stored the project first in another arm."""
+    if not stored:
+        return rows
+    fixed = []
+    for row in rows:
+        found = stored.get((row.get("experiment_id"), row.get("project_id")))  # type: ignore[arg-type]
+        if row.get("type") == "start" and found is not None and row.get("arm_id") != found[0]:
+            row = {**row, "arm_id": found[0]}
+        fixed.append(row)
+    return fixed
 
 
 def _insert(conn: sa.Connection, table: Table):  # noqa: ANN202 - dialect-specific Insert
@@ -873,12 +920,14 @@ def replay_spool(writer: EventWriter, spool: EventSpool, limit: int = 5000) -> i
         assignments = [row for _, kind, row in entries if kind == "assignment"]
         events = [row for _, kind, row in entries if kind == "event"]
         if assignments:
-            writer.first_assignments(
+            stored = writer.first_assignments(
                 [
                     (r["experiment_id"], r["project_id"], r["arm_id"], r["source"])
                     for r in assignments
                 ]
             )
+            # a start spooled with its proposed arm counts in the arm that won
+            events = list(_starts_take_stored_arms(events, stored))
         if events:
             writer.insert(events)
         spool.remove_through(entries[-1][0])
@@ -892,7 +941,8 @@ R = TypeVar("R")
 
 
 class GroupCommit(Generic[T, R]):
-    """Batches items submitted by concurrent coroutines into one call of `flush` in a thread.
+    """Batches items submitted by concurrent coroutines into one call of `flush` (in a thread,
+    or awaited on the loop when `flush` is a coroutine function).
 
     While one flush runs, new items queue up and go together in the next one, so a database
     commit is shared by every request that arrived in the meantime.
@@ -900,11 +950,12 @@ class GroupCommit(Generic[T, R]):
 
     def __init__(
         self,
-        flush: Callable[[list[T]], list[R]],
+        flush: Callable[[list[T]], list[R]] | Callable[[list[T]], Awaitable[list[R]]],
         executor: Executor | None = None,
         max_batch: int = 2000,
     ) -> None:
         self._flush = flush
+        self._flush_is_async = inspect.iscoroutinefunction(flush)
         self._executor = executor
         self.max_batch = max_batch
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
@@ -928,7 +979,10 @@ class GroupCommit(Generic[T, R]):
             )
             items = [item for item, _ in batch]
             try:
-                results = await loop.run_in_executor(self._executor, self._flush, items)
+                if self._flush_is_async:  # runs on the loop: no thread, no GIL hand-offs
+                    results = await self._flush(items)  # type: ignore[misc]
+                else:
+                    results = await loop.run_in_executor(self._executor, self._flush, items)
             except BaseException as exc:  # noqa: BLE001 - handed to every waiting request
                 for _, future in batch:
                     if not future.done():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -56,6 +57,33 @@ class RouterMetrics:
         self.spool_depth = Gauge(
             "abtest_spool_depth", "Events and assignments waiting in the local spool", registry=r
         )
+        self.assignment_conflicts = Counter(
+            "abtest_assignment_conflicts",
+            "New assignments that found the project already stored in another arm (a concurrent "
+            "first request during a weight change); the stored arm wins",
+            registry=r,
+        )
+        self._children: dict[tuple[str, str, bool], tuple[Any, Any]] = {}
+        self._outcomes: dict[str, Any] = {}
+
+    def event_outcome(self, outcome: str) -> None:
+        child = self._outcomes.get(outcome)
+        if child is None:
+            child = self._outcomes[outcome] = self.events.labels(outcome)
+        child.inc()
+
+    def project_children(self, experiment: str, arm: str, in_experiment: bool) -> tuple[Any, Any]:
+        """The latency histogram and project counter of one (experiment, arm), looked up once
+        (`labels()` costs more than the observation on the request path)."""
+        key = (experiment, arm, in_experiment)
+        children = self._children.get(key)
+        if children is None:
+            children = (
+                self.latency.labels(experiment, arm),
+                self.projects.labels(experiment, arm, str(in_experiment).lower()),
+            )
+            self._children[key] = children
+        return children
 
     def watch_spool(self, depth: Callable[[], float]) -> None:
         self.spool_depth.set_function(depth)

@@ -20,7 +20,15 @@ from typing import Any
 
 from models.arms.base import Arm, Prediction
 from models.tools import ToolConfig
-from routing.assignment import ArmDef, AssignmentStore, ExperimentDef, assign
+from routing.assignment import (
+    ArmDef,
+    AssignmentStore,
+    Decision,
+    ExperimentDef,
+    StoredAssignment,
+    assign,
+    decide,
+)
 from routing.events import (
     EventRecord,
     EventSpool,
@@ -278,6 +286,12 @@ def unusable_reason(prediction: Any) -> str | None:
 
 
 ArmProvider = Callable[[ArmDef], Arm]
+FirstAssignment = tuple[int, str, int | None, str]  # experiment_id, project_id, arm_id, source
+# Stores a first assignment and its project's start event in one commit; answers the stored
+# (arm_id, source) — None while the database is down — and the event's outcome.
+FirstSink = Callable[
+    [FirstAssignment, dict[str, Any]], Awaitable[tuple[tuple[int, str] | None, str]]
+]
 
 
 @dataclass
@@ -302,6 +316,7 @@ class Router:
         executor: Executor | None = None,
         clock: Callable[[], float] = time.monotonic,
         event_sink: Callable[[dict[str, Any]], Awaitable[str]] | None = None,
+        first_sink: FirstSink | None = None,
     ) -> None:
         self.catalog = catalog
         self.store = store
@@ -316,6 +331,8 @@ class Router:
         self._arms: dict[tuple[str, int, bool], Arm] = {}
         self._events: GroupCommit[dict[str, Any], str] = GroupCommit(self._flush_events, executor)
         self._sink = event_sink or self._events.submit
+        self._first_sink = first_sink
+        self.close_hooks: list[Callable[[], Awaitable[None]]] = []  # awaited by the app at exit
         if spool is not None:
             self.metrics.watch_spool(lambda: spool.depth)
 
@@ -323,11 +340,15 @@ class Router:
 
     def breaker(self, arm: ArmDef) -> CircuitBreaker:
         key = arm.variant or arm.name
-        if key not in self.breakers:
-            self.breakers[key] = CircuitBreaker(
+        breaker = self.breakers.get(key)
+        if breaker is None:
+            breaker = CircuitBreaker(
                 self.config.failure_threshold, self.config.reset_after_s, self.clock
             )
-        return self.breakers[key]
+            self.breakers[key] = breaker
+            # read when scraped, not set on every call
+            self.metrics.circuit_open.labels(key).set_function(lambda: float(breaker.is_open))
+        return breaker
 
     def arm_instance(self, arm: ArmDef) -> Arm:
         key = (arm.variant or arm.name, arm.variant_version, arm.cache)
@@ -369,11 +390,9 @@ class Router:
             kind = "unusable"
         if problem is None:
             breaker.record_success()
-            self.metrics.circuit_open.labels(label).set(0)
             return prediction, None
         breaker.record_failure()
         self.metrics.arm_errors.labels(label, kind).inc()
-        self.metrics.circuit_open.labels(label).set(1 if breaker.is_open else 0)
         return None, problem[:2000]
 
     async def _answer(self, experiment: ExperimentDef, arm: ArmDef, intent: str) -> _Answer:
@@ -405,7 +424,7 @@ class Router:
             _check_text(client_event_id, "client_event_id", MAX_EVENT_ID)
         experiment = await self.catalog.resolve(experiment_key)
         assert experiment is not None
-        decision = await assign(experiment, project_id, self.store)
+        decision, first = await self._assignment(experiment, project_id)
         counted_arm = experiment.arm(decision.arm)
         served_arm = experiment.arm(decision.serving_arm)
         started = time.perf_counter()
@@ -414,18 +433,11 @@ class Router:
         prediction = answer.prediction
         config = prediction.config if prediction is not None else ToolConfig()
         cache_hit = bool(prediction is not None and prediction.cache_hit)
-        labels = (experiment.key, counted_arm.name)
-        self.metrics.latency.labels(*labels).observe(latency_ms / 1000)
-        self.metrics.projects.labels(*labels, str(decision.in_experiment).lower()).inc()
-        if answer.fallback:
-            self.metrics.fallbacks.labels(*labels, answer.reason or "error").inc()
-        if cache_hit:
-            self.metrics.cache_hits.labels(answer.served_by or "none").inc()
         event_id = None
         spooled = False
         if decision.in_experiment:
             event_id = client_event_id or start_event_id(experiment.key, project_id)
-            event = EventRecord(
+            row = EventRecord(
                 client_event_id=event_id,
                 type="start",
                 project_id=project_id,
@@ -441,8 +453,13 @@ class Router:
                 intent=intent,
                 output=prediction.to_output() if prediction is not None else None,
                 attributes=dict(attributes) if attributes else None,
-            )
-            spooled = await self._record(event.to_row()) == "spooled"
+            ).to_row()
+            if first is None:
+                outcome = await self._record(row)
+            else:
+                counted_arm, outcome = await self._record_first(experiment, first, row, counted_arm)
+            spooled = outcome == "spooled"
+        self._observe(experiment.key, counted_arm.name, decision.in_experiment, latency_ms, answer)
         return RoutedProject(
             project_id=project_id,
             experiment=experiment.key,
@@ -459,11 +476,74 @@ class Router:
             error=answer.error,
         )
 
+    async def _assignment(
+        self, experiment: ExperimentDef, project_id: str
+    ) -> tuple[Decision, FirstAssignment | None]:
+        """The project's decision, and the first assignment to store with its start event when
+        it has none yet (None: already stored, or not in the experiment).
+
+        While an experiment's allocation has never changed, hashing gives every project the
+        arm it was first stored with, so only the in-process cache is consulted and the new
+        assignment is committed together with the start event (one commit per request). After
+        a weight change, Redis and the database are asked first. Either way the database's
+        first-writer-wins insert decides: a project never moves.
+        """
+        recall = getattr(self.store, "recall", None)
+        if self._first_sink is None or recall is None:
+            return await assign(experiment, project_id, self.store), None
+        fresh = decide(experiment, project_id)
+        experiment_id = experiment.id if experiment.id is not None else 0
+        stored = await recall(experiment_id, project_id, deep=experiment.allocation_version > 0)
+        if stored is not None and experiment.has_arm(stored.arm):
+            serve = fresh.arm if fresh.source == "override" else None
+            return Decision(stored.arm, True, stored.source, serve), None
+        if not fresh.in_experiment:
+            return fresh, None
+        return fresh, (experiment_id, project_id, experiment.arm(fresh.arm).arm_id, fresh.source)
+
+    async def _record_first(
+        self,
+        experiment: ExperimentDef,
+        first: FirstAssignment,
+        row: dict[str, Any],
+        proposed: ArmDef,
+    ) -> tuple[ArmDef, str]:
+        """Commit a new assignment with its start event; returns the arm the project counts in
+        (the stored one, should another request have stored it first) and the event outcome."""
+        assert self._first_sink is not None
+        stored, outcome = await self._first_sink(first, row)
+        self.metrics.event_outcome(outcome)
+        if stored is None:  # spooled: unconfirmed, so not cached
+            return proposed, outcome
+        arm = experiment.arm_by_id(stored[0]) or proposed
+        remember = getattr(self.store, "remember", None)
+        if remember is not None:
+            remember(
+                first[0],
+                first[1],
+                StoredAssignment(arm.name, stored[1]),
+                shared=experiment.allocation_version > 0,
+            )
+        if arm.name != proposed.name:
+            self.metrics.assignment_conflicts.inc()
+        return arm, outcome
+
+    def _observe(
+        self, experiment: str, arm: str, in_experiment: bool, latency_ms: float, answer: _Answer
+    ) -> None:
+        latency, projects = self.metrics.project_children(experiment, arm, in_experiment)
+        latency.observe(latency_ms / 1000)
+        projects.inc()
+        if answer.fallback:
+            self.metrics.fallbacks.labels(experiment, arm, answer.reason or "error").inc()
+        if answer.prediction is not None and answer.prediction.cache_hit:
+            self.metrics.cache_hits.labels(answer.served_by or "none").inc()
+
     # events ------------------------------------------------------------------------------------
 
     async def _record(self, row: dict[str, Any]) -> str:
         outcome = await self._sink(row)
-        self.metrics.events.labels(outcome).inc()
+        self.metrics.event_outcome(outcome)
         return outcome
 
     def _flush_events(self, rows: list[dict[str, Any]]) -> list[str]:

@@ -14,7 +14,14 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from routing.assignment import ArmDef, ExperimentDef, Namespace, StoredAssignment
-from routing.events import EventSpool, EventWriter, GroupCommit, RoutingTables, is_unavailable
+from routing.events import (
+    EventSpool,
+    EventWriter,
+    GroupCommit,
+    RoutingTables,
+    WriteResult,
+    is_unavailable,
+)
 
 
 def load_experiments(engine: Engine, tables: RoutingTables) -> list[ExperimentDef]:
@@ -81,9 +88,62 @@ def load_experiments(engine: Engine, tables: RoutingTables) -> list[ExperimentDe
                 overrides=dict(settings.get("overrides") or {}),
                 id=row["id"],
                 status=row["status"],
+                allocation_version=int(row.get("allocation_version") or 0),
             )
         )
     return loaded
+
+
+Item = tuple[str, Any]  # ("assignment", tuple) | ("event", row) | ("first", (tuple, row))
+
+
+def split_items(
+    items: list[Item],
+) -> tuple[list[tuple[int, str, int, str]], list[dict[str, Any]]]:
+    """The assignments and the (deduplicated) event rows of a group commit's items."""
+    assignments = []
+    rows: dict[str, dict[str, Any]] = {}
+    for kind, value in items:
+        if kind == "assignment":
+            assignments.append(value)
+        elif kind == "event":
+            rows.setdefault(value["client_event_id"], value)
+        else:  # first: an assignment and its start event
+            assignments.append(value[0])
+            rows.setdefault(value[1]["client_event_id"], value[1])
+    return assignments, list(rows.values())
+
+
+def item_outcomes(
+    items: list[Item],
+    stored: dict[tuple[int, str], tuple[int, str]] | None,
+    result: WriteResult,
+) -> list[Any]:
+    """What each waiting request gets back: its stored assignment (None when spooled) and/or
+    its event's outcome (stored, duplicate — also a repeat within the batch — or spooled)."""
+    outcomes: list[Any] = []
+    seen: set[str] = set()
+
+    def event_outcome(event_id: str) -> str:
+        if result.spooled:
+            outcome = "spooled"
+        elif event_id in seen or event_id not in result.new_ids:
+            outcome = "duplicate"
+        else:
+            outcome = "stored"
+        seen.add(event_id)
+        return outcome
+
+    for kind, value in items:
+        if kind == "assignment":
+            outcomes.append(None if stored is None else stored.get((value[0], value[1])))
+        elif kind == "event":
+            outcomes.append(event_outcome(value["client_event_id"]))
+        else:
+            item, row = value
+            found = None if stored is None else stored.get((item[0], item[1]))
+            outcomes.append((found, event_outcome(row["client_event_id"])))
+    return outcomes
 
 
 class DatabaseGateway:
@@ -92,39 +152,32 @@ class DatabaseGateway:
 
     def __init__(self, writer: EventWriter, executor: Executor | None = None) -> None:
         self.writer = writer
-        self._commit: GroupCommit[tuple[str, Any], Any] = GroupCommit(self._flush, executor)
+        self._commit: GroupCommit[Item, Any] = GroupCommit(self._flush, executor)
 
-    def _flush(self, items: list[tuple[str, Any]]) -> list[Any]:
-        assignments = [value for kind, value in items if kind == "assignment"]
-        rows: dict[str, dict[str, Any]] = {}
-        for kind, value in items:
-            if kind == "event":
-                rows.setdefault(value["client_event_id"], value)
-        stored, result = self.writer.write_together(assignments, list(rows.values()))
-        outcomes: list[Any] = []
-        seen: set[str] = set()
-        for kind, value in items:
-            if kind == "assignment":
-                outcomes.append(None if stored is None else stored.get((value[0], value[1])))
-                continue
-            event_id = value["client_event_id"]
-            if result.spooled:
-                outcomes.append("spooled")
-            elif event_id in seen or event_id not in result.new_ids:
-                outcomes.append("duplicate")
-            else:
-                outcomes.append("stored")
-            seen.add(event_id)
-        return outcomes
+    def _flush(self, items: list[Item]) -> list[Any]:
+        assignments, rows = split_items(items)
+        stored, result = self.writer.write_together(assignments, rows)
+        return item_outcomes(items, stored, result)
 
     async def put_assignment(self, item: tuple[int, str, int, str]) -> tuple[int, str] | None:
         """`(experiment_id, project_id, arm_id, source)` -> the stored `(arm_id, source)`, or
         None when the database is unreachable (the assignment was spooled)."""
         return await self._commit.submit(("assignment", item))
 
+    async def write_first(
+        self, item: tuple[int, str, int | None, str], row: dict[str, Any]
+    ) -> tuple[tuple[int, str] | None, str]:
+        """A new project's first assignment and its start event, in the same commit: the
+        stored `(arm_id, source)` (None when spooled) and the event's outcome. The event takes
+        the stored arm, whichever request stored it."""
+        return await self._commit.submit(("first", (item, row)))
+
     async def write_event(self, row: dict[str, Any]) -> str:
         """Store one event row: 'stored', 'duplicate' or 'spooled' (durable either way)."""
         return await self._commit.submit(("event", row))
+
+    async def close(self) -> None:
+        return None
 
 
 class DatabaseStore:

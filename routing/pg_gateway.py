@@ -1,0 +1,167 @@
+"""The request path's group commit on PostgreSQL, on the event loop.
+
+`DatabaseGateway` hands each batch to a thread; under load that thread and the event loop
+take turns on the GIL, and each batch pays three round trips (two statements and a COMMIT).
+`PostgresGateway` awaits one asyncio psycopg connection instead and writes a batch with ONE
+statement in autocommit mode (the statement is the transaction): it inserts the new first
+assignments (first writer wins), reads back what is stored for every key, lets the new
+assignments adopt their projects' orphan events, and inserts the events — a start event
+taking its project's stored arm — skipping known client_event_ids.
+
+Batches with an event that has no experiment (an export before any experiment is known) go
+through `EventWriter.write_together` in a thread, which reconciles them. When the database is
+unreachable the batch is spooled (`EventWriter.spool_together`), exactly like the thread path.
+The tables have no foreign keys: the experiment and arm ids of a batch are checked by
+`EventWriter.check_references` the first time they are seen (`InvalidEventReference`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from concurrent.futures import Executor
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+
+from routing.events import (
+    _PG_TYPES,
+    EVENT_COLUMNS,
+    EventWriter,
+    GroupCommit,
+    WriteResult,
+    _rows_json,
+    is_unavailable,
+)
+from routing.storage import DatabaseGateway, Item, item_outcomes, split_items
+
+
+def conninfo(engine: sa.Engine) -> str:
+    """A libpq URL for the engine's database (SQLAlchemy's minus the driver name)."""
+    return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def batch_statement(assignments: str, events: str) -> str:
+    """The one statement of a batch; `%(a)s` and `%(r)s` are JSON arrays of the new
+    assignments ({e, p, a, s}) and of the event rows."""
+    record = ", ".join(f"{c} {_PG_TYPES[c]}" for c in EVENT_COLUMNS)
+    columns = ", ".join(EVENT_COLUMNS)
+    arm = (
+        "CASE WHEN t.type = 'start' THEN COALESCE(st.arm_id, t.arm_id, z.arm_id) "
+        "ELSE COALESCE(t.arm_id, st.arm_id, z.arm_id) END"
+    )
+    selected = ", ".join(arm if c == "arm_id" else f"t.{c}" for c in EVENT_COLUMNS)
+    # LATERAL ... OFFSET 0 keeps each lookup an index probe whatever the (often stale)
+    # statistics of fast-growing tables make the planner think of a join.
+    return (
+        "WITH i AS (SELECT * FROM jsonb_to_recordset(%(a)s::jsonb) "
+        "AS i(e int, p text, a int, s text)), "
+        f"ins AS (INSERT INTO {assignments} "
+        "(experiment_id, project_id, arm_id, source, assigned_at) "
+        "SELECT e, p, a, s, now() FROM i ON CONFLICT (experiment_id, project_id) DO NOTHING "
+        "RETURNING experiment_id, project_id, arm_id, source), "
+        "st AS (SELECT i.e, i.p, COALESCE(ins.arm_id, x.arm_id) AS arm_id, "
+        "COALESCE(ins.source, x.source) AS source FROM i "
+        "LEFT JOIN ins ON ins.experiment_id = i.e AND ins.project_id = i.p "
+        f"LEFT JOIN LATERAL (SELECT y.arm_id, y.source FROM {assignments} y "
+        "WHERE ins.arm_id IS NULL AND y.experiment_id = i.e AND y.project_id = i.p "
+        "OFFSET 0) x ON true), "
+        f"adopt AS (UPDATE {events} ev SET experiment_id = ins.experiment_id, "
+        "arm_id = ins.arm_id FROM ins WHERE ev.project_id = ins.project_id "
+        "AND ev.arm_id IS NULL "
+        "AND (ev.experiment_id IS NULL OR ev.experiment_id = ins.experiment_id)), "
+        f"t AS (SELECT * FROM jsonb_to_recordset(%(r)s::jsonb) AS t({record})), "
+        f"ev AS (INSERT INTO {events} ({columns}) SELECT {selected} FROM t "
+        "LEFT JOIN st ON st.e = t.experiment_id AND st.p = t.project_id "
+        f"LEFT JOIN LATERAL (SELECT y.arm_id FROM {assignments} y WHERE t.arm_id IS NULL "
+        "AND st.arm_id IS NULL AND y.experiment_id = t.experiment_id "
+        "AND y.project_id = t.project_id OFFSET 0) z ON true "
+        "ON CONFLICT (client_event_id) DO NOTHING RETURNING client_event_id) "
+        "SELECT e, p, arm_id, source FROM st "
+        "UNION ALL SELECT NULL, client_event_id, NULL, NULL FROM ev"
+    )
+
+
+def rows_json(rows: list[dict[str, Any]]) -> str:
+    """The event rows as one JSON array (orjson; the stdlib for what orjson refuses, such as
+    integers beyond 64 bits in attributes)."""
+    records = [{name: row.get(name) for name in EVENT_COLUMNS} for row in rows]
+    try:
+        return orjson.dumps(records).decode()
+    except TypeError:
+        return _rows_json(rows)
+
+
+class PostgresGateway(DatabaseGateway):
+    """`DatabaseGateway` for PostgreSQL: the group commit awaited on the event loop."""
+
+    def __init__(
+        self, writer: EventWriter, executor: Executor | None = None, connect_timeout_s: int = 2
+    ) -> None:
+        self.writer = writer
+        self._executor = executor
+        self._conninfo = conninfo(writer.engine)
+        self._connect_timeout_s = connect_timeout_s
+        self._connection: Any = None  # psycopg.AsyncConnection
+        self._statement = batch_statement(writer.tables.assignments.name, writer.tables.events.name)
+        self._commit: GroupCommit[Item, Any] = GroupCommit(self._flush_async, executor)
+
+    async def _connect(self) -> Any:
+        import psycopg
+
+        if self._connection is None or self._connection.closed:
+            self._connection = await psycopg.AsyncConnection.connect(
+                self._conninfo, autocommit=True, connect_timeout=self._connect_timeout_s
+            )
+        return self._connection
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                await self._connection.close()
+            self._connection = None
+
+    async def _flush_async(self, items: list[Item]) -> list[Any]:
+        assignments, rows = split_items(items)
+        loop = asyncio.get_running_loop()
+        if any(row.get("experiment_id") is None for row in rows):
+            stored, result = await loop.run_in_executor(
+                self._executor, self.writer.write_together, assignments, rows
+            )
+            return item_outcomes(items, stored, result)
+        references = rows + [{"experiment_id": e, "arm_id": a} for e, _, a, _ in assignments]
+        try:
+            if self.writer.references_unchecked(references):  # no foreign keys: check once
+                await loop.run_in_executor(self._executor, self.writer.check_references, references)
+            stored, new_ids = await self._write(assignments, rows)
+        except Exception as exc:
+            await self.close()
+            if self.writer.spool is None or not is_unavailable(exc):
+                raise
+            result = await loop.run_in_executor(
+                self._executor, self.writer.spool_together, assignments, rows
+            )
+            return item_outcomes(items, None, result)
+        result = WriteResult(len(rows), len(new_ids), len(rows) - len(new_ids), 0, new_ids)
+        return item_outcomes(items, stored, result)
+
+    async def _write(
+        self, assignments: list[tuple[int, str, int, str]], rows: list[dict[str, Any]]
+    ) -> tuple[dict[tuple[int, str], tuple[int, str]], set[str]]:
+        unique = {(e, p): (a, s) for e, p, a, s in assignments}
+        new = [{"e": e, "p": p, "a": a, "s": s} for (e, p), (a, s) in unique.items()]
+        params = {"a": json.dumps(new), "r": rows_json(rows)}
+        connection = await self._connect()
+        async with connection.cursor() as cursor:
+            await cursor.execute(self._statement, params)
+            result = await cursor.fetchall()
+        stored: dict[tuple[int, str], tuple[int, str]] = {}
+        new_ids: set[str] = set()
+        for e, p, arm_id, source in result:
+            if e is None:
+                new_ids.add(p)
+            elif arm_id is not None:
+                stored[(e, p)] = (arm_id, source)
+        return stored, new_ids
