@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse
 
 from abtest.api import admin, gates, health, results, serving
 from abtest.api.deps import AppState
+from abtest.api.fastlane import ProjectsLane
 from abtest.errors import ServiceError
 from abtest.settings import Settings, get_settings
 
@@ -30,4 +31,5 @@ def create_app(settings: Settings | None = None, *, check_migrated: bool = True)
     # serving first: its routes are the hot path, matched before the others are tried
     for module in (serving, health, admin, results, gates):
         app.include_router(module.router)
+    app.add_middleware(ProjectsLane)  # POST /v1/projects without FastAPI's per-request work
     return app

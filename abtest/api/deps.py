@@ -48,13 +48,17 @@ def db_session(request: Request) -> Iterator[Session]:
         yield session
 
 
-def _api_key(request: Request) -> str | None:
-    header = request.headers.get("authorization")
-    if header:
-        scheme, _, value = header.partition(" ")
+def api_key_from(authorization: str | None, x_api_key: str | None) -> str | None:
+    """The API key of a request: `Authorization: Bearer <key>`, else `X-API-Key`."""
+    if authorization:
+        scheme, _, value = authorization.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
-    return request.headers.get("x-api-key") or None
+    return x_api_key or None
+
+
+def _api_key(request: Request) -> str | None:
+    return api_key_from(request.headers.get("authorization"), request.headers.get("x-api-key"))
 
 
 def _denied(status: int, header: str, message: str) -> HTTPException:
@@ -63,46 +67,47 @@ def _denied(status: int, header: str, message: str) -> HTTPException:
     return HTTPException(status_code=status, detail=detail, headers=headers)
 
 
-def require_role(*roles: str):  # noqa: ANN201 - returns a FastAPI dependency
-    """Dependency: the request's API key must have one of `roles` (when auth is enabled).
-
-    401 when the key is missing, unknown or revoked; 403 when its role is not allowed. Both
-    bodies say what is needed.
-    """
+async def authorize(state: AppState, key: str | None, roles: tuple[str, ...]) -> str | None:
+    """The role of `key` when it is one of `roles` (None when auth is off); else HTTPException:
+    401 when the key is missing, unknown or revoked, 403 when its role is not allowed. Both
+    bodies say what is needed."""
+    if not state.settings.auth_enabled:
+        return None
     needed = " or ".join(roles)
+    if key is None:
+        raise _denied(
+            401,
+            "Authorization",
+            f"missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>' "
+            f"for a key with role {needed}",
+        )
+    from abtest import auth
+
+    cache = state.extras.setdefault("role_cache", auth.RoleCache())
+    known, role = cache.get(key)
+    if not known:
+
+        def lookup() -> str | None:
+            with db.session_scope(state.engine) as session:
+                return auth.role_of(session, key)
+
+        role = await run_in_threadpool(lookup)
+        cache.put(key, role)
+    if role is None:
+        raise _denied(401, "Authorization", "invalid or revoked API key")
+    if role not in roles:
+        raise _denied(
+            403,
+            "Authorization",
+            f"this API key has role {role!r}; this endpoint needs role {needed}",
+        )
+    return role
+
+
+def require_role(*roles: str):  # noqa: ANN201 - returns a FastAPI dependency
+    """Dependency: the request's API key must have one of `roles` (when auth is enabled)."""
 
     async def _check(request: Request) -> str | None:
-        state = app_state(request)
-        if not state.settings.auth_enabled:
-            return None
-        key = _api_key(request)
-        if key is None:
-            raise _denied(
-                401,
-                "Authorization",
-                f"missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>' "
-                f"for a key with role {needed}",
-            )
-        from abtest import auth
-
-        cache = state.extras.setdefault("role_cache", auth.RoleCache())
-        known, role = cache.get(key)
-        if not known:
-
-            def lookup() -> str | None:
-                with db.session_scope(state.engine) as session:
-                    return auth.role_of(session, key)
-
-            role = await run_in_threadpool(lookup)
-            cache.put(key, role)
-        if role is None:
-            raise _denied(401, "Authorization", "invalid or revoked API key")
-        if role not in roles:
-            raise _denied(
-                403,
-                "Authorization",
-                f"this API key has role {role!r}; this endpoint needs role {needed}",
-            )
-        return role
+        return await authorize(app_state(request), _api_key(request), roles)
 
     return _check

@@ -12,8 +12,8 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from abtest.api.deps import app_state, require_role
-from abtest.errors import Conflict, Invalid, NotFound
+from abtest.api.deps import AppState, api_key_from, app_state, authorize, require_role
+from abtest.errors import Conflict, Invalid, NotFound, ServiceError
 from abtest.runtime import get_router
 from routing.router import Router, RoutingError
 
@@ -141,7 +141,6 @@ def _body_errors(exc: ValidationError) -> list[dict[str, Any]]:
 
 @router.post(
     "/v1/projects",
-    dependencies=app_role,
     response_class=JSONResponse,
     openapi_extra={
         "requestBody": {
@@ -153,15 +152,34 @@ def _body_errors(exc: ValidationError) -> list[dict[str, Any]]:
 async def post_project(request: Request) -> JSONResponse:
     """Assign the project, answer with its arm's three tool configurations, log the start.
 
-    The body (`ProjectIn`) is validated here rather than by FastAPI's dependency machinery:
-    this is the hot path, and the 422 answers have the same shape.
+    In the app this route is answered by `abtest.api.fastlane` (the same `serve_project`
+    without FastAPI's per-request machinery); it stays here for the OpenAPI schema and for apps
+    that include this router on its own.
     """
+    status, payload, headers = await serve_project(
+        app_state(request),
+        api_key_from(request.headers.get("authorization"), request.headers.get("x-api-key")),
+        await request.body(),
+    )
+    return JSONResponse(payload, status_code=status, headers=headers)
+
+
+async def serve_project(
+    state: AppState, api_key: str | None, raw_body: bytes
+) -> tuple[int, Any, dict[str, str] | None]:
+    """POST /v1/projects as (status, JSON payload, extra headers): 401/403 without a key of
+    role app, 422 for a malformed body (FastAPI's error shape), the router's 4xx/503, or 200
+    with the routed project."""
     try:
-        body = ProjectIn.model_validate_json(await request.body())
+        await authorize(state, api_key, ("app",))
+    except HTTPException as exc:
+        return exc.status_code, {"detail": exc.detail}, exc.headers
+    try:
+        body = ProjectIn.model_validate_json(raw_body)
     except ValidationError as exc:
-        return JSONResponse({"detail": jsonable_encoder(_body_errors(exc))}, status_code=422)
+        return 422, {"detail": jsonable_encoder(_body_errors(exc))}, None
     try:
-        routed = await _router(request).handle_project(
+        routed = await get_router(state).handle_project(
             body.project_id,
             body.intent,
             body.attributes,
@@ -169,8 +187,12 @@ async def post_project(request: Request) -> JSONResponse:
             body.client_event_id,
         )
     except RoutingError as exc:
-        raise _http_error(exc) from None
-    return JSONResponse(routed.to_json())
+        error = _http_error(exc)
+        if isinstance(error, ServiceError):
+            return error.status, {"detail": error.as_detail()}, None
+        assert isinstance(error, HTTPException)
+        return error.status_code, {"detail": error.detail}, None
+    return 200, routed.to_json(), None
 
 
 @router.post("/v1/projects/{project_id}/export", dependencies=app_role)
