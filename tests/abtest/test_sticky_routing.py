@@ -1,0 +1,250 @@
+"""The request path's one-commit assignment on both backends: allocation versions, weight
+changes, a project stored first in another arm, orphan exports, and the FastAPI route and the
+fast lane answering alike."""
+
+import asyncio
+
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+from prometheus_client import generate_latest
+
+from abtest import auth, db, services
+from abtest.api import create_app
+from abtest.api.fastlane import ProjectsLane
+from abtest.runtime import build_router, close_router
+from models.arms.base import Prediction
+from models.tools import Filter, ToolConfig
+from routing.assignment import decide
+
+CONFIGS = {"teacher": ToolConfig(filter=Filter("vivid", 40.0)), "student": ToolConfig()}
+
+
+class Instant:
+    def __init__(self, name):
+        self.name = name
+
+    async def predict(self, intent):
+        return Prediction(CONFIGS[self.name], 0.1)
+
+
+ARMS = {name: Instant(name) for name in CONFIGS}
+
+
+def make_experiment(engine, weights=(0.5, 0.5), start=True):
+    with db.session_scope(engine) as session:
+        services.register_variant(session, "teacher", "teacher")
+        services.register_variant(session, "student", "teacher")
+        services.create_experiment(
+            session,
+            services.ExperimentSpec(
+                "e1",
+                [
+                    services.ArmSpec("control", "teacher", weights[0], True),
+                    services.ArmSpec("treatment", "student", weights[1]),
+                ],
+            ),
+        )
+        if start:
+            services.start_experiment(session, "e1")
+
+
+def arm_ids(engine):
+    with engine.connect() as conn:
+        return dict(conn.execute(sa.text("SELECT name, id FROM experiment_arms")).all())
+
+
+def stored(engine, table, project):
+    names = {v: k for k, v in arm_ids(engine).items()}
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(f"SELECT arm_id FROM {table} WHERE project_id = :p"), {"p": project}
+        ).scalars()
+        return [names.get(arm) for arm in rows]
+
+
+def route(settings, engine, projects):
+    async def scenario():
+        router = build_router(settings, engine, ARMS)
+        try:
+            return [await router.handle_project(p, "warm") for p in projects], router
+        finally:
+            await close_router(router)
+
+    return asyncio.run(scenario())
+
+
+def allocation_version(engine):
+    with engine.connect() as conn:
+        return conn.execute(sa.text("SELECT allocation_version FROM experiments")).scalar_one()
+
+
+def test_weight_changes_of_a_started_experiment_bump_the_allocation_version(engine):
+    make_experiment(engine, start=False)
+    with db.session_scope(engine) as session:
+        services.update_arm_weights(session, "e1", {"control": 0.7, "treatment": 0.3})
+    assert allocation_version(engine) == 0  # never started: nobody is assigned yet
+    with db.session_scope(engine) as session:
+        services.start_experiment(session, "e1")
+        services.update_arm_weights(session, "e1", {"control": 0.7})  # no change
+    assert allocation_version(engine) == 0
+    with db.session_scope(engine) as session:
+        services.update_arm_weights(session, "e1", {"control": 0.2, "treatment": 0.8})
+    assert allocation_version(engine) == 1
+
+
+def test_new_projects_store_assignment_and_start_together(settings, engine):
+    make_experiment(engine)
+    projects = [f"p{i}" for i in range(40)]
+    routed, _ = route(settings, engine, projects)
+    definition = asyncio.run(build_router(settings, engine).catalog.resolve("e1"))
+    assert {answer.arm for answer in routed} == {"control", "treatment"}
+    for project, answer in zip(projects, routed, strict=True):
+        assert answer.arm == decide(definition, project).arm
+        assert stored(engine, "assignments", project) == [answer.arm]
+        assert stored(engine, "events", project) == [answer.arm]
+
+
+def test_a_project_stored_in_another_arm_counts_there(settings, engine):
+    """Version 0 skips the lookup; the database's first-writer-wins insert still decides."""
+    make_experiment(engine, weights=(1.0, 0.0))  # hashing picks control for everybody
+    ids = arm_ids(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO assignments (experiment_id, project_id, arm_id, source, assigned_at)"
+                " VALUES (1, 'early', :arm, 'hash', CURRENT_TIMESTAMP)"
+            ),
+            {"arm": ids["treatment"]},
+        )
+    (answer,), router = route(settings, engine, ["early"])
+    assert answer.arm == "treatment" and answer.variant == "student"
+    assert answer.served_by == "teacher"  # what hashing picked answered: recorded as such
+    assert stored(engine, "assignments", "early") == ["treatment"]
+    assert stored(engine, "events", "early") == ["treatment"]  # intention to treat
+    assert b"abtest_assignment_conflicts_total 1.0" in generate_latest(router.metrics.registry)
+
+
+def test_after_a_weight_change_assigned_projects_keep_their_arm(settings, engine):
+    make_experiment(engine, weights=(0.5, 0.5))
+    projects = [f"p{i}" for i in range(60)]
+    before, _ = route(settings, engine, projects)
+    with db.session_scope(engine) as session:
+        services.update_arm_weights(session, "e1", {"control": 0.0, "treatment": 1.0})
+    after, router = route(settings, engine, projects + ["newcomer"])
+    assert [a.arm for a in after[:-1]] == [b.arm for b in before]
+    assert [a.served_by for a in after[:-1]] == [b.served_by for b in before]  # looked up first
+    assert after[-1].arm == "treatment"
+    assert b"abtest_assignment_conflicts_total 0.0" in generate_latest(router.metrics.registry)
+
+
+def test_an_export_before_its_start_takes_the_arm_of_the_start(settings, engine):
+    make_experiment(engine)
+
+    async def scenario():
+        router = build_router(settings, engine, ARMS)
+        try:
+            await router.record_export("late", ["filter"], "x1", None, "e1")
+            return await router.handle_project("late", "warm")
+        finally:
+            await close_router(router)
+
+    answer = asyncio.run(scenario())
+    assert stored(engine, "events", "late") == [answer.arm, answer.arm]
+
+
+def test_integers_beyond_64_bits_in_attributes_are_stored(settings, engine):
+    make_experiment(engine)
+
+    async def scenario():
+        router = build_router(settings, engine, ARMS)
+        try:
+            return await router.handle_project("big", "warm", {"n": 2**70})
+        finally:
+            await close_router(router)
+
+    assert not asyncio.run(scenario()).spooled
+    with engine.connect() as conn:
+        attributes = conn.execute(sa.text("SELECT attributes FROM events")).scalar_one()
+    assert "1180591620717411303424" in str(attributes)
+
+
+def without_lane(app):
+    app.user_middleware = [m for m in app.user_middleware if m.cls is not ProjectsLane]
+    return app
+
+
+@pytest.mark.parametrize(
+    "headers, body",
+    [
+        ({}, {"project_id": "p1", "intent": "warm"}),  # 401: no key
+        ("analyst", {"project_id": "p1", "intent": "warm"}),  # 403: wrong role
+        ("app", {"project_id": "", "intent": "warm"}),  # 422: the field and the reason
+        ("app", {"project_id": "p1", "intent": "warm", "extra": 1}),
+        ("app", {"project_id": "p1", "intent": "warm", "experiment_key": "nope"}),  # 404
+        ("app", {"project_id": "p1", "intent": "warm"}),  # 200
+    ],
+)
+def test_the_fast_lane_answers_like_the_fastapi_route(settings, engine, headers, body):
+    make_experiment(engine)
+    if isinstance(headers, str):
+        with db.session_scope(engine) as session:
+            _, key = auth.create_key(session, headers, headers)
+        headers = {"X-API-Key": key}
+    answers = []
+    for build in (lambda app: app, without_lane):
+        app = build(create_app(settings.model_copy(update={"auth_enabled": True})))
+        app.state.abtest.extras["arms"] = ARMS
+        with TestClient(app) as client:
+            response = client.post("/v1/projects", json=body, headers=headers)
+            answer = response.json()
+            if response.status_code == 200:
+                answer.pop("latency_ms")
+            answers.append((response.status_code, answer, response.headers.get("www-authenticate")))
+    assert answers[0] == answers[1]
+    assert answers[0][0] in (200, 401, 403, 404, 422)
+
+
+def test_the_lane_leaves_other_requests_to_the_app():
+    seen = []
+
+    async def app(scope, receive, send):
+        seen.append((scope["type"], scope.get("method"), scope.get("path")))
+
+    lane = ProjectsLane(app)
+    for method, path in (("GET", "/v1/projects"), ("POST", "/v1/projects/p/export")):
+        asyncio.run(lane({"type": "http", "method": method, "path": path}, None, None))
+    asyncio.run(lane({"type": "lifespan"}, None, None))
+    assert seen == [
+        ("http", "GET", "/v1/projects"),
+        ("http", "POST", "/v1/projects/p/export"),
+        ("lifespan", None, None),
+    ]
+
+
+def test_the_gateway_refuses_unknown_arms_without_spooling(settings, engine):
+    """No foreign keys on events or assignments: the gateway checks the ids it writes."""
+    from routing.events import InvalidEventReference, utcnow
+
+    make_experiment(engine)
+    router = build_router(settings, engine, ARMS)
+    gateway = router.close_hooks[0].__self__
+    row = {
+        "client_event_id": "bad",
+        "type": "start",
+        "project_id": "p",
+        "experiment_id": 1,
+        "arm_id": 999,
+        "occurred_at": utcnow(),
+        "received_at": utcnow(),
+    }
+
+    async def scenario():
+        try:
+            return await gateway.write_first((1, "p", 999, "hash"), row)
+        finally:
+            await close_router(router)
+
+    with pytest.raises(InvalidEventReference, match="arm_id 999"):
+        asyncio.run(scenario())
+    assert stored(engine, "assignments", "p") == [] and router.spool.depth == 0
