@@ -127,7 +127,7 @@ class ExperimentCatalog:
         self._experiments: list[ExperimentDef] | None = None
         self._by_id: dict[int, ExperimentDef] = {}
         self._loaded_at = 0.0
-        self._lock: asyncio.Lock | None = None
+        self._reloading: asyncio.Task[None] | None = None
 
     def set(self, experiments: Sequence[ExperimentDef]) -> None:
         self._experiments = list(experiments)
@@ -141,9 +141,23 @@ class ExperimentCatalog:
         return self._by_id.get(experiment_id)
 
     async def refresh(self, force: bool = False) -> list[ExperimentDef]:
-        fresh = time.monotonic() - self._loaded_at < self.ttl_s
-        if self._experiments is not None and fresh and not force:
+        """The experiments. Past `ttl_s` they are reloaded in the background while requests
+        keep the ones they have (one reload at a time, however many requests notice); `force`
+        and the very first call wait for a reload."""
+        if self._experiments is not None and not force:
+            if time.monotonic() - self._loaded_at >= self.ttl_s:
+                self._reload()
             return self._experiments
+        await asyncio.shield(self._reload())
+        return self._experiments or []
+
+    def _reload(self) -> asyncio.Task[None]:
+        task = self._reloading
+        if task is None or task.done() or task.get_loop() is not asyncio.get_running_loop():
+            task = self._reloading = asyncio.get_running_loop().create_task(self._load_now())
+        return task
+
+    async def _load_now(self) -> None:
         try:
             loop = asyncio.get_running_loop()
             self.set(await loop.run_in_executor(self._executor, self._load))
@@ -153,7 +167,6 @@ class ExperimentCatalog:
                     "experiment", "experiments cannot be loaded: the database is unreachable", 503
                 ) from None
             self._loaded_at = time.monotonic()
-        return self._experiments or []
 
     async def resolve(self, key: str | None, *, running_only: bool = True) -> ExperimentDef | None:
         """The experiment for a request: `key` if given, else the single running one.
