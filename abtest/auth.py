@@ -93,19 +93,25 @@ def key_summary(row: ApiKey) -> dict[str, Any]:
 
 
 class RoleCache:
-    """Key hash -> role for `ttl_s` seconds, so a request does not hit the database each time.
-    A revoked key stops working within `ttl_s` in running servers."""
+    """Key hash -> role, so a request does not hit the database each time.
+
+    An entry is fresh for `ttl_s` seconds; after that it is stale: still answered while one
+    background lookup refreshes it (so a revoked key stops working within about `ttl_s` in
+    running servers, and expiry never sends every in-flight request to the database at once).
+    """
 
     def __init__(self, ttl_s: float = 5.0, maxsize: int = 10_000) -> None:
         self.ttl_s = ttl_s
         self.maxsize = maxsize
         self._data: dict[str, tuple[str | None, float]] = {}
+        self.pending: dict[str, Any] = {}  # key hash -> the lookup in flight (an asyncio task)
 
-    def get(self, key: str) -> tuple[bool, str | None]:
+    def peek(self, key: str) -> tuple[str, str | None]:
+        """("fresh" | "stale" | "missing", role)."""
         entry = self._data.get(hash_key(key))
-        if entry is None or entry[1] < time.monotonic():
-            return False, None
-        return True, entry[0]
+        if entry is None:
+            return "missing", None
+        return ("fresh" if entry[1] >= time.monotonic() else "stale"), entry[0]
 
     def put(self, key: str, role: str | None) -> None:
         if len(self._data) >= self.maxsize:

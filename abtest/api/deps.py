@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -84,15 +85,11 @@ async def authorize(state: AppState, key: str | None, roles: tuple[str, ...]) ->
     from abtest import auth
 
     cache = state.extras.setdefault("role_cache", auth.RoleCache())
-    known, role = cache.get(key)
-    if not known:
-
-        def lookup() -> str | None:
-            with db.session_scope(state.engine) as session:
-                return auth.role_of(session, key)
-
-        role = await run_in_threadpool(lookup)
-        cache.put(key, role)
+    status, role = cache.peek(key)
+    if status != "fresh":
+        lookup = _role_lookup(state, cache, key)
+        if status == "missing":
+            role = await asyncio.shield(lookup)
     if role is None:
         raise _denied(401, "Authorization", "invalid or revoked API key")
     if role not in roles:
@@ -102,6 +99,35 @@ async def authorize(state: AppState, key: str | None, roles: tuple[str, ...]) ->
             f"this API key has role {role!r}; this endpoint needs role {needed}",
         )
     return role
+
+
+def _role_lookup(state: AppState, cache: Any, key: str) -> asyncio.Task[str | None]:
+    """The one database lookup of `key`'s role in flight (started if there is none); it
+    refreshes the cache when done."""
+    from abtest import auth
+
+    digest = auth.hash_key(key)
+    task = cache.pending.get(digest)
+    if task is not None:
+        return task
+
+    def lookup() -> str | None:
+        with db.session_scope(state.engine) as session:
+            return auth.role_of(session, key)
+
+    async def refresh() -> str | None:
+        try:
+            role = await run_in_threadpool(lookup)
+            cache.put(key, role)
+            return role
+        finally:
+            cache.pending.pop(digest, None)
+
+    task = asyncio.get_running_loop().create_task(refresh())
+    # a failed background refresh (database down) keeps the stale role; its error is not news
+    task.add_done_callback(lambda done: done.cancelled() or done.exception())
+    cache.pending[digest] = task
+    return task
 
 
 def require_role(*roles: str):  # noqa: ANN201 - returns a FastAPI dependency
