@@ -944,8 +944,11 @@ class GroupCommit(Generic[T, R]):
     """Batches items submitted by concurrent coroutines into one call of `flush` (in a thread,
     or awaited on the loop when `flush` is a coroutine function).
 
-    While one flush runs, new items queue up and go together in the next one, so a database
-    commit is shared by every request that arrived in the meantime.
+    While a flush runs, new items queue up and go together in the next one, so a database
+    commit is shared by every request that arrived in the meantime. With `max_in_flight` > 1
+    the next batch need not wait for the previous one: the database works on one batch while
+    the requests of the next are still being prepared (each flush then needs a connection of
+    its own).
     """
 
     def __init__(
@@ -953,20 +956,27 @@ class GroupCommit(Generic[T, R]):
         flush: Callable[[list[T]], list[R]] | Callable[[list[T]], Awaitable[list[R]]],
         executor: Executor | None = None,
         max_batch: int = 2000,
+        max_in_flight: int = 1,
     ) -> None:
         self._flush = flush
         self._flush_is_async = inspect.iscoroutinefunction(flush)
         self._executor = executor
         self.max_batch = max_batch
+        self.max_in_flight = max_in_flight
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
-        self._task: asyncio.Task[None] | None = None
+        self._drains: set[asyncio.Task[None]] = set()
+        self._flushing = 0
 
     async def submit(self, item: T) -> R:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
         self._pending.append((item, future))
-        if self._task is None or self._task.done() or self._task.get_loop() is not loop:
-            self._task = loop.create_task(self._drain())
+        self._drains = {t for t in self._drains if not t.done() and t.get_loop() is loop}
+        if not self._drains:
+            self._flushing = 0
+        # a new drain only when every running one is busy flushing (an idle one takes the item)
+        if len(self._drains) < self.max_in_flight and self._flushing >= len(self._drains):
+            self._drains.add(loop.create_task(self._drain()))
         return await future
 
     async def _drain(self) -> None:
@@ -978,6 +988,7 @@ class GroupCommit(Generic[T, R]):
                 self._pending[self.max_batch :],
             )
             items = [item for item, _ in batch]
+            self._flushing += 1
             try:
                 if self._flush_is_async:  # runs on the loop: no thread, no GIL hand-offs
                     results = await self._flush(items)  # type: ignore[misc]
@@ -990,6 +1001,8 @@ class GroupCommit(Generic[T, R]):
                 if isinstance(exc, asyncio.CancelledError):
                     raise
                 continue
+            finally:
+                self._flushing -= 1
             for (_, future), result in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(result)

@@ -2,11 +2,14 @@
 
 `DatabaseGateway` hands each batch to a thread; under load that thread and the event loop
 take turns on the GIL, and each batch pays three round trips (two statements and a COMMIT).
-`PostgresGateway` awaits one asyncio psycopg connection instead and writes a batch with ONE
-statement in autocommit mode (the statement is the transaction): it inserts the new first
-assignments (first writer wins), reads back what is stored for every key, lets the new
-assignments adopt their projects' orphan events, and inserts the events — a start event
-taking its project's stored arm — skipping known client_event_ids.
+`PostgresGateway` awaits asyncio psycopg connections instead (a few batches in flight) and
+writes a batch with ONE statement in autocommit mode (the statement is the transaction): it
+inserts the new first assignments (first writer wins), reads back what is stored for every
+key, lets the new assignments adopt their projects' orphan events, and inserts the events — a
+start event taking its project's stored arm — skipping known client_event_ids. A key stored
+by a batch that committed while this one waited for it is invisible to the statement's
+snapshot: its start event is held back, the key read back, and the event inserted with that
+arm by a second statement, before any request of the batch is answered.
 
 Batches with an event that has no experiment (an export before any experiment is known) go
 through `EventWriter.write_together` in a thread, which reconciles them. When the database is
@@ -78,16 +81,24 @@ def batch_statement(assignments: str, events: str) -> str:
         f"LEFT JOIN LATERAL (SELECT y.arm_id FROM {assignments} y WHERE t.arm_id IS NULL "
         "AND st.arm_id IS NULL AND y.experiment_id = t.experiment_id "
         "AND y.project_id = t.project_id OFFSET 0) z ON true "
+        # a start whose stored arm is invisible here (stored by a concurrent batch) waits
+        "WHERE NOT (t.type = 'start' AND st.e IS NOT NULL AND st.arm_id IS NULL) "
         "ON CONFLICT (client_event_id) DO NOTHING RETURNING client_event_id) "
         "SELECT e, p, arm_id, source FROM st "
         "UNION ALL SELECT NULL, client_event_id, NULL, NULL FROM ev"
     )
 
 
+_COLUMNS = set(EVENT_COLUMNS)
+
+
 def rows_json(rows: list[dict[str, Any]]) -> str:
     """The event rows as one JSON array (orjson; the stdlib for what orjson refuses, such as
     integers beyond 64 bits in attributes)."""
-    records = [{name: row.get(name) for name in EVENT_COLUMNS} for row in rows]
+    if all(row.keys() == _COLUMNS for row in rows):  # EventRecord.to_row's shape
+        records = rows
+    else:
+        records = [{name: row.get(name) for name in EVENT_COLUMNS} for row in rows]
     try:
         return orjson.dumps(records).decode()
     except TypeError:
@@ -98,30 +109,48 @@ class PostgresGateway(DatabaseGateway):
     """`DatabaseGateway` for PostgreSQL: the group commit awaited on the event loop."""
 
     def __init__(
-        self, writer: EventWriter, executor: Executor | None = None, connect_timeout_s: int = 2
+        self,
+        writer: EventWriter,
+        executor: Executor | None = None,
+        connect_timeout_s: int = 2,
+        max_in_flight: int = 3,
     ) -> None:
         self.writer = writer
         self._executor = executor
         self._conninfo = conninfo(writer.engine)
         self._connect_timeout_s = connect_timeout_s
-        self._connection: Any = None  # psycopg.AsyncConnection
-        self._statement = batch_statement(writer.tables.assignments.name, writer.tables.events.name)
-        self._commit: GroupCommit[Item, Any] = GroupCommit(self._flush_async, executor)
+        self._idle: list[Any] = []  # psycopg.AsyncConnection, one per batch in flight
+        self._assignments = writer.tables.assignments.name
+        self._events = writer.tables.events.name
+        self._statement = batch_statement(self._assignments, self._events)
+        record = ", ".join(f"{c} {_PG_TYPES[c]}" for c in EVENT_COLUMNS)
+        columns = ", ".join(EVENT_COLUMNS)
+        self._insert_rows = (
+            f"INSERT INTO {self._events} ({columns}) SELECT {columns} "
+            f"FROM jsonb_to_recordset(%s::jsonb) AS t({record}) "
+            "ON CONFLICT (client_event_id) DO NOTHING RETURNING client_event_id"
+        )
+        # two batches in flight: PostgreSQL commits one while the loop prepares the next
+        self._commit: GroupCommit[Item, Any] = GroupCommit(
+            self._flush_async, executor, max_in_flight=max_in_flight, max_batch=24
+        )
 
-    async def _connect(self) -> Any:
+    async def _acquire(self) -> Any:
         import psycopg
 
-        if self._connection is None or self._connection.closed:
-            self._connection = await psycopg.AsyncConnection.connect(
-                self._conninfo, autocommit=True, connect_timeout=self._connect_timeout_s
-            )
-        return self._connection
+        while self._idle:
+            connection = self._idle.pop()
+            if not connection.closed:
+                return connection
+        return await psycopg.AsyncConnection.connect(
+            self._conninfo, autocommit=True, connect_timeout=self._connect_timeout_s
+        )
 
     async def close(self) -> None:
-        if self._connection is not None:
+        idle, self._idle = self._idle, []
+        for connection in idle:
             with contextlib.suppress(Exception):
-                await self._connection.close()
-            self._connection = None
+                await connection.close()
 
     async def _flush_async(self, items: list[Item]) -> list[Any]:
         assignments, rows = split_items(items)
@@ -137,7 +166,8 @@ class PostgresGateway(DatabaseGateway):
                 await loop.run_in_executor(self._executor, self.writer.check_references, references)
             stored, new_ids = await self._write(assignments, rows)
         except Exception as exc:
-            await self.close()
+            if is_unavailable(exc):
+                await self.close()  # the other connections are likely broken too
             if self.writer.spool is None or not is_unavailable(exc):
                 raise
             result = await loop.run_in_executor(
@@ -153,15 +183,58 @@ class PostgresGateway(DatabaseGateway):
         unique = {(e, p): (a, s) for e, p, a, s in assignments}
         new = [{"e": e, "p": p, "a": a, "s": s} for (e, p), (a, s) in unique.items()]
         params = {"a": json.dumps(new), "r": rows_json(rows)}
-        connection = await self._connect()
-        async with connection.cursor() as cursor:
-            await cursor.execute(self._statement, params)
-            result = await cursor.fetchall()
-        stored: dict[tuple[int, str], tuple[int, str]] = {}
-        new_ids: set[str] = set()
-        for e, p, arm_id, source in result:
-            if e is None:
-                new_ids.add(p)
-            elif arm_id is not None:
-                stored[(e, p)] = (arm_id, source)
+        connection = await self._acquire()
+        try:
+            async with connection.cursor() as cursor:
+                await cursor.execute(self._statement, params)
+                result = await cursor.fetchall()
+                stored: dict[tuple[int, str], tuple[int, str]] = {}
+                new_ids: set[str] = set()
+                for e, p, arm_id, source in result:
+                    if e is None:
+                        new_ids.add(p)
+                    elif arm_id is not None:
+                        stored[(e, p)] = (arm_id, source)
+                missing = {key for key in unique if key not in stored}
+                if missing:  # stored by a batch committed while this one ran: a new snapshot
+                    found = await self._read_stored(cursor, sorted(missing))
+                    stored.update(found)
+                    new_ids |= await self._insert_late_starts(cursor, found, missing, rows)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await connection.close()
+            raise
+        self._idle.append(connection)
         return stored, new_ids
+
+    async def _insert_late_starts(
+        self,
+        cursor: Any,
+        found: dict[tuple[int, str], tuple[int, str]],
+        missing: set[tuple[int, str]],
+        rows: list[dict[str, Any]],
+    ) -> set[str]:
+        """Insert the start events the batch statement held back (their project's stored arm
+        was not in its snapshot) with the arm now read back."""
+        late = [
+            {**row, "arm_id": found[key][0]}
+            for row in rows
+            if row.get("type") == "start"
+            and (key := (row["experiment_id"], row["project_id"])) in missing
+            and key in found
+        ]
+        if not late:
+            return set()
+        await cursor.execute(self._insert_rows, [rows_json(late)])
+        return {event_id for (event_id,) in await cursor.fetchall()}
+
+    async def _read_stored(
+        self, cursor: Any, keys: list[tuple[int, str]]
+    ) -> dict[tuple[int, str], tuple[int, str]]:
+        await cursor.execute(
+            "SELECT k.e, k.p, y.arm_id, y.source FROM jsonb_to_recordset(%s::jsonb) "
+            f"AS k(e int, p text) JOIN LATERAL (SELECT arm_id, source FROM {self._assignments} y "
+            "WHERE y.experiment_id = k.e AND y.project_id = k.p OFFSET 0) y ON true",
+            [json.dumps([{"e": e, "p": p} for e, p in keys])],
+        )
+        return {(e, p): (arm_id, source) for e, p, arm_id, source in await cursor.fetchall()}
