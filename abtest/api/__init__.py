@@ -4,19 +4,32 @@ from __future__ import annotations
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.types import Receive, Scope, Send
 
 from abtest.api import admin, gates, health, results, serving
 from abtest.api.deps import AppState
-from abtest.api.fastlane import ProjectsLane
+from abtest.api.fastlane import answer_project, is_project_post
 from abtest.errors import ServiceError
 from abtest.settings import Settings, get_settings
+
+
+class AbtestAPI(FastAPI):
+    """FastAPI, except that `POST /v1/projects` (the hot path) is answered by
+    `abtest.api.fastlane` without the framework's per-request layers."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if is_project_post(scope):
+            scope["app"] = self
+            await answer_project(scope, receive, send, self.state.abtest)
+            return
+        await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None, *, check_migrated: bool = True) -> FastAPI:
     """Build the app; fails fast (DatabaseNotMigrated) when the database is not at head."""
     settings = settings or get_settings()
     state = AppState.build(settings, check_migrated=check_migrated)
-    app = FastAPI(
+    app = AbtestAPI(
         title="abtest",
         version="0.1.0",
         description="Traffic routing, events and results for LLM tool-chaining experiments.",
@@ -31,5 +44,4 @@ def create_app(settings: Settings | None = None, *, check_migrated: bool = True)
     # serving first: its routes are the hot path, matched before the others are tried
     for module in (serving, health, admin, results, gates):
         app.include_router(module.router)
-    app.add_middleware(ProjectsLane)  # POST /v1/projects without FastAPI's per-request work
     return app
