@@ -6,12 +6,13 @@ import asyncio
 
 import pytest
 import sqlalchemy as sa
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client import generate_latest
 
 from abtest import auth, db, services
 from abtest.api import create_app
-from abtest.api.fastlane import ProjectsLane
+from abtest.api.fastlane import MAX_BODY
 from abtest.runtime import build_router, close_router
 from models.arms.base import Prediction
 from models.tools import Filter, ToolConfig
@@ -169,9 +170,14 @@ def test_integers_beyond_64_bits_in_attributes_are_stored(settings, engine):
     assert "1180591620717411303424" in str(attributes)
 
 
-def without_lane(app):
-    app.user_middleware = [m for m in app.user_middleware if m.cls is not ProjectsLane]
-    return app
+class RouteOnly:
+    """The app as plain FastAPI: POST /v1/projects through its route, not the lane."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        await FastAPI.__call__(self.app, scope, receive, send)
 
 
 @pytest.mark.parametrize(
@@ -192,10 +198,10 @@ def test_the_fast_lane_answers_like_the_fastapi_route(settings, engine, headers,
             _, key = auth.create_key(session, headers, headers)
         headers = {"X-API-Key": key}
     answers = []
-    for build in (lambda app: app, without_lane):
-        app = build(create_app(settings.model_copy(update={"auth_enabled": True})))
+    for build in (lambda app: app, RouteOnly):
+        app = create_app(settings.model_copy(update={"auth_enabled": True}))
         app.state.abtest.extras["arms"] = ARMS
-        with TestClient(app) as client:
+        with TestClient(build(app)) as client:
             response = client.post("/v1/projects", json=body, headers=headers)
             answer = response.json()
             if response.status_code == 200:
@@ -205,21 +211,18 @@ def test_the_fast_lane_answers_like_the_fastapi_route(settings, engine, headers,
     assert answers[0][0] in (200, 401, 403, 404, 422)
 
 
-def test_the_lane_leaves_other_requests_to_the_app():
-    seen = []
-
-    async def app(scope, receive, send):
-        seen.append((scope["type"], scope.get("method"), scope.get("path")))
-
-    lane = ProjectsLane(app)
-    for method, path in (("GET", "/v1/projects"), ("POST", "/v1/projects/p/export")):
-        asyncio.run(lane({"type": "http", "method": method, "path": path}, None, None))
-    asyncio.run(lane({"type": "lifespan"}, None, None))
-    assert seen == [
-        ("http", "GET", "/v1/projects"),
-        ("http", "POST", "/v1/projects/p/export"),
-        ("lifespan", None, None),
-    ]
+def test_other_requests_go_through_fastapi_and_big_bodies_get_413(settings, engine):
+    make_experiment(engine)
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/v1/projects").status_code == 405
+        assert client.get("/healthz").status_code == 200
+        exported = client.post("/v1/projects/p/export", json={})
+        assert exported.status_code == 200, exported.text
+        huge = client.post(
+            "/v1/projects", json={"project_id": "p", "intent": "x" * (MAX_BODY + 10)}
+        )
+        assert huge.status_code == 413 and huge.json()["detail"][0]["loc"] == ["body"]
+    assert stored(engine, "assignments", "p") == []
 
 
 def test_the_gateway_refuses_unknown_arms_without_spooling(settings, engine):
@@ -248,3 +251,85 @@ def test_the_gateway_refuses_unknown_arms_without_spooling(settings, engine):
     with pytest.raises(InvalidEventReference, match="arm_id 999"):
         asyncio.run(scenario())
     assert stored(engine, "assignments", "p") == [] and router.spool.depth == 0
+
+
+def test_an_expired_role_is_refreshed_once_in_the_background(settings, engine, monkeypatch):
+    """Expiry must not send every in-flight request to the database (nor fail them while it
+    is down): the stale role answers while one lookup refreshes it; a revoked key then fails."""
+    from abtest import auth as auth_module
+    from abtest.api.deps import AppState, authorize
+
+    with db.session_scope(engine) as session:
+        _, key = auth.create_key(session, "app-1", "app")
+    state = AppState.build(settings.model_copy(update={"auth_enabled": True}))
+    lookups = []
+    real_role_of = auth_module.role_of
+
+    def counting_role_of(session, given):
+        lookups.append(given)
+        return real_role_of(session, given)
+
+    monkeypatch.setattr(auth_module, "role_of", counting_role_of)
+
+    async def scenario():
+        assert await authorize(state, key, ("app",)) == "app"  # missing: waits for the lookup
+        cache = state.extras["role_cache"]
+        cache.ttl_s = 0.0
+        cache.put(key, "app")  # now stale
+        with db.session_scope(engine) as session:
+            auth.revoke_key(session, "app-1")
+        roles = await asyncio.gather(*(authorize(state, key, ("app",)) for _ in range(20)))
+        assert roles == ["app"] * 20  # the stale role answered at once
+        while cache.pending:
+            await asyncio.sleep(0.01)
+        assert cache.peek(key)[1] is None
+        with pytest.raises(Exception, match="invalid or revoked"):
+            await authorize(state, key, ("app",))
+
+    asyncio.run(scenario())
+    assert len(lookups) == 2  # the first lookup, then one refresh for 20 requests
+
+
+def test_a_first_assignment_committed_by_a_concurrent_batch_is_read_back(postgres_url, tmp_path):
+    """PostgreSQL, batches in flight on several connections: a batch whose insert waited for
+    another's (same project) does not see that row in its own snapshot; it reads it back."""
+    import psycopg
+
+    from abtest.settings import Settings
+
+    engine = db.make_engine(postgres_url)
+    db.upgrade(engine)
+    make_experiment(engine)
+    ids = arm_ids(engine)
+    settings = Settings(database_url=postgres_url, spool_dir=tmp_path / "spool")
+    router = build_router(settings, engine, ARMS)
+    gateway = router.close_hooks[0].__self__
+    other = psycopg.connect(postgres_url.replace("+psycopg", ""))
+    other.execute(
+        "INSERT INTO assignments (experiment_id, project_id, arm_id, source, assigned_at) "
+        "VALUES (1, 'race', %s, 'hash', now())",
+        [ids["treatment"]],
+    )  # not committed yet: the gateway's insert of 'race' will wait for it
+    from routing.events import EventRecord
+
+    row = EventRecord("start:race", "start", "race", 1, ids["control"]).to_row()
+
+    async def scenario():
+        try:
+            write = asyncio.ensure_future(
+                gateway.write_first((1, "race", ids["control"], "hash"), row)
+            )
+            await asyncio.sleep(0.3)
+            assert not write.done()  # blocked on the other transaction's row
+            other.commit()
+            return await write
+        finally:
+            await close_router(router)
+
+    try:
+        (stored_arm, source), outcome = asyncio.run(scenario())
+    finally:
+        other.close()
+    assert (stored_arm, source, outcome) == (ids["treatment"], "hash", "stored")
+    assert stored(engine, "events", "race") == ["treatment"]  # the start took the stored arm
+    engine.dispose()
