@@ -130,9 +130,10 @@ class PostgresGateway(DatabaseGateway):
             f"FROM jsonb_to_recordset(%s::jsonb) AS t({record}) "
             "ON CONFLICT (client_event_id) DO NOTHING RETURNING client_event_id"
         )
-        # two batches in flight: PostgreSQL commits one while the loop prepares the next
+        # several batches in flight: PostgreSQL commits one while the loop prepares the next;
+        # batches of at most 64 (24 measured the same at 64 connections, worse at 256)
         self._commit: GroupCommit[Item, Any] = GroupCommit(
-            self._flush_async, executor, max_in_flight=max_in_flight, max_batch=24
+            self._flush_async, executor, max_in_flight=max_in_flight, max_batch=64
         )
 
     async def _acquire(self) -> Any:
