@@ -17,6 +17,7 @@ from abtest.runtime import build_router, close_router
 from models.arms.base import Prediction
 from models.tools import Filter, ToolConfig
 from routing.assignment import decide
+from tests.serving_setup import make_two_arm_experiment
 
 CONFIGS = {"teacher": ToolConfig(filter=Filter("vivid", 40.0)), "student": ToolConfig()}
 
@@ -30,24 +31,6 @@ class Instant:
 
 
 ARMS = {name: Instant(name) for name in CONFIGS}
-
-
-def make_experiment(engine, weights=(0.5, 0.5), start=True):
-    with db.session_scope(engine) as session:
-        services.register_variant(session, "teacher", "teacher")
-        services.register_variant(session, "student", "teacher")
-        services.create_experiment(
-            session,
-            services.ExperimentSpec(
-                "e1",
-                [
-                    services.ArmSpec("control", "teacher", weights[0], True),
-                    services.ArmSpec("treatment", "student", weights[1]),
-                ],
-            ),
-        )
-        if start:
-            services.start_experiment(session, "e1")
 
 
 def arm_ids(engine):
@@ -81,7 +64,7 @@ def allocation_version(engine):
 
 
 def test_weight_changes_of_a_started_experiment_bump_the_allocation_version(engine):
-    make_experiment(engine, start=False)
+    make_two_arm_experiment(engine, start=False)
     with db.session_scope(engine) as session:
         services.update_arm_weights(session, "e1", {"control": 0.7, "treatment": 0.3})
     assert allocation_version(engine) == 0  # never started: nobody is assigned yet
@@ -95,7 +78,7 @@ def test_weight_changes_of_a_started_experiment_bump_the_allocation_version(engi
 
 
 def test_new_projects_store_assignment_and_start_together(settings, engine):
-    make_experiment(engine)
+    make_two_arm_experiment(engine)
     projects = [f"p{i}" for i in range(40)]
     routed, _ = route(settings, engine, projects)
     definition = asyncio.run(build_router(settings, engine).catalog.resolve("e1"))
@@ -108,7 +91,7 @@ def test_new_projects_store_assignment_and_start_together(settings, engine):
 
 def test_a_project_stored_in_another_arm_counts_there(settings, engine):
     """Version 0 skips the lookup; the database's first-writer-wins insert still decides."""
-    make_experiment(engine, weights=(1.0, 0.0))  # hashing picks control for everybody
+    make_two_arm_experiment(engine, weights=(1.0, 0.0))  # hashing picks control for everybody
     ids = arm_ids(engine)
     with engine.begin() as conn:
         conn.execute(
@@ -127,7 +110,7 @@ def test_a_project_stored_in_another_arm_counts_there(settings, engine):
 
 
 def test_after_a_weight_change_assigned_projects_keep_their_arm(settings, engine):
-    make_experiment(engine, weights=(0.5, 0.5))
+    make_two_arm_experiment(engine, weights=(0.5, 0.5))
     projects = [f"p{i}" for i in range(60)]
     before, _ = route(settings, engine, projects)
     with db.session_scope(engine) as session:
@@ -140,7 +123,7 @@ def test_after_a_weight_change_assigned_projects_keep_their_arm(settings, engine
 
 
 def test_an_export_before_its_start_takes_the_arm_of_the_start(settings, engine):
-    make_experiment(engine)
+    make_two_arm_experiment(engine)
 
     async def scenario():
         router = build_router(settings, engine, ARMS)
@@ -155,7 +138,7 @@ def test_an_export_before_its_start_takes_the_arm_of_the_start(settings, engine)
 
 
 def test_integers_beyond_64_bits_in_attributes_are_stored(settings, engine):
-    make_experiment(engine)
+    make_two_arm_experiment(engine)
 
     async def scenario():
         router = build_router(settings, engine, ARMS)
@@ -192,7 +175,7 @@ class RouteOnly:
     ],
 )
 def test_the_fast_lane_answers_like_the_fastapi_route(settings, engine, headers, body):
-    make_experiment(engine)
+    make_two_arm_experiment(engine)
     if isinstance(headers, str):
         with db.session_scope(engine) as session:
             _, key = auth.create_key(session, headers, headers)
@@ -212,7 +195,7 @@ def test_the_fast_lane_answers_like_the_fastapi_route(settings, engine, headers,
 
 
 def test_other_requests_go_through_fastapi_and_big_bodies_get_413(settings, engine):
-    make_experiment(engine)
+    make_two_arm_experiment(engine)
     with TestClient(create_app(settings)) as client:
         assert client.get("/v1/projects").status_code == 405
         assert client.get("/healthz").status_code == 200
@@ -229,7 +212,7 @@ def test_the_gateway_refuses_unknown_arms_without_spooling(settings, engine):
     """No foreign keys on events or assignments: the gateway checks the ids it writes."""
     from routing.events import InvalidEventReference, utcnow
 
-    make_experiment(engine)
+    make_two_arm_experiment(engine)
     router = build_router(settings, engine, ARMS)
     gateway = router.close_hooks[0].__self__
     row = {
@@ -299,7 +282,7 @@ def test_a_first_assignment_committed_by_a_concurrent_batch_is_read_back(postgre
 
     engine = db.make_engine(postgres_url)
     db.upgrade(engine)
-    make_experiment(engine)
+    make_two_arm_experiment(engine)
     ids = arm_ids(engine)
     settings = Settings(database_url=postgres_url, spool_dir=tmp_path / "spool")
     router = build_router(settings, engine, ARMS)
