@@ -9,14 +9,16 @@ therefore agree on every project.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 _FNV_OFFSET = 0x811C9DC5
 _FNV_PRIME = 0x01000193
 _MASK = 0xFFFFFFFF
 
 
-def fnv1a32(text: str) -> int:
-    """32-bit FNV-1a of the string's UTF-16 code units (bytes for ASCII: the same units)."""
-    hval = _FNV_OFFSET
+def fnv1a32(text: str, hval: int = _FNV_OFFSET) -> int:
+    """32-bit FNV-1a of the string's UTF-16 code units (bytes for ASCII: the same units),
+    continuing from the state `hval` (the offset basis: a fresh hash)."""
     if text.isascii():
         for unit in text.encode("ascii"):
             hval = ((hval ^ unit) * _FNV_PRIME) & _MASK
@@ -27,9 +29,18 @@ def fnv1a32(text: str) -> int:
     return hval
 
 
+@lru_cache(maxsize=1024)
+def _seed_state(seed: str) -> int:
+    """FNV-1a is sequential: the state after an experiment's seed is computed once."""
+    return fnv1a32(seed)
+
+
 def hash_v2(seed: str, value: str) -> float:
     """GrowthBook hash version 2: a number in [0, 1) with 4 decimals."""
-    return (fnv1a32(str(fnv1a32(seed + value))) % 10000) / 10000
+    # seed + value hashes unit by unit: resume after the (ASCII, so one unit a byte) seed
+    ascii_seed = seed.isascii()
+    inner = fnv1a32(value, _seed_state(seed)) if ascii_seed else fnv1a32(seed + value)
+    return (fnv1a32(str(inner)) % 10000) / 10000
 
 
 def hash_v1(seed: str, value: str) -> float:
