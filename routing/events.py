@@ -575,10 +575,9 @@ class EventWriter:
                 f"FROM _abtest_events_in t {join}"
             )
         else:
-            record = ", ".join(f"{c} {_PG_TYPES[c]}" for c in EVENT_COLUMNS)
             cursor.execute(
                 f"INSERT INTO {events} ({columns}) SELECT {selected} "
-                f"FROM jsonb_to_recordset(%s::jsonb) AS t({record}) {join}",
+                f"FROM jsonb_to_recordset(%s::jsonb) AS t({PG_EVENT_RECORD}) {join}",
                 [_rows_json(rows)],
             )
         return {row[0] for row in cursor.fetchall()}
@@ -588,29 +587,13 @@ class EventWriter:
     ) -> dict[tuple[int, str], tuple[int, str]]:
         """Insert-or-read in one statement, then adopt orphan events of the new assignments."""
         assignments, events = self.tables.assignments.name, self.tables.events.name
-        params = [json.dumps([[e, p, a, s] for (e, p), (a, s) in items.items()])]
+        new = [{"e": e, "p": p, "a": a, "s": s} for (e, p), (a, s) in items.items()]
         # One round trip: insert the new assignments, let them adopt their project's orphan
         # events (exports that arrived first), and read back what is stored for every key.
         cursor.execute(
-            "WITH input AS (SELECT (v->>0)::int AS e, v->>1 AS p, (v->>2)::int AS a, "
-            "v->>3 AS s FROM jsonb_array_elements(%s::jsonb) AS v), "
-            f"ins AS (INSERT INTO {assignments} "
-            "(experiment_id, project_id, arm_id, source, assigned_at) "
-            "SELECT e, p, a, s, now() FROM input "
-            "ON CONFLICT (experiment_id, project_id) DO NOTHING "
-            "RETURNING experiment_id, project_id, arm_id, source), "
-            f"adopt AS (UPDATE {events} ev SET experiment_id = ins.experiment_id, "
-            "arm_id = ins.arm_id FROM ins WHERE ev.project_id = ins.project_id "
-            "AND ev.arm_id IS NULL "
-            "AND (ev.experiment_id IS NULL OR ev.experiment_id = ins.experiment_id)) "
-            "SELECT i.e, i.p, COALESCE(ins.arm_id, x.arm_id), "
-            "COALESCE(ins.source, x.source) "
-            "FROM input i "
-            "LEFT JOIN ins ON ins.experiment_id = i.e AND ins.project_id = i.p "
-            f"LEFT JOIN LATERAL (SELECT arm_id, source FROM {assignments} y "
-            "WHERE ins.arm_id IS NULL AND y.experiment_id = i.e AND y.project_id = i.p OFFSET 0) x "
-            "ON true",
-            params,
+            f"WITH {first_assignment_ctes(assignments, events, '%s')} "
+            "SELECT e, p, arm_id, source FROM st",
+            [json.dumps(new)],
         )
         result = cursor.fetchall()
         return {(e, p): (a, s) for e, p, a, s in result if a is not None}
@@ -657,23 +640,18 @@ class EventWriter:
     def write_together(
         self, assignments: Sequence[tuple[int, str, int, str]], rows: Sequence[dict[str, Any]]
     ) -> tuple[dict[tuple[int, str], tuple[int, str]] | None, WriteResult]:
-        """First assignments and events in one transaction (PostgreSQL): the group commit of
-        the request path. When the database is unreachable both are spooled: the assignments
-        come back as None (unconfirmed) and the events as spooled."""
+        """First assignments, then events (their starts taking the stored arms): the thread
+        path of the request's group commit (SQLite; on PostgreSQL only batches holding an event
+        without an experiment, `routing.pg_gateway` writes the others in one statement). When
+        the database is unreachable both are spooled: the assignments come back as None
+        (unconfirmed) and the events as spooled."""
         try:
             references = [*rows, *({"experiment_id": e, "arm_id": a} for e, _, a, _ in assignments)]
             if self.references_unchecked(references):  # before anything is written
                 self.check_references(references)
-            if self.postgres and not any(row.get("experiment_id") is None for row in rows):
-                unique = {(e, p): (a, s) for e, p, a, s in assignments}
-                with self._pg_cursor() as cursor:
-                    stored = self._pg_first_assignments(cursor, unique) if unique else {}
-                    rows = _starts_take_stored_arms(rows, stored)
-                    new_ids = self._pg_insert_events(cursor, rows) if rows else set()
-            else:
-                stored = self.first_assignments(assignments) if assignments else {}
-                rows = _starts_take_stored_arms(rows, stored)
-                new_ids = self.insert(rows) if rows else set()
+            stored = self.first_assignments(assignments) if assignments else {}
+            rows = _starts_take_stored_arms(rows, stored)
+            new_ids = self.insert(rows) if rows else set()
         except Exception as exc:
             if self.spool is None or not is_unavailable(exc):
                 raise
@@ -793,6 +771,35 @@ _PG_TYPES = {
     "output": "jsonb",
     "attributes": "jsonb",
 }
+# the column list of `jsonb_to_recordset(...) AS t(...)` for event rows
+PG_EVENT_RECORD = ", ".join(f"{c} {_PG_TYPES[c]}" for c in EVENT_COLUMNS)
+_COLUMN_SET = set(EVENT_COLUMNS)
+
+
+def first_assignment_ctes(assignments: str, events: str, param: str) -> str:
+    """The WITH-clause pieces of a batch of first assignments (`param`: a JSON array of
+    {e, p, a, s}): `i` the proposals, `ins` those inserted (first writer wins), `st` what is
+    stored for every key, and `adopt`, which gives the new assignments their projects' orphan
+    events (exports that arrived first). LATERAL ... OFFSET 0 keeps each lookup an index probe
+    whatever the often stale statistics of a fast-growing assignments table suggest."""
+    return (
+        f"i AS (SELECT * FROM jsonb_to_recordset({param}::jsonb) "
+        "AS i(e int, p text, a int, s text)), "
+        f"ins AS (INSERT INTO {assignments} "
+        "(experiment_id, project_id, arm_id, source, assigned_at) "
+        "SELECT e, p, a, s, now() FROM i ON CONFLICT (experiment_id, project_id) DO NOTHING "
+        "RETURNING experiment_id, project_id, arm_id, source), "
+        "st AS (SELECT i.e, i.p, COALESCE(ins.arm_id, x.arm_id) AS arm_id, "
+        "COALESCE(ins.source, x.source) AS source FROM i "
+        "LEFT JOIN ins ON ins.experiment_id = i.e AND ins.project_id = i.p "
+        f"LEFT JOIN LATERAL (SELECT y.arm_id, y.source FROM {assignments} y "
+        "WHERE ins.arm_id IS NULL AND y.experiment_id = i.e AND y.project_id = i.p "
+        "OFFSET 0) x ON true), "
+        f"adopt AS (UPDATE {events} ev SET experiment_id = ins.experiment_id, "
+        "arm_id = ins.arm_id FROM ins WHERE ev.project_id = ins.project_id "
+        "AND ev.arm_id IS NULL "
+        "AND (ev.experiment_id IS NULL OR ev.experiment_id = ins.experiment_id))"
+    )
 
 
 def _json_default(value: Any) -> Any:
@@ -802,10 +809,16 @@ def _json_default(value: Any) -> Any:
 
 
 def _rows_json(rows: Sequence[dict[str, Any]]) -> str:
-    """The batch as one JSON array for `jsonb_to_recordset` (one parameter, dumped in C)."""
-    return json.dumps(
-        [{name: row.get(name) for name in EVENT_COLUMNS} for row in rows], default=_json_default
-    )
+    """The batch as one JSON array for `jsonb_to_recordset` (one parameter): orjson, and the
+    stdlib for what orjson refuses (such as integers beyond 64 bits in attributes)."""
+    if all(row.keys() == _COLUMN_SET for row in rows):  # EventRecord.to_row's shape
+        records: Sequence[dict[str, Any]] = rows
+    else:
+        records = [{name: row.get(name) for name in EVENT_COLUMNS} for row in rows]
+    try:
+        return orjson.dumps(records).decode()
+    except TypeError:
+        return json.dumps(records, default=_json_default)
 
 
 # Binary COPY: PostgreSQL parses no text, psycopg formats each row in C. The JSON columns are

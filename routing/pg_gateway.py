@@ -26,16 +26,16 @@ import json
 from concurrent.futures import Executor
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
 
 from routing.events import (
-    _PG_TYPES,
     EVENT_COLUMNS,
+    PG_EVENT_RECORD,
     EventWriter,
     GroupCommit,
     WriteResult,
     _rows_json,
+    first_assignment_ctes,
     is_unavailable,
 )
 from routing.storage import DatabaseGateway, Item, item_outcomes, split_items
@@ -49,33 +49,15 @@ def conninfo(engine: sa.Engine) -> str:
 def batch_statement(assignments: str, events: str) -> str:
     """The one statement of a batch; `%(a)s` and `%(r)s` are JSON arrays of the new
     assignments ({e, p, a, s}) and of the event rows."""
-    record = ", ".join(f"{c} {_PG_TYPES[c]}" for c in EVENT_COLUMNS)
     columns = ", ".join(EVENT_COLUMNS)
     arm = (
         "CASE WHEN t.type = 'start' THEN COALESCE(st.arm_id, t.arm_id, z.arm_id) "
         "ELSE COALESCE(t.arm_id, st.arm_id, z.arm_id) END"
     )
     selected = ", ".join(arm if c == "arm_id" else f"t.{c}" for c in EVENT_COLUMNS)
-    # LATERAL ... OFFSET 0 keeps each lookup an index probe whatever the (often stale)
-    # statistics of fast-growing tables make the planner think of a join.
     return (
-        "WITH i AS (SELECT * FROM jsonb_to_recordset(%(a)s::jsonb) "
-        "AS i(e int, p text, a int, s text)), "
-        f"ins AS (INSERT INTO {assignments} "
-        "(experiment_id, project_id, arm_id, source, assigned_at) "
-        "SELECT e, p, a, s, now() FROM i ON CONFLICT (experiment_id, project_id) DO NOTHING "
-        "RETURNING experiment_id, project_id, arm_id, source), "
-        "st AS (SELECT i.e, i.p, COALESCE(ins.arm_id, x.arm_id) AS arm_id, "
-        "COALESCE(ins.source, x.source) AS source FROM i "
-        "LEFT JOIN ins ON ins.experiment_id = i.e AND ins.project_id = i.p "
-        f"LEFT JOIN LATERAL (SELECT y.arm_id, y.source FROM {assignments} y "
-        "WHERE ins.arm_id IS NULL AND y.experiment_id = i.e AND y.project_id = i.p "
-        "OFFSET 0) x ON true), "
-        f"adopt AS (UPDATE {events} ev SET experiment_id = ins.experiment_id, "
-        "arm_id = ins.arm_id FROM ins WHERE ev.project_id = ins.project_id "
-        "AND ev.arm_id IS NULL "
-        "AND (ev.experiment_id IS NULL OR ev.experiment_id = ins.experiment_id)), "
-        f"t AS (SELECT * FROM jsonb_to_recordset(%(r)s::jsonb) AS t({record})), "
+        f"WITH {first_assignment_ctes(assignments, events, '%(a)s')}, "
+        f"t AS (SELECT * FROM jsonb_to_recordset(%(r)s::jsonb) AS t({PG_EVENT_RECORD})), "
         f"ev AS (INSERT INTO {events} ({columns}) SELECT {selected} FROM t "
         "LEFT JOIN st ON st.e = t.experiment_id AND st.p = t.project_id "
         f"LEFT JOIN LATERAL (SELECT y.arm_id FROM {assignments} y WHERE t.arm_id IS NULL "
@@ -87,22 +69,6 @@ def batch_statement(assignments: str, events: str) -> str:
         "SELECT e, p, arm_id, source FROM st "
         "UNION ALL SELECT NULL, client_event_id, NULL, NULL FROM ev"
     )
-
-
-_COLUMNS = set(EVENT_COLUMNS)
-
-
-def rows_json(rows: list[dict[str, Any]]) -> str:
-    """The event rows as one JSON array (orjson; the stdlib for what orjson refuses, such as
-    integers beyond 64 bits in attributes)."""
-    if all(row.keys() == _COLUMNS for row in rows):  # EventRecord.to_row's shape
-        records = rows
-    else:
-        records = [{name: row.get(name) for name in EVENT_COLUMNS} for row in rows]
-    try:
-        return orjson.dumps(records).decode()
-    except TypeError:
-        return _rows_json(rows)
 
 
 class PostgresGateway(DatabaseGateway):
@@ -123,11 +89,10 @@ class PostgresGateway(DatabaseGateway):
         self._assignments = writer.tables.assignments.name
         self._events = writer.tables.events.name
         self._statement = batch_statement(self._assignments, self._events)
-        record = ", ".join(f"{c} {_PG_TYPES[c]}" for c in EVENT_COLUMNS)
         columns = ", ".join(EVENT_COLUMNS)
         self._insert_rows = (
             f"INSERT INTO {self._events} ({columns}) SELECT {columns} "
-            f"FROM jsonb_to_recordset(%s::jsonb) AS t({record}) "
+            f"FROM jsonb_to_recordset(%s::jsonb) AS t({PG_EVENT_RECORD}) "
             "ON CONFLICT (client_event_id) DO NOTHING RETURNING client_event_id"
         )
         # several batches in flight: PostgreSQL commits one while the loop prepares the next;
@@ -183,7 +148,7 @@ class PostgresGateway(DatabaseGateway):
     ) -> tuple[dict[tuple[int, str], tuple[int, str]], set[str]]:
         unique = {(e, p): (a, s) for e, p, a, s in assignments}
         new = [{"e": e, "p": p, "a": a, "s": s} for (e, p), (a, s) in unique.items()]
-        params = {"a": json.dumps(new), "r": rows_json(rows)}
+        params = {"a": json.dumps(new), "r": _rows_json(rows)}
         connection = await self._acquire()
         try:
             async with connection.cursor() as cursor:
@@ -226,7 +191,7 @@ class PostgresGateway(DatabaseGateway):
         ]
         if not late:
             return set()
-        await cursor.execute(self._insert_rows, [rows_json(late)])
+        await cursor.execute(self._insert_rows, [_rows_json(late)])
         return {event_id for (event_id,) in await cursor.fetchall()}
 
     async def _read_stored(
