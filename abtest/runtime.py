@@ -172,8 +172,8 @@ def settle_garbage_collector(young_threshold: int = 20_000) -> None:
     in-flight request for ~170 ms several times a minute under load (bench/RESULTS.md)."""
     gc.collect()
     gc.freeze()
-    _, middle, old = gc.get_threshold()
-    gc.set_threshold(max(young_threshold, gc.get_threshold()[0]), middle, old)
+    young, middle, old = gc.get_threshold()
+    gc.set_threshold(max(young_threshold, young), middle, old)
 
 
 async def close_router(router: Router) -> None:

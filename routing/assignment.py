@@ -196,14 +196,21 @@ async def assign(experiment: ExperimentDef, project_id: str, store: AssignmentSt
         stored = await store.put_first(
             experiment_id, project_id, StoredAssignment(fresh.arm, fresh.source)
         )
-        if not experiment.has_arm(stored.arm):  # an arm removed since: serve the fresh pick
-            return fresh
-        serve = fresh.arm if fresh.source == "override" else None
-        return Decision(stored.arm, True, stored.source, serve)
-    stored = await store.get(experiment_id, project_id)
-    if stored is not None and experiment.has_arm(stored.arm):
-        return Decision(stored.arm, True, stored.source)
-    return fresh
+    else:
+        stored = await store.get(experiment_id, project_id)
+    return sticky(experiment, fresh, stored) or fresh
+
+
+def sticky(
+    experiment: ExperimentDef, fresh: Decision, stored: StoredAssignment | None
+) -> Decision | None:
+    """The decision of a project with a stored first assignment: it counts there, and a forced
+    override is still what answers. None without one, or when its arm was removed since (then
+    the fresh pick is served)."""
+    if stored is None or not experiment.has_arm(stored.arm):
+        return None
+    serve = fresh.arm if fresh.source == "override" else None
+    return Decision(stored.arm, True, stored.source, serve)
 
 
 class LruCache:

@@ -28,6 +28,7 @@ from routing.assignment import (
     StoredAssignment,
     assign,
     decide,
+    sticky,
 )
 from routing.events import (
     EventRecord,
@@ -507,9 +508,9 @@ class Router:
         fresh = decide(experiment, project_id)
         experiment_id = experiment.id if experiment.id is not None else 0
         stored = await recall(experiment_id, project_id, deep=experiment.allocation_version > 0)
-        if stored is not None and experiment.has_arm(stored.arm):
-            serve = fresh.arm if fresh.source == "override" else None
-            return Decision(stored.arm, True, stored.source, serve), None
+        kept = sticky(experiment, fresh, stored)
+        if kept is not None:
+            return kept, None
         if not fresh.in_experiment:
             return fresh, None
         return fresh, (experiment_id, project_id, experiment.arm(fresh.arm).arm_id, fresh.source)
