@@ -16,37 +16,15 @@ in this process against a fresh database; the table is truncated between runs.
 from __future__ import annotations
 
 import argparse
-import os
 import time
-import uuid
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
+from scratch_db import create_database, drop_database, two_arm_experiment
 
-from abtest import db, services
+from abtest import db
 from abtest.runtime import TABLES
 from routing.events import EventRecord, EventWriter, copy_events
-
-ADMIN_URL = os.environ.get(
-    "ABTEST_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
-
-
-def make_database() -> tuple[str, sa.Engine]:
-    admin = sa.create_engine(db.normalize_url(ADMIN_URL), isolation_level="AUTOCOMMIT")
-    name = f"abtest_bench_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    url = sa.make_url(db.normalize_url(ADMIN_URL)).set(database=name)
-    return name, db.make_engine(url.render_as_string(hide_password=False))
-
-
-def drop_database(name: str) -> None:
-    admin = sa.create_engine(db.normalize_url(ADMIN_URL), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def main() -> None:
@@ -63,22 +41,12 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    name, engine = make_database()
+    name, url = create_database()
+    engine = db.make_engine(url)
     try:
         db.upgrade(engine)
         with db.session_scope(engine) as session:
-            services.register_variant(session, "teacher", "teacher")
-            services.register_variant(session, "student", "teacher")
-            exp = services.create_experiment(
-                session,
-                services.ExperimentSpec(
-                    "bench",
-                    [
-                        services.ArmSpec("control", "teacher", 0.5, True),
-                        services.ArmSpec("treatment", "student", 0.5),
-                    ],
-                ),
-            )
+            exp = two_arm_experiment(session)
             exp_id, arm_ids = exp.id, [a.id for a in exp.arms]
         projects = args.events // 2
         with engine.begin() as conn:  # every project started: exports resolve to an arm

@@ -30,9 +30,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-ADMIN_URL = os.environ.get(
-    "ABTEST_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
 REDIS_URL = os.environ.get("ABTEST_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
@@ -256,47 +253,19 @@ def run_load(port: int, args: argparse.Namespace, key: str, tag: str) -> dict:
 
 
 def prepare_database() -> tuple[str, str, str]:
-    import sqlalchemy as sa
+    """A new database with experiment "bench" running and an app key: name, URL, key."""
+    from scratch_db import create_database, two_arm_experiment
 
-    from abtest import auth, db, services
+    from abtest import auth, db
 
-    admin = sa.create_engine(db.normalize_url(ADMIN_URL), isolation_level="AUTOCOMMIT")
-    name = f"abtest_bench_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    url = sa.make_url(db.normalize_url(ADMIN_URL)).set(database=name)
-    url_text = url.render_as_string(hide_password=False)
-    engine = db.make_engine(url_text)
+    name, url = create_database()
+    engine = db.make_engine(url)
     db.upgrade(engine)
     with db.session_scope(engine) as session:
-        services.register_variant(session, "teacher", "teacher")
-        services.register_variant(session, "student", "teacher")
-        services.create_experiment(
-            session,
-            services.ExperimentSpec(
-                "bench",
-                [
-                    services.ArmSpec("control", "teacher", 0.5, True),
-                    services.ArmSpec("treatment", "student", 0.5),
-                ],
-            ),
-        )
-        services.start_experiment(session, "bench")
+        two_arm_experiment(session, start=True)
         _, key = auth.create_key(session, "bench", "app")
     engine.dispose()
-    return name, url_text, key
-
-
-def drop_database(name: str) -> None:
-    import sqlalchemy as sa
-
-    from abtest import db
-
-    admin = sa.create_engine(db.normalize_url(ADMIN_URL), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    return name, url, key
 
 
 def main() -> None:
@@ -374,6 +343,8 @@ def main() -> None:
             assignments = conn.execute(sa.text("SELECT count(*) FROM assignments")).scalar()
         engine.dispose()
     finally:
+        from scratch_db import drop_database
+
         drop_database(name)
         import redis
 

@@ -29,10 +29,8 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import sys
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -42,12 +40,11 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from scratch_db import create_database, drop_database  # noqa: E402
+
 from abtest import db, services  # noqa: E402
 from analysis import queries, reports, rollup  # noqa: E402
 
-ADMIN_URL = os.environ.get(
-    "ABTEST_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
 DAY0 = datetime(2026, 10, 1, tzinfo=UTC)
 DAYS = 14
 KEY = "bench"
@@ -87,24 +84,6 @@ FROM assignments a
 WHERE a.experiment_id = :experiment_id AND a.id > :after
   AND random() < CASE WHEN a.arm_id = :control THEN 0.90 ELSE 0.89 END;
 """
-
-
-def create_database() -> tuple[str, str]:
-    admin = sa.create_engine(db.normalize_url(ADMIN_URL), isolation_level="AUTOCOMMIT")
-    name = f"abtest_bench_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return name, sa.make_url(db.normalize_url(ADMIN_URL)).set(database=name).render_as_string(
-        hide_password=False
-    )
-
-
-def drop_database(name: str) -> None:
-    admin = sa.create_engine(db.normalize_url(ADMIN_URL), isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def generate(engine: sa.Engine, projects: int) -> queries.ExperimentInfo:
