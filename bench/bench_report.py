@@ -54,7 +54,7 @@ INSERT INTO assignments (experiment_id, project_id, arm_id, source, assigned_at)
 SELECT :experiment_id, 'p' || i,
        CASE WHEN hashtext('arm' || i) & 1 = 0 THEN :control ELSE :treatment END,
        'hash', :day0 + ((i - 1)::float8 / :per_day) * interval '1 day'
-FROM generate_series(:first, :last) AS i;
+FROM generate_series(CAST(:first AS int), CAST(:last AS int)) AS i;
 
 INSERT INTO events (client_event_id, type, project_id, experiment_id, arm_id, occurred_at,
                     received_at, latency_ms, fallback, error, cache_hit, cost_usd, intent,
