@@ -443,14 +443,9 @@ def tune_for_analytics(connection: Connection) -> None:
         connection.exec_driver_sql("SET LOCAL jit = off")
 
 
-def _calls(experiment_id: int, until: datetime | None) -> sa.Subquery:
-    """Start events of the experiment (the routed calls) with the arm that served them.
-
-    A call logged without an arm falls back to the project's assignment (looked up only then).
-    """
-    conditions = [events.c.experiment_id == experiment_id, events.c.type == "start"]
-    if until is not None:
-        conditions.append(events.c.occurred_at < until)
+def call_arm(experiment_id: int) -> ColumnElement[Any]:
+    """The arm of a start event: its own, else its project's assignment (looked up only
+    then)."""
     assigned_arm = (
         sa.select(assignments.c.arm_id)
         .where(
@@ -459,9 +454,20 @@ def _calls(experiment_id: int, until: datetime | None) -> sa.Subquery:
         )
         .scalar_subquery()
     )
+    return func.coalesce(events.c.arm_id, assigned_arm)
+
+
+def _calls(experiment_id: int, until: datetime | None) -> sa.Subquery:
+    """Start events of the experiment (the routed calls) with the arm that served them.
+
+    A call logged without an arm falls back to the project's assignment (looked up only then).
+    """
+    conditions = [events.c.experiment_id == experiment_id, events.c.type == "start"]
+    if until is not None:
+        conditions.append(events.c.occurred_at < until)
     return (
         sa.select(
-            func.coalesce(events.c.arm_id, assigned_arm).label("arm_id"),
+            call_arm(experiment_id).label("arm_id"),
             events.c.latency_ms,
             events.c.fallback,
             events.c.error,

@@ -284,17 +284,9 @@ def _recompute_calls(connection: Connection, experiment_id: int, days: list[date
             )
         )
     connection.execute(delete)
-    assigned_arm = (
-        sa.select(assignments.c.arm_id)
-        .where(
-            assignments.c.experiment_id == experiment_id,
-            assignments.c.project_id == events.c.project_id,
-        )
-        .scalar_subquery()
-    )
     calls = (
         sa.select(
-            func.coalesce(events.c.arm_id, assigned_arm).label("arm_id"),
+            queries.call_arm(experiment_id).label("arm_id"),
             _day(connection, events.c.occurred_at).label("day"),
             latency_bucket(events.c.latency_ms).label("bucket"),
             events.c.fallback,
