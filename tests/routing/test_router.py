@@ -8,7 +8,7 @@ import pytest
 from models.arms.base import ArmError, Prediction
 from models.tools import Filter, ToolConfig
 from routing.assignment import ArmDef, ExperimentDef, MemoryStore
-from routing.events import WriteResult
+from routing.events import EVENT_COLUMNS, WriteResult
 from routing.router import (
     CircuitBreaker,
     ExperimentCatalog,
@@ -92,6 +92,8 @@ def test_healthy_arm_answers_and_logs_start():
     row = writer.rows[start_event_id("e1", "p1")]
     assert row["arm_id"] == 11 and row["type"] == "start" and row["attributes"] == {"device": "ios"}
     assert row["output"]["filter"]["name"] == "winter"
+    assert tuple(row) == EVENT_COLUMNS  # the shape the writers' fast paths expect
+    assert row["occurred_at"] == row["received_at"] and row["occurred_at"].tzinfo is not None
 
 
 @pytest.mark.parametrize(
