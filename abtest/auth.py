@@ -11,6 +11,7 @@ import hashlib
 import secrets
 import time
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import func, select
@@ -24,6 +25,7 @@ KEY_PREFIX = "abt_"
 BOOTSTRAP_KEY_NAME = "bootstrap"
 
 
+@lru_cache(maxsize=1024)  # every request hashes its key: the few keys in use hash once
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 

@@ -72,6 +72,7 @@ class ExperimentDef:
         object.__setattr__(self, "_ranges", ranges)
         object.__setattr__(self, "_by_name", {arm.name: arm for arm in self.arms})
         object.__setattr__(self, "_by_id", {arm.arm_id: arm for arm in self.arms})
+        object.__setattr__(self, "_control", controls[0])
 
     @property
     def ranges(self) -> list[tuple[float, float]]:
@@ -79,7 +80,7 @@ class ExperimentDef:
 
     @property
     def control(self) -> ArmDef:
-        return next(arm for arm in self.arms if arm.control)
+        return self._control  # type: ignore[attr-defined,no-any-return]
 
     def arm(self, name: str) -> ArmDef:
         return self._by_name[name]  # type: ignore[attr-defined]

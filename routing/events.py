@@ -808,17 +808,20 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def _rows_json(rows: Sequence[dict[str, Any]]) -> str:
-    """The batch as one JSON array for `jsonb_to_recordset` (one parameter): orjson, and the
-    stdlib for what orjson refuses (such as integers beyond 64 bits in attributes)."""
-    if all(row.keys() == _COLUMN_SET for row in rows):  # EventRecord.to_row's shape
-        records: Sequence[dict[str, Any]] = rows
-    else:
-        records = [{name: row.get(name) for name in EVENT_COLUMNS} for row in rows]
+def json_text(value: Any) -> str:
+    """JSON for a query parameter: orjson, and the stdlib for what orjson refuses (such as
+    integers beyond 64 bits in attributes, or lone surrogates)."""
     try:
-        return orjson.dumps(records).decode()
+        return orjson.dumps(value).decode()
     except TypeError:
-        return json.dumps(records, default=_json_default)
+        return json.dumps(value, default=_json_default)
+
+
+def _rows_json(rows: Sequence[dict[str, Any]]) -> str:
+    """The batch as one JSON array for `jsonb_to_recordset` (one parameter)."""
+    if all(row.keys() == _COLUMN_SET for row in rows):  # EventRecord.to_row's shape
+        return json_text(rows)
+    return json_text([{name: row.get(name) for name in EVENT_COLUMNS} for row in rows])
 
 
 # Binary COPY: PostgreSQL parses no text, psycopg formats each row in C. The JSON columns are
@@ -953,6 +956,15 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+class _Drains:
+    """A group commit's drain tasks on one event loop, and how many of them are flushing."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        self.loop = loop
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.flushing = 0
+
+
 class GroupCommit(Generic[T, R]):
     """Batches items submitted by concurrent coroutines into one call of `flush` (in a thread,
     or awaited on the loop when `flush` is a coroutine function).
@@ -977,22 +989,29 @@ class GroupCommit(Generic[T, R]):
         self.max_batch = max_batch
         self.max_in_flight = max_in_flight
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
-        self._drains: set[asyncio.Task[None]] = set()
-        self._flushing = 0
+        self._drains = _Drains(None)
 
     async def submit(self, item: T) -> R:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
         self._pending.append((item, future))
-        self._drains = {t for t in self._drains if not t.done() and t.get_loop() is loop}
-        if not self._drains:
-            self._flushing = 0
+        drains = self._drains
+        if drains.loop is not loop:  # a new event loop (tests run several): start afresh
+            drains = self._drains = _Drains(loop)
         # a new drain only when every running one is busy flushing (an idle one takes the item)
-        if len(self._drains) < self.max_in_flight and self._flushing >= len(self._drains):
-            self._drains.add(loop.create_task(self._drain()))
+        if len(drains.tasks) < self.max_in_flight and drains.flushing >= len(drains.tasks):
+            task = loop.create_task(self._drain(drains))
+            drains.tasks.add(task)
+            task.add_done_callback(drains.tasks.discard)  # also when cancelled before it ran
         return await future
 
-    async def _drain(self) -> None:
+    async def _drain(self, drains: _Drains) -> None:
+        try:
+            await self._drain_pending(drains)
+        finally:  # on the loop's thread, before any other submit can look at the count
+            drains.tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
+
+    async def _drain_pending(self, drains: _Drains) -> None:
         loop = asyncio.get_running_loop()
         await asyncio.sleep(0)  # let requests that are ready join this batch
         while self._pending:
@@ -1001,7 +1020,7 @@ class GroupCommit(Generic[T, R]):
                 self._pending[self.max_batch :],
             )
             items = [item for item, _ in batch]
-            self._flushing += 1
+            drains.flushing += 1
             try:
                 if self._flush_is_async:  # runs on the loop: no thread, no GIL hand-offs
                     results = await self._flush(items)  # type: ignore[misc]
@@ -1015,7 +1034,7 @@ class GroupCommit(Generic[T, R]):
                     raise
                 continue
             finally:
-                self._flushing -= 1
+                drains.flushing -= 1
             for (_, future), result in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(result)

@@ -82,9 +82,11 @@ async def authorize(state: AppState, key: str | None, roles: tuple[str, ...]) ->
             f"missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>' "
             f"for a key with role {needed}",
         )
-    from abtest import auth
+    cache = state.extras.get("role_cache")
+    if cache is None:
+        from abtest import auth
 
-    cache = state.extras.setdefault("role_cache", auth.RoleCache())
+        cache = state.extras["role_cache"] = auth.RoleCache()
     status, role = cache.peek(key)
     if status != "fresh":
         lookup = _role_lookup(state, cache, key)
