@@ -107,7 +107,14 @@ def build_router(
     writer = EventWriter(engine, TABLES, spool)
     catalog = ExperimentCatalog(lambda: load_experiments(engine, TABLES), 1.0, executor)
     gateway = (
-        PostgresGateway(writer, executor) if writer.postgres else DatabaseGateway(writer, executor)
+        PostgresGateway(
+            writer,
+            executor,
+            max_in_flight=settings.commit_in_flight,
+            max_batch=settings.commit_batch_size,
+        )
+        if writer.postgres
+        else DatabaseGateway(writer, executor)
     )
     database = DatabaseStore(writer, catalog.by_id, spool, executor, gateway)
     redis = (

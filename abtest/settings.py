@@ -43,6 +43,15 @@ class Settings(BaseSettings):
     )
     spool_dir: Path = Path("./abtest-spool")
     cache_ttl_s: int = Field(default=24 * 3600, gt=0)
+    commit_batch_size: int = Field(
+        default=64,
+        ge=1,
+        le=10_000,
+        description="Most requests whose assignments and start events share one commit.",
+    )
+    commit_in_flight: int = Field(
+        default=3, ge=1, le=64, description="Group commits on their way to PostgreSQL at once."
+    )
     report_cron: str = "0 6 * * *"
     log_level: str = "INFO"
 
