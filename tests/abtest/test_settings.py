@@ -22,6 +22,8 @@ def test_unknown_variable_is_named(monkeypatch):
         ("ABTEST_REDIS_URL", "http://localhost"),
         ("ABTEST_ARM_TIMEOUT_S", "-1"),
         ("ABTEST_AUTH_ENABLED", "maybe"),
+        ("ABTEST_COMMIT_BATCH_SIZE", "0"),
+        ("ABTEST_COMMIT_IN_FLIGHT", "many"),
     ],
 )
 def test_invalid_value_is_named(monkeypatch, variable, value):
@@ -33,3 +35,21 @@ def test_invalid_value_is_named(monkeypatch, variable, value):
 def test_openai_key_is_read_from_the_standard_variable(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     assert load_settings().openai_api_key.get_secret_value() == "sk-test"
+
+
+def test_group_commit_settings_reach_the_postgresql_gateway(monkeypatch, tmp_path):
+    from abtest.db import make_engine
+    from abtest.runtime import build_router
+    from tests.conftest import POSTGRES_URL
+
+    monkeypatch.setenv("ABTEST_COMMIT_BATCH_SIZE", "16")
+    monkeypatch.setenv("ABTEST_COMMIT_IN_FLIGHT", "5")
+    monkeypatch.setenv("ABTEST_SPOOL_DIR", str(tmp_path / "spool"))
+    settings = load_settings()
+    engine = make_engine(POSTGRES_URL)  # not connected: building the router needs no server
+    try:
+        router = build_router(settings, engine)
+        commit = router._first_sink.__self__._commit
+        assert (commit.max_batch, commit.max_in_flight) == (16, 5)
+    finally:
+        engine.dispose()
