@@ -112,6 +112,7 @@ def build_router(
             executor,
             max_in_flight=settings.commit_in_flight,
             max_batch=settings.commit_batch_size,
+            eager_batch=settings.commit_eager_batch or None,
         )
         if writer.postgres
         else DatabaseGateway(writer, executor)

@@ -52,6 +52,13 @@ class Settings(BaseSettings):
     commit_in_flight: int = Field(
         default=3, ge=1, le=64, description="Group commits on their way to PostgreSQL at once."
     )
+    commit_eager_batch: int = Field(
+        default=24,
+        ge=0,
+        le=10_000,
+        description="Waiting requests whose group commit starts at once when a slot is free, "
+        "before the event loop has handled the rest of a burst (0: never).",
+    )
     report_cron: str = "0 6 * * *"
     log_level: str = "INFO"
 

@@ -37,6 +37,8 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy import Engine, Table
 
+from routing.eager import start_eagerly
+
 EVENT_COLUMNS = (
     "client_event_id",
     "type",
@@ -961,7 +963,7 @@ class _Drains:
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
         self.loop = loop
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.tasks: set[Any] = set()
         self.flushing = 0
 
 
@@ -982,12 +984,16 @@ class GroupCommit(Generic[T, R]):
         executor: Executor | None = None,
         max_batch: int = 2000,
         max_in_flight: int = 1,
+        eager_batch: int | None = None,
     ) -> None:
         self._flush = flush
         self._flush_is_async = inspect.iscoroutinefunction(flush)
         self._executor = executor
         self.max_batch = max_batch
         self.max_in_flight = max_in_flight
+        # An async flush of this many waiting items starts at once, inside the submit that
+        # completes them, when a batch slot is free (see submit)
+        self.eager_batch = eager_batch if self._flush_is_async else None
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._drains = _Drains(None)
 
@@ -998,23 +1004,37 @@ class GroupCommit(Generic[T, R]):
         drains = self._drains
         if drains.loop is not loop:  # a new event loop (tests run several): start afresh
             drains = self._drains = _Drains(loop)
-        # a new drain only when every running one is busy flushing (an idle one takes the item)
-        if len(drains.tasks) < self.max_in_flight and drains.flushing >= len(drains.tasks):
-            task = loop.create_task(self._drain(drains))
-            drains.tasks.add(task)
-            task.add_done_callback(drains.tasks.discard)  # also when cancelled before it ran
+        eager = self.eager_batch is not None and len(self._pending) >= self.eager_batch
+        if eager and drains.flushing < self.max_in_flight:
+            # Requests arrive in bursts (the answers of one commit go out together and their
+            # clients come back together). A drain task would run only after the whole burst
+            # has been handled, so the database would wait for the loop and then the loop for
+            # the database; starting this part's flush now (up to its first wait: the
+            # statement is sent) lets the two overlap.
+            self._start_drain(drains, loop, eager=True)
+        elif len(drains.tasks) < self.max_in_flight and drains.flushing >= len(drains.tasks):
+            self._start_drain(drains, loop, eager=False)  # else an idle drain takes the item
         return await future
 
-    async def _drain(self, drains: _Drains) -> None:
+    def _start_drain(self, drains: _Drains, loop: asyncio.AbstractEventLoop, eager: bool) -> None:
+        coroutine = self._drain(drains, eager)
+        task = start_eagerly(coroutine, loop) if eager else loop.create_task(coroutine)
+        if task is not None:
+            drains.tasks.add(task)
+            task.add_done_callback(drains.tasks.discard)  # also when cancelled before it ran
+
+    async def _drain(self, drains: _Drains, eager: bool) -> None:
         try:
+            if not eager:
+                await asyncio.sleep(0)  # let requests that are ready join this batch
             await self._drain_pending(drains)
         finally:  # on the loop's thread, before any other submit can look at the count
-            drains.tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
+            drains.tasks.discard(asyncio.current_task())
 
     async def _drain_pending(self, drains: _Drains) -> None:
         loop = asyncio.get_running_loop()
-        await asyncio.sleep(0)  # let requests that are ready join this batch
-        while self._pending:
+        # with every slot flushing, the flushing drains take what is pending when they finish
+        while self._pending and drains.flushing < self.max_in_flight:
             batch, self._pending = (
                 self._pending[: self.max_batch],
                 self._pending[self.max_batch :],

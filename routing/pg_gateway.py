@@ -81,6 +81,7 @@ class PostgresGateway(DatabaseGateway):
         connect_timeout_s: int = 2,
         max_in_flight: int = 3,
         max_batch: int = 64,
+        eager_batch: int | None = None,
     ) -> None:
         self.writer = writer
         self._executor = executor
@@ -98,7 +99,11 @@ class PostgresGateway(DatabaseGateway):
         )
         # several batches in flight: PostgreSQL commits one while the loop prepares the next
         self._commit: GroupCommit[Item, Any] = GroupCommit(
-            self._flush_async, executor, max_in_flight=max_in_flight, max_batch=max_batch
+            self._flush_async,
+            executor,
+            max_in_flight=max_in_flight,
+            max_batch=max_batch,
+            eager_batch=eager_batch,
         )
 
     async def _acquire(self) -> Any:

@@ -11,13 +11,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-import types
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from models.arms.base import Arm, Prediction
 from models.tools import ToolConfig
@@ -31,6 +30,7 @@ from routing.assignment import (
     decide,
     sticky,
 )
+from routing.eager import within
 from routing.events import (
     EventRecord,
     EventSpool,
@@ -296,52 +296,6 @@ def unusable_reason(prediction: Any) -> str | None:
     if prediction.parse_failures:
         return f"unparseable output for {', '.join(prediction.parse_failures)}"
     return None
-
-
-T = TypeVar("T")
-
-
-async def within(awaitable: Awaitable[T], timeout_s: float) -> T:
-    """`await awaitable` under `asyncio.timeout(timeout_s)`, except that the timer is armed
-    only once the awaitable suspends.
-
-    A timeout can only interrupt an awaitable at a suspension point, so one that answers
-    without suspending (a cached or local answer, an instant test arm) cannot overrun it:
-    running its first step before arming the timer changes nothing but the cost, a timer
-    scheduled and cancelled on the loop per call, which is a measurable share of a routed
-    request (bench/bench_projects.py).
-    """
-    if not isinstance(awaitable, types.CoroutineType):
-        async with asyncio.timeout(timeout_s):
-            return await awaitable
-    try:
-        pending = awaitable.send(None)
-    except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
-    async with asyncio.timeout(timeout_s):
-        return await _resume(awaitable, pending)  # type: ignore[no-any-return]
-
-
-@types.coroutine
-def _resume(coroutine: Any, pending: Any) -> Any:
-    """Go on driving a coroutine whose first step already yielded `pending` (to the task, as
-    `await` would: values sent and exceptions thrown in are forwarded)."""
-    while True:
-        try:
-            sent = yield pending
-        except GeneratorExit:
-            coroutine.close()
-            raise
-        except BaseException as exc:  # noqa: BLE001 - a cancellation, handed to the coroutine
-            try:
-                pending = coroutine.throw(exc)
-            except StopIteration as done:
-                return done.value
-        else:
-            try:
-                pending = coroutine.send(sent)
-            except StopIteration as done:
-                return done.value
 
 
 # --- the router -------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ def test_unknown_variable_is_named(monkeypatch):
         ("ABTEST_AUTH_ENABLED", "maybe"),
         ("ABTEST_COMMIT_BATCH_SIZE", "0"),
         ("ABTEST_COMMIT_IN_FLIGHT", "many"),
+        ("ABTEST_COMMIT_EAGER_BATCH", "-1"),
     ],
 )
 def test_invalid_value_is_named(monkeypatch, variable, value):
@@ -44,12 +45,13 @@ def test_group_commit_settings_reach_the_postgresql_gateway(monkeypatch, tmp_pat
 
     monkeypatch.setenv("ABTEST_COMMIT_BATCH_SIZE", "16")
     monkeypatch.setenv("ABTEST_COMMIT_IN_FLIGHT", "5")
+    monkeypatch.setenv("ABTEST_COMMIT_EAGER_BATCH", "4")
     monkeypatch.setenv("ABTEST_SPOOL_DIR", str(tmp_path / "spool"))
     settings = load_settings()
     engine = make_engine(POSTGRES_URL)  # not connected: building the router needs no server
     try:
         router = build_router(settings, engine)
         commit = router._first_sink.__self__._commit
-        assert (commit.max_batch, commit.max_in_flight) == (16, 5)
+        assert (commit.max_batch, commit.max_in_flight, commit.eager_batch) == (16, 5, 4)
     finally:
         engine.dispose()

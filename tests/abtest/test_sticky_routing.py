@@ -89,6 +89,29 @@ def test_new_projects_store_assignment_and_start_together(settings, engine):
         assert stored(engine, "events", project) == [answer.arm]
 
 
+def test_a_burst_of_new_projects_is_stored_once_with_eager_group_commits(settings, engine):
+    """100 requests ready at once (10 of them retries) with eager flushes of 8: every project
+    is answered, stored once, in the arm it was answered with."""
+    make_two_arm_experiment(engine)
+    settings = settings.model_copy(update={"commit_eager_batch": 8, "commit_in_flight": 3})
+    projects = [f"b{i}" for i in range(90)] + [f"b{i}" for i in range(10)]
+
+    async def scenario():
+        router = build_router(settings, engine, ARMS)
+        try:
+            return await asyncio.gather(*(router.handle_project(p, "warm") for p in projects))
+        finally:
+            await close_router(router)
+
+    routed = asyncio.run(scenario())
+    arms = {}
+    for project, answer in zip(projects, routed, strict=True):
+        assert arms.setdefault(project, answer.arm) == answer.arm
+    for project, arm in arms.items():
+        assert stored(engine, "assignments", project) == [arm]
+        assert stored(engine, "events", project) == [arm]
+
+
 def test_a_project_stored_in_another_arm_counts_there(settings, engine):
     """Version 0 skips the lookup; the database's first-writer-wins insert still decides."""
     make_two_arm_experiment(engine, weights=(1.0, 0.0))  # hashing picks control for everybody

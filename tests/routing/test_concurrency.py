@@ -58,6 +58,63 @@ def test_one_batch_at_a_time_by_default_and_batches_are_capped():
     assert most == 1 and max(sizes) <= 10 and sum(sizes) == 35
 
 
+def burst(eager_batch, items=10, max_in_flight=3, fail=False):
+    """`items` requests become ready in one loop iteration (a burst); the log shows where
+    each flush started among their submits."""
+    log: list[str] = []
+
+    async def flush(batch):
+        log.append(f"flush {len(batch)}")
+        await asyncio.sleep(0.001)  # the database
+        if fail:
+            raise ConnectionError("database went away")
+        return [item * 10 for item in batch]
+
+    async def scenario():
+        commit = GroupCommit(
+            flush, max_in_flight=max_in_flight, max_batch=64, eager_batch=eager_batch
+        )
+
+        async def request(i):
+            log.append(f"submit {i}")
+            return await commit.submit(i)
+
+        tasks = [asyncio.ensure_future(request(i)) for i in range(items)]
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    return asyncio.run(scenario()), log
+
+
+def test_without_eager_flushes_a_burst_is_flushed_after_all_of_it_was_handled():
+    results, log = burst(None)
+    assert results == [i * 10 for i in range(10)]
+    assert log == [f"submit {i}" for i in range(10)] + ["flush 10"]
+
+
+def test_eager_flushes_start_inside_the_burst_while_slots_are_free():
+    results, log = burst(4)
+    assert results == [i * 10 for i in range(10)]
+    # the 4th and the 8th waiting request start a flush at once; the last two go after the
+    # burst, with the drain the first request started
+    assert log[:5] == ["submit 0", "submit 1", "submit 2", "submit 3", "flush 4"]
+    assert log[5:10] == ["submit 4", "submit 5", "submit 6", "submit 7", "flush 4"]
+    assert log[10:12] == ["submit 8", "submit 9"] and log[12:] == ["flush 2"]
+
+
+def test_eager_flushes_wait_for_a_free_slot():
+    results, log = burst(2, items=6, max_in_flight=1)
+    assert results == [i * 10 for i in range(6)]
+    assert log[:3] == ["submit 0", "submit 1", "flush 2"]  # the one slot is taken now
+    assert log[3:7] == ["submit 2", "submit 3", "submit 4", "submit 5"]
+    assert log[7:] == ["flush 4"]  # the rest, once the slot is free again
+
+
+def test_a_failed_eager_flush_fails_its_waiting_requests():
+    results, log = burst(3, items=5, fail=True)
+    assert all(isinstance(r, ConnectionError) for r in results)
+    assert log.count("flush 3") == 1 and sum(line.startswith("flush") for line in log) == 2
+
+
 def experiment(key="e1", weight=0.5):
     return ExperimentDef(
         key,

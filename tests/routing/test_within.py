@@ -1,11 +1,11 @@
-"""routing.router.within: a timeout armed only once the awaited call suspends."""
+"""routing.eager.within: a timeout armed only once the awaited call suspends."""
 
 import asyncio
 
 import pytest
 
-from routing import router as router_module
-from routing.router import within
+from routing import eager as eager_module
+from routing.eager import within
 
 
 class CountingTimeout:
@@ -19,7 +19,7 @@ class CountingTimeout:
             self.armed += 1
             return real(delay)
 
-        monkeypatch.setattr(router_module.asyncio, "timeout", counting)
+        monkeypatch.setattr(eager_module.asyncio, "timeout", counting)
 
 
 async def instant():
