@@ -41,6 +41,7 @@ from routing.events import (
     utcnow,
 )
 from routing.metrics import RouterMetrics
+from routing.storage import Item, item_outcomes, split_items
 
 EVENT_TYPES = ("start", "export")
 MAX_PROJECT_ID = 200
@@ -566,23 +567,9 @@ class Router:
 
     def _flush_events(self, rows: list[dict[str, Any]]) -> list[str]:
         """Group commit of single events; the outcome of each: stored, duplicate or spooled."""
-        unique: dict[str, dict[str, Any]] = {}
-        for row in rows:
-            unique.setdefault(row["client_event_id"], row)
-        result = self.writer.write(list(unique.values()))
-        if result.spooled:
-            outcomes = ["spooled"] * len(rows)
-        else:
-            outcomes = [
-                "stored" if row["client_event_id"] in result.new_ids else "duplicate"
-                for row in rows
-            ]
-            seen: set[str] = set()
-            for index, row in enumerate(rows):  # a repeat within one batch is a duplicate
-                if row["client_event_id"] in seen:
-                    outcomes[index] = "duplicate"
-                seen.add(row["client_event_id"])
-        return outcomes
+        items: list[Item] = [("event", row) for row in rows]
+        _, unique = split_items(items)
+        return item_outcomes(items, None, self.writer.write(unique))
 
     async def record_export(
         self,
