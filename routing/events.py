@@ -595,7 +595,7 @@ class EventWriter:
         cursor.execute(
             f"WITH {first_assignment_ctes(assignments, events, '%s')} "
             "SELECT e, p, arm_id, source FROM st",
-            [json.dumps(new)],
+            [json_text(new)],
         )
         result = cursor.fetchall()
         return {(e, p): (a, s) for e, p, a, s in result if a is not None}
@@ -648,7 +648,7 @@ class EventWriter:
         the database is unreachable both are spooled: the assignments come back as None
         (unconfirmed) and the events as spooled."""
         try:
-            references = [*rows, *({"experiment_id": e, "arm_id": a} for e, _, a, _ in assignments)]
+            references = batch_references(assignments, rows)
             if self.references_unchecked(references):  # before anything is written
                 self.check_references(references)
             stored = self.first_assignments(assignments) if assignments else {}
@@ -728,6 +728,14 @@ class EventWriter:
         """Give every orphan event (no arm) the arm of its project's assignment; returns rows."""
         with self.engine.begin() as conn:
             return conn.execute(self._adopt_statement()).rowcount or 0
+
+
+def batch_references(
+    assignments: Sequence[tuple[int, str, int | None, str]], rows: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The (experiment_id, arm_id) references of a group commit: its events' and its first
+    assignments' (the tables have no foreign keys: `EventWriter.check_references`)."""
+    return [*rows, *({"experiment_id": e, "arm_id": a} for e, _, a, _ in assignments)]
 
 
 def _starts_take_stored_arms(
@@ -811,12 +819,8 @@ def _json_default(value: Any) -> Any:
 
 
 def json_text(value: Any) -> str:
-    """JSON for a query parameter: orjson, and the stdlib for what orjson refuses (such as
-    integers beyond 64 bits in attributes, or lone surrogates)."""
-    try:
-        return orjson.dumps(value).decode()
-    except TypeError:
-        return json.dumps(value, default=_json_default)
+    """JSON for a query parameter (`_json_bytes`, as text)."""
+    return _json_bytes(value).decode()
 
 
 def _rows_json(rows: Sequence[dict[str, Any]]) -> str:
@@ -845,9 +849,11 @@ _INT4 = range(-(2**31), 2**31)
 
 
 def _json_bytes(value: Any) -> bytes:
+    """orjson, and the standard library for what orjson refuses (non-string keys, integers
+    beyond 64 bits, lone surrogates)."""
     try:
         return orjson.dumps(value)
-    except TypeError:  # e.g. non-string keys, integers beyond 64 bits: the standard library
+    except TypeError:
         return json.dumps(value, default=_json_default).encode()
 
 

@@ -34,6 +34,7 @@ from routing.events import (
     GroupCommit,
     WriteResult,
     _rows_json,
+    batch_references,
     first_assignment_ctes,
     is_unavailable,
     json_text,
@@ -131,7 +132,7 @@ class PostgresGateway(DatabaseGateway):
                 self._executor, self.writer.write_together, assignments, rows
             )
             return item_outcomes(items, stored, result)
-        references = rows + [{"experiment_id": e, "arm_id": a} for e, _, a, _ in assignments]
+        references = batch_references(assignments, rows)
         try:
             if self.writer.references_unchecked(references):  # no foreign keys: check once
                 await loop.run_in_executor(self._executor, self.writer.check_references, references)
