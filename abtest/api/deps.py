@@ -58,7 +58,7 @@ def api_key_from(authorization: str | None, x_api_key: str | None) -> str | None
     return x_api_key or None
 
 
-def _api_key(request: Request) -> str | None:
+def request_api_key(request: Request) -> str | None:
     return api_key_from(request.headers.get("authorization"), request.headers.get("x-api-key"))
 
 
@@ -136,6 +136,6 @@ def require_role(*roles: str):  # noqa: ANN201 - returns a FastAPI dependency
     """Dependency: the request's API key must have one of `roles` (when auth is enabled)."""
 
     async def _check(request: Request) -> str | None:
-        return await authorize(app_state(request), _api_key(request), roles)
+        return await authorize(app_state(request), request_api_key(request), roles)
 
     return _check

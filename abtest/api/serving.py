@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from abtest.api.deps import AppState, api_key_from, app_state, authorize, require_role
+from abtest.api.deps import AppState, app_state, authorize, request_api_key, require_role
 from abtest.errors import Conflict, Invalid, NotFound, ServiceError
 from abtest.runtime import get_router
 from routing.router import Router, RoutingError
@@ -158,7 +158,7 @@ async def post_project(request: Request) -> JSONResponse:
     """
     status, payload, headers = await serve_project(
         app_state(request),
-        api_key_from(request.headers.get("authorization"), request.headers.get("x-api-key")),
+        request_api_key(request),
         await request.body(),
     )
     return JSONResponse(payload, status_code=status, headers=headers)
