@@ -98,8 +98,10 @@ class RoleCache:
     """Key hash -> role, so a request does not hit the database each time.
 
     An entry is fresh for `ttl_s` seconds; after that it is stale: still answered while one
-    background lookup refreshes it (so a revoked key stops working within about `ttl_s` in
-    running servers, and expiry never sends every in-flight request to the database at once).
+    background lookup refreshes it (expiry never sends every in-flight request to the database
+    at once). Any API-key change bumps the catalog generation and every server clears this
+    cache within about a quarter second (`abtest.generation`), so a revoked key stops working
+    everywhere within a second.
     """
 
     def __init__(self, ttl_s: float = 5.0, maxsize: int = 10_000) -> None:
@@ -114,6 +116,10 @@ class RoleCache:
         if entry is None:
             return "missing", None
         return ("fresh" if entry[1] >= time.monotonic() else "stale"), entry[0]
+
+    def clear(self) -> None:
+        """Forget every role (API keys changed somewhere: `abtest.generation`)."""
+        self._data.clear()
 
     def put(self, key: str, role: str | None) -> None:
         if len(self._data) >= self.maxsize:

@@ -20,6 +20,7 @@ their popularity (`calls`), so popular intents dominate traffic as in production
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,18 @@ def fresh_sqlite(path: str | Path) -> str:
     return f"sqlite:///{path}"
 
 
+def _with_model_dir(settings: Settings, path: Path) -> Settings:
+    """`settings` whose model directories also hold `path` (a student the demo trained into
+    its cache directory rather than the committed copy)."""
+    from abtest.settings import model_dirs
+
+    roots = model_dirs(settings)
+    if any(Path(path).resolve().is_relative_to(root) for root in roots):
+        return settings
+    joined = os.pathsep.join(str(r) for r in [*roots, Path(path).resolve().parent])
+    return settings.model_copy(update={"model_dir": joined})
+
+
 def register_students(settings: Settings, cache_dir: Path) -> list[str]:
     """The candidate students: the kNN baseline and the MiniLM student trained by this code."""
     from models.distill.embedding_student import (
@@ -111,6 +124,7 @@ def register_students(settings: Settings, cache_dir: Path) -> list[str]:
 
     engine = db.get_engine(settings.database_url)
     minilm = ensure_embedding_student(cache_dir)
+    settings = _with_model_dir(settings, minilm)
     with db.session_scope(engine) as session:
         services.register_variant(
             session,
@@ -119,6 +133,7 @@ def register_students(settings: Settings, cache_dir: Path) -> list[str]:
             {"fit": "train"},
             "nearest neighbours over character n-grams, fitted on the training split",
             actor="demo",
+            settings=settings,
         )
         services.register_variant(
             session,
@@ -128,6 +143,7 @@ def register_students(settings: Settings, cache_dir: Path) -> list[str]:
             "frozen MiniLM encoder + heads trained on the training split (abtest train "
             "--embedding)",
             actor="demo",
+            settings=settings,
         )
     return ["knn-baseline", "minilm-student"]
 
@@ -145,6 +161,8 @@ def setup_platform(settings: Settings, console: Console, cache_dir: Path) -> lis
             {},
             "GPT-3.5-Turbo over the OpenAI API (here: the recorded server)",
             actor="demo",
+            reference=True,
+            settings=settings,
         )
     candidates = register_students(settings, cache_dir)
     approved = [name for name in candidates if gate_student(settings, name, console)]
@@ -171,12 +189,14 @@ def setup_platform(settings: Settings, console: Console, cache_dir: Path) -> lis
 
 
 def gate_student(settings: Settings, name: str, console: Console) -> bool:
-    """Run the offline gate (default policy) and promote the student when it passes."""
+    """Run the offline gate under the demo's named policy (`analysis.gate.DEMO_POLICY`, lower
+    floors than the default `gate-v2`, printed) and promote the student when it passes."""
     from abtest import gating
+    from analysis.gate import DEMO_POLICY
 
     engine = db.get_engine(settings.database_url)
     with db.session_scope(engine) as session:
-        run = gating.run_gate(session, name, "demo", settings=settings)
+        run = gating.run_gate(session, name, "demo", DEMO_POLICY, settings=settings)
         overall = run.metrics["candidate"]["subsets"]["all"]["overall"]
         verdict = "[green]PASS[/]" if run.passed else "[red]FAIL[/]"
         console.print(

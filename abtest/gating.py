@@ -5,14 +5,17 @@
 - `run_gate` evaluates the candidate, compares it with the champion and stores a `GateRun`
   (test-set hash, metrics, policy version, verdict, failures, actor, time).
 - `promote` approves a variant for traffic only when its latest gate run on the *current* test
-  set passed; every status change is recorded as a `Promotion`.
-- `conclude_experiment` ends an A/B test and makes the shipped arm's variant the champion.
+  set, the *current* champion and the variant's *current* config passed; every status change is
+  recorded as a `Promotion` (and `services.record_promotion` refuses "approved" without such a
+  run).
+- `conclude_experiment` ends an A/B test and makes the shipped arm's variant the champion, only
+  when the experiment's decision supports shipping that arm (or with an override and a reason,
+  recorded with the actor).
 
 Champion semantics: the teacher's outputs *are* the ground truth, so a teacher champion scores
-exactly 1.0 on the test set and is not run (no API calls). A gate against a teacher champion (or
-with no champion yet) uses the policy's absolute `teacher_champion_overall_floor` instead of the
-relative criteria (see `analysis.gate`). Once an A/B test ships a student, that student is the
-champion: it is run over the same test set and compared with a paired bootstrap.
+exactly 1.0 on the test set and is not run (no API calls); only the absolute floors apply.
+Once an A/B test ships a student, that student is the champion: it is run over the same test
+set and compared with a paired bootstrap (non-inferiority), and the floors still apply.
 """
 
 from __future__ import annotations
@@ -121,6 +124,14 @@ class VariantRun:
     def errors(self) -> int:
         return sum(p is None for p in self.predictions)
 
+    @property
+    def repair_rate(self) -> float:
+        """Share of answers that needed a repair (clamped value, dropped key, fixed name)."""
+        if not self.predictions:
+            return 0.0
+        repaired = sum(bool(p is not None and p.repairs) for p in self.predictions)
+        return repaired / len(self.predictions)
+
 
 async def _predict_batch(arm: Arm, intents: Sequence[str]) -> list[Prediction | None]:
     try:
@@ -191,6 +202,7 @@ class VariantEvaluation:
             "test_set": {"path": str(self.test_set.path), "sha256": self.test_set.sha256},
             "latency_p95_ms": self.run.latency_p95_ms,
             "arm_errors": self.run.errors,
+            "repair_rate": self.run.repair_rate,
             "subsets": {name: s.as_dict() for name, s in self.subsets.items()},
             "bootstrap": self.bootstrap.as_dict(),
         }
@@ -268,8 +280,10 @@ def run_gate(
     policy = policy or GatePolicy()
     arm_builder = arm_builder or _default_builder(settings)
     variant = services.get_variant(session, name)
-    if variant.kind == "teacher":
+    if variant.kind in TEACHER_KINDS:
         raise Invalid("name", f"{name!r} is the teacher: it is the reference and needs no gate")
+    if variant.status in services.INACTIVE_STATUSES:
+        raise Conflict("name", f"variant {name!r} is {variant.status}")
     test_set = load_test_set(test_set_path)
     candidate = _evaluate(variant, test_set, batch_size, progress, arm_builder, policy)
     baseline = _comparison_baseline(session, variant)
@@ -286,7 +300,14 @@ def run_gate(
             "overall": 1.0,
             "note": "the teacher's outputs are the test truth; absolute floor applies",
         }
-        verdict = evaluate_gate(policy, candidate.scores, None, None, candidate.run.latency_p95_ms)
+        verdict = evaluate_gate(
+            policy,
+            candidate.scores,
+            candidate.bootstrap,
+            None,
+            candidate.run.latency_p95_ms,
+            candidate.run.repair_rate,
+        )
         champion_id = champion.id if champion else None
     else:
         champion_run = run_arm(
@@ -320,9 +341,10 @@ def run_gate(
         verdict = evaluate_gate(
             policy,
             candidate.scores,
-            comparison.champion,
+            candidate.bootstrap,
             comparison.difference,
             candidate.run.latency_p95_ms,
+            candidate.run.repair_rate,
         )
         champion_id = baseline.id
     metrics["verdict"] = verdict.as_dict()
@@ -334,6 +356,7 @@ def run_gate(
         metrics=metrics,
         failures=list(verdict.failures),
         passed=verdict.passed,
+        config_sha256=services.config_hash(variant.config),
         actor=actor,
         created_at=utcnow(),
     )
@@ -378,6 +401,7 @@ def gate_run_summary(run: GateRun) -> dict[str, Any]:
         "variant_id": run.variant_id,
         "champion_id": run.champion_id,
         "passed": run.passed,
+        "config_sha256": run.config_sha256,
         "failures": list(run.failures or []),
         "policy_version": run.policy_version,
         "test_set_hash": run.test_set_hash,
@@ -399,8 +423,10 @@ def promote(session: Session, name: str, actor: str, test_set_hash: str | None =
     test set passed and compared against the current champion.
     """
     variant = services.get_variant(session, name)
-    if variant.kind == "teacher":
+    if variant.kind in TEACHER_KINDS:
         raise Conflict("name", f"{name!r} is the teacher: it serves without promotion")
+    if variant.status in services.INACTIVE_STATUSES:
+        raise Conflict("status", f"variant {name!r} is {variant.status}")
     if variant.status in ("approved", "champion"):
         raise Conflict("status", f"variant {name!r} is already {variant.status}")
     current = test_set_hash or current_test_set_hash()
@@ -436,8 +462,59 @@ def promote(session: Session, name: str, actor: str, test_set_hash: str | None =
     )
 
 
-def conclude_experiment(session: Session, key: str, ship_arm: str, actor: str) -> Experiment:
-    """End an A/B test: ship `ship_arm` and make its variant the champion future gates use."""
+SUPPORTIVE = ("treatment better", "non-inferior", "equivalent")
+
+
+def shipping_support(report: dict[str, Any] | None, ship_arm: str, control_arm: str) -> str | None:
+    """Why the experiment's decision does not support shipping `ship_arm`, or None when it does.
+
+    Only explicit support counts: the shipped treatment's decision is "treatment better",
+    "non-inferior" or "equivalent"; shipping the control (keeping the champion) needs data and
+    no sample-ratio mismatch. Anything else (worse, inconclusive, underpowered, SRM, no data) is
+    a reason to refuse.
+    """
+    if report is None:
+        return "the experiment has no results"
+    srm = report.get("srm") or {}
+    if srm.get("flagged"):
+        return "a sample ratio mismatch is flagged: the results cannot be trusted"
+    starts = sum(int(arm.get("starts") or 0) for arm in report.get("arms", []))
+    if starts == 0:
+        return "the experiment has no data (no project started)"
+    if ship_arm == control_arm:
+        return None
+    decisions = {c.get("arm"): c.get("decision") for c in report.get("comparisons", [])}
+    decision = decisions.get(ship_arm)
+    if decision in SUPPORTIVE:
+        return None
+    return f"the decision for arm {ship_arm!r} is {decision or 'missing'!r}"
+
+
+def _experiment_report(session: Session, key: str) -> dict[str, Any] | None:
+    from abtest import reporting
+    from analysis.reports import ReportError
+
+    try:
+        return reporting.build(session, key)
+    except ReportError:
+        return None
+
+
+def conclude_experiment(
+    session: Session,
+    key: str,
+    ship_arm: str,
+    actor: str,
+    *,
+    override: bool = False,
+    reason: str | None = None,
+) -> Experiment:
+    """End an A/B test: ship `ship_arm` and make its variant the champion future gates use.
+
+    Refused (Conflict naming the decision) unless the experiment's decision supports shipping
+    that arm (`shipping_support`); `override=True` with a `reason` ships anyway and records
+    the decision, the reason and the actor in the promotion.
+    """
     experiment = services.get_experiment(session, key)
     if experiment.status == "draft":
         raise Conflict("status", f"experiment {key!r} never ran; there is nothing to conclude")
@@ -446,21 +523,38 @@ def conclude_experiment(session: Session, key: str, ship_arm: str, actor: str) -
     arms = {arm.name: arm for arm in experiment.arms}
     if ship_arm not in arms:
         raise Invalid("ship", f"no arm named {ship_arm!r} (arms: {', '.join(sorted(arms))})")
+    if override and not (reason and reason.strip()):
+        raise Invalid("reason", "an override needs a reason (--reason '...')")
+    control = next(arm.name for arm in experiment.arms if arm.is_control)
+    problem = shipping_support(_experiment_report(session, key), ship_arm, control)
+    if problem is not None and not override:
+        raise Conflict(
+            "ship",
+            f"refusing to ship {ship_arm!r}: {problem}; conclude with --override --reason "
+            "'...' to ship anyway (recorded)",
+        )
     winner = arms[ship_arm].variant
+    if winner.status in services.INACTIVE_STATUSES:
+        raise Conflict("ship", f"variant {winner.name!r} is {winner.status}")
     previous = services.champion(session)
     now = utcnow()
     if experiment.status == "running":
         experiment.stopped_at = now
     experiment.status = "concluded"
     experiment.shipped_arm = ship_arm
-    reason = f"shipped arm {ship_arm!r} of experiment {key!r}"
+    why = f"shipped arm {ship_arm!r} of experiment {key!r}"
+    if problem is not None:
+        why += f"; OVERRIDE by {actor} ({problem}): {reason.strip()}"  # type: ignore[union-attr]
+    elif reason:
+        why += f": {reason.strip()}"
     if previous is not None and previous.id != winner.id:
+        # a superseded champion must pass a gate against the new one before serving again
         services.record_promotion(
-            session, previous, "champion", "approved", actor, f"superseded: {reason}",
+            session, previous, "champion", "registered", actor, f"superseded: {why}",
             experiment_key=key,
         )  # fmt: skip
     services.record_promotion(
-        session, winner, winner.status, "champion", actor, reason, experiment_key=key
+        session, winner, winner.status, "champion", actor, why, experiment_key=key
     )
     session.flush()
     return experiment
@@ -493,6 +587,7 @@ __all__ = [
     "VariantRun",
     "build_variant_arm",
     "conclude_experiment",
+    "shipping_support",
     "current_test_set_hash",
     "evaluate_variant",
     "gate_run_summary",

@@ -1,7 +1,8 @@
 """Wiring of the production path: tables, stores, arms and the `routing.Router`.
 
 `build_router(settings, engine, arms=None)` returns a ready `Router`:
-- experiments come from the database (reloaded every second, and on a miss);
+- experiments and the champion come from the database (reloaded every second, on a miss, and
+  at once when the catalog generation changes: `abtest.generation`);
 - first assignments live in the assignments table, cached in Redis when `redis_url` is set and
   always in an in-process LRU; when Redis is down the router keeps serving from the database;
 - arms are built per variant: an explicit `arms` mapping wins (keyed by variant name, or by
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
+from abtest import generation
 from abtest.arms import build_variant_arm
 from abtest.settings import Settings
 from abtest.tables import Assignment, Event, Experiment, ExperimentArm, Variant
@@ -33,7 +35,7 @@ from routing.events import EventSpool, EventWriter, RoutingTables
 from routing.metrics import RouterMetrics
 from routing.pg_gateway import PostgresGateway
 from routing.router import ExperimentCatalog, Router, RouterConfig
-from routing.storage import DatabaseGateway, DatabaseStore, load_experiments
+from routing.storage import DatabaseGateway, DatabaseStore, load_champion, load_experiments
 
 if TYPE_CHECKING:
     from abtest.api.deps import AppState
@@ -105,7 +107,12 @@ def build_router(
     executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="abtest-db")
     spool = EventSpool(settings.spool_dir)
     writer = EventWriter(engine, TABLES, spool)
-    catalog = ExperimentCatalog(lambda: load_experiments(engine, TABLES), 1.0, executor)
+    catalog = ExperimentCatalog(
+        lambda: load_experiments(engine, TABLES),
+        1.0,
+        executor,
+        load_champion=lambda: load_champion(engine, TABLES),
+    )
     gateway = (
         PostgresGateway(
             writer,
@@ -161,16 +168,28 @@ async def serving_lifespan(state: AppState) -> AsyncIterator[None]:
         log.warning("router warm-up failed: %s", exc)
     settle_garbage_collector()
     replayer = asyncio.create_task(router.replay_forever())
+    watcher = asyncio.create_task(
+        generation.watch(state.engine, lambda: invalidate(state, router), executor=None)
+    )
     try:
         yield
     finally:
-        replayer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await replayer
+        for task in (replayer, watcher):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await router.replay()
         await close_router(router)
         if state.extras.get("router") is router:
             del state.extras["router"]  # a restarted app builds a fresh one
+
+
+async def invalidate(state: AppState, router: Router) -> None:
+    """The catalog generation changed: forget cached API-key roles, reload the experiments."""
+    cache = state.extras.get("role_cache")
+    if cache is not None:
+        cache.clear()
+    await router.catalog.refresh(force=True)
 
 
 def settle_garbage_collector(young_threshold: int = 20_000) -> None:

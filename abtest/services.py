@@ -6,6 +6,8 @@ Each function takes a Session, validates everything before writing, and raises a
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
 from collections.abc import Sequence
@@ -15,11 +17,14 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from abtest import generation  # noqa: F401 - registers the catalog-generation flush hook
 from abtest.errors import Conflict, Invalid, NotFound
+from abtest.settings import Settings
 from abtest.tables import (
     VARIANT_KINDS,
     Experiment,
     ExperimentArm,
+    GateRun,
     Promotion,
     Variant,
     utcnow,
@@ -27,7 +32,11 @@ from abtest.tables import (
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
 WEIGHT_TOLERANCE = 1e-6
+# The reference: the live teacher, or its recorded answers (the test truth itself). Registering
+# one needs an explicit confirmation (`reference=True`, CLI `--reference`), which is recorded;
+# at most one reference variant is active. Every other variant needs a passing gate run.
 TEACHER_KINDS = ("teacher", "recorded")
+INACTIVE_STATUSES = ("archived", "retired")
 DEFAULT_TEST_SETTINGS: dict[str, Any] = {
     "alpha": 0.05,
     "margin": -0.01,  # non-inferiority margin on the absolute difference (treatment - control)
@@ -49,6 +58,12 @@ def _check_name(value: str, field_name: str) -> str:
 # --- variants ---------------------------------------------------------------------------------
 
 
+def config_hash(config: dict[str, Any] | None) -> str:
+    """SHA-256 of a variant config (canonical JSON): what a gate run clears."""
+    text = json.dumps(config or {}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def register_variant(
     session: Session,
     name: str,
@@ -56,7 +71,18 @@ def register_variant(
     config: dict[str, Any] | None = None,
     description: str = "",
     actor: str = "unknown",
+    *,
+    reference: bool = False,
+    settings: Settings | None = None,
 ) -> Variant:
+    """Register a variant; its config is checked for its kind and stored normalised (model
+    paths absolute under the model directory). Nothing is stored when a check fails.
+
+    A `teacher` or `recorded` variant is the reference arm and needs no gate: registering one
+    requires `reference=True` and is refused while another reference is active.
+    """
+    from abtest.arms import check_variant_config
+
     _check_name(name, "name")
     if kind not in VARIANT_KINDS:
         raise Invalid("kind", f"{kind!r} is not one of {', '.join(VARIANT_KINDS)}")
@@ -64,16 +90,90 @@ def register_variant(
         raise Invalid("config", "must be a JSON object")
     if session.scalar(select(Variant.id).where(Variant.name == name)) is not None:
         raise Conflict("name", f"a variant named {name!r} already exists")
-    # The teacher (live, or its recorded answers) is the reference arm: it needs no offline gate.
-    is_teacher = kind in TEACHER_KINDS
-    status = "champion" if is_teacher and not _has_champion(session) else "registered"
+    is_reference = kind in TEACHER_KINDS
+    if is_reference and not reference:
+        raise Invalid(
+            "kind",
+            f"kind {kind!r} registers the reference teacher, which serves without a gate; "
+            'confirm with --reference (API: "reference": true), or register a student kind',
+        )
+    if reference and not is_reference:
+        raise Invalid("reference", "only a teacher or recorded variant can be the reference")
+    if is_reference:
+        existing = reference_variant(session)
+        if existing is not None:
+            raise Conflict(
+                "kind",
+                f"variant {existing.name!r} is already the reference teacher; archive it first "
+                f"(`abtest variants archive {existing.name}`)",
+            )
+    checked = check_variant_config(kind, config or {}, settings)
+    status = "champion" if is_reference and not _has_champion(session) else "registered"
     variant = Variant(
-        name=name, kind=kind, config=config or {}, description=description, status=status
+        name=name, kind=kind, config=checked, description=description, status="registered"
     )
     session.add(variant)
     session.flush()
-    if status == "champion":
-        record_promotion(session, variant, "registered", "champion", actor, "first teacher")
+    if is_reference:
+        reason = f"registered as the reference teacher (confirmed by {actor})"
+        record_promotion(session, variant, "registered", status, actor, reason)
+    return variant
+
+
+def reference_variant(session: Session) -> Variant | None:
+    """The active reference teacher (a teacher or recorded variant that is not archived)."""
+    return session.scalar(
+        select(Variant).where(
+            Variant.kind.in_(TEACHER_KINDS), Variant.status.not_in(INACTIVE_STATUSES)
+        )
+    )
+
+
+def archive_variant(session: Session, name: str, actor: str = "unknown") -> Variant:
+    """Take a variant out of service for good: refused for the champion and for a variant in
+    a running experiment; the row and its history stay (experiments are never deleted)."""
+    variant = get_variant(session, name)
+    if variant.status == "archived":
+        raise Conflict("name", f"variant {name!r} is already archived")
+    if variant.status == "champion":
+        raise Conflict("name", f"variant {name!r} is the champion; ship another one first")
+    running = session.scalar(
+        select(Experiment.key)
+        .join(ExperimentArm, ExperimentArm.experiment_id == Experiment.id)
+        .where(ExperimentArm.variant_id == variant.id, Experiment.status == "running")
+    )
+    if running is not None:
+        raise Conflict("name", f"variant {name!r} serves the running experiment {running!r}")
+    record_promotion(session, variant, variant.status, "archived", actor, "archived")
+    return variant
+
+
+def update_variant_config(
+    session: Session,
+    name: str,
+    config: dict[str, Any],
+    actor: str = "unknown",
+    settings: Settings | None = None,
+) -> Variant:
+    """Change a student's config: its version goes up and its gate no longer holds (an
+    approved variant goes back to `registered`). Refused for the champion and a reference."""
+    from abtest.arms import check_variant_config
+
+    variant = get_variant(session, name)
+    if variant.kind in TEACHER_KINDS:
+        raise Conflict("name", f"{name!r} is the reference teacher; register a new one")
+    if variant.status in ("champion", "archived"):
+        raise Conflict("name", f"variant {name!r} is {variant.status}; register a new variant")
+    if not isinstance(config, dict):
+        raise Invalid("config", "must be a JSON object")
+    checked = check_variant_config(variant.kind, config, settings)
+    if config_hash(checked) == config_hash(variant.config):
+        return variant
+    variant.config = checked
+    variant.version = (variant.version or 1) + 1
+    if variant.status == "approved":
+        record_promotion(session, variant, "approved", "registered", actor, "config changed")
+    session.flush()
     return variant
 
 
@@ -106,6 +206,12 @@ def record_promotion(
     gate_run_id: int | None = None,
     experiment_key: str | None = None,
 ) -> Promotion:
+    """Change a variant's status and record it. "approved" needs a passing gate run of this
+    variant on its current config; "champion" needs a concluded experiment or the reference."""
+    if to_status == "approved":
+        _check_gate_run(session, variant, gate_run_id)
+    if to_status == "champion" and experiment_key is None and variant.kind not in TEACHER_KINDS:
+        raise Conflict("status", f"{variant.name!r} can become champion only by an experiment")
     promotion = Promotion(
         variant_id=variant.id,
         from_status=from_status,
@@ -121,9 +227,44 @@ def record_promotion(
     return promotion
 
 
+def _check_gate_run(session: Session, variant: Variant, gate_run_id: int | None) -> None:
+    run = session.get(GateRun, gate_run_id) if gate_run_id is not None else None
+    if run is None:
+        raise Conflict("gate", f"approving {variant.name!r} needs the id of a passing gate run")
+    if run.variant_id != variant.id or not run.passed:
+        raise Conflict("gate", f"gate run #{run.id} is not a passing run of {variant.name!r}")
+    if run.config_sha256 != config_hash(variant.config):
+        raise Conflict(
+            "gate",
+            f"gate run #{run.id} evaluated another config of {variant.name!r}; "
+            f"run `abtest gate {variant.name}` again",
+        )
+
+
 def is_cleared_for_traffic(variant: Variant) -> bool:
-    """Only the teacher, an approved or a champion variant may serve an experiment arm."""
+    """The reference teacher, or an approved or champion student, may serve an experiment arm."""
+    if variant.status in INACTIVE_STATUSES:
+        return False
     return variant.kind in TEACHER_KINDS or variant.status in ("approved", "champion")
+
+
+def clearance_problem(session: Session, variant: Variant) -> str | None:
+    """Why `variant` may not receive traffic now, or None: a student must hold a passing gate
+    run on its *current* config (a config edited behind the services' back loses it)."""
+    if not is_cleared_for_traffic(variant):
+        return variant.status
+    if variant.kind in TEACHER_KINDS:
+        return None
+    approval = session.scalar(
+        select(Promotion)
+        .where(Promotion.variant_id == variant.id, Promotion.gate_run_id.is_not(None))
+        .order_by(Promotion.id.desc())
+        .limit(1)
+    )
+    run = session.get(GateRun, approval.gate_run_id) if approval is not None else None
+    if run is None or not run.passed or run.config_sha256 != config_hash(variant.config):
+        return "no passing gate run on its current config"
+    return None
 
 
 # --- experiments ------------------------------------------------------------------------------
@@ -204,6 +345,9 @@ def create_experiment(session: Session, spec: ExperimentSpec) -> Experiment:
     variants = [
         get_variant(session, arm.variant, f"arms.{i}.variant") for i, arm in enumerate(spec.arms)
     ]
+    for index, variant in enumerate(variants):
+        if variant.status in INACTIVE_STATUSES:
+            raise Conflict(f"arms.{index}.variant", f"variant {variant.name!r} is {variant.status}")
     experiment = Experiment(
         key=spec.key,
         seed=spec.seed or spec.key,
@@ -243,9 +387,10 @@ def start_experiment(session: Session, key: str) -> Experiment:
         raise Conflict("status", f"experiment {key!r} is already running")
     if experiment.status == "concluded":
         raise Conflict("status", f"experiment {key!r} is concluded and cannot restart")
-    blocked = [arm for arm in experiment.arms if not is_cleared_for_traffic(arm.variant)]
+    problems = {arm.name: clearance_problem(session, arm.variant) for arm in experiment.arms}
+    blocked = [arm for arm in experiment.arms if problems[arm.name] is not None]
     if blocked:
-        names = ", ".join(f"{a.name} ({a.variant.name}: {a.variant.status})" for a in blocked)
+        names = ", ".join(f"{a.name} ({a.variant.name}: {problems[a.name]})" for a in blocked)
         raise Conflict(
             "arms",
             f"arms without a passing gate cannot receive traffic: {names}; run `abtest gate`",

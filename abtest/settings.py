@@ -59,6 +59,17 @@ class Settings(BaseSettings):
         description="Waiting requests whose group commit starts at once when a slot is free, "
         "before the event loop has handled the rest of a burst (0: never).",
     )
+    model_dir: str | None = Field(
+        default=None,
+        description="Directories (separated by the OS path separator) that variant model paths "
+        "must lie under; relative paths resolve against the first. Default: the bundled "
+        "models/data directory.",
+    )
+    arm_base_url_allowlist: str = Field(
+        default="127.0.0.1,localhost,::1",
+        description="Comma-separated hosts (or http(s) URL prefixes) that a variant's base_url "
+        "may point at; '*' allows any.",
+    )
     report_cron: str = "0 6 * * *"
     log_level: str = "INFO"
 
@@ -75,6 +86,19 @@ class Settings(BaseSettings):
         if value and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value or None
+
+
+def model_dirs(settings: Settings) -> list[Path]:
+    """The allowed model directories, resolved (the first is the base of relative paths)."""
+    if not settings.model_dir:
+        from models.dataset import bundled_path
+
+        return [bundled_path("train").parent.resolve()]
+    return [Path(p).expanduser().resolve() for p in settings.model_dir.split(os.pathsep) if p]
+
+
+def base_url_allowlist(settings: Settings) -> list[str]:
+    return [item.strip() for item in settings.arm_base_url_allowlist.split(",") if item.strip()]
 
 
 def _unknown_variables(environ: dict[str, str]) -> list[str]:

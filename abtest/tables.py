@@ -37,7 +37,7 @@ JSONType = JSON().with_variant(JSONB(), "postgresql")
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 VARIANT_KINDS = ("teacher", "openai_student", "local_student", "recorded", "knn_student")
-VARIANT_STATUSES = ("registered", "approved", "champion", "retired")
+VARIANT_STATUSES = ("registered", "approved", "champion", "retired", "archived")
 EXPERIMENT_STATUSES = ("draft", "running", "stopped", "concluded")
 EVENT_TYPES = ("start", "export")
 ROLES = ("app", "engineer", "analyst")
@@ -84,6 +84,8 @@ class GateRun(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     failures: Mapped[list[Any]] = mapped_column(JSONType, default=list)
     passed: Mapped[bool] = mapped_column(Boolean)
+    # The variant config this run evaluated: it clears that config only (migration 0006).
+    config_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     actor: Mapped[str] = mapped_column(String(100), default="unknown")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -315,6 +317,17 @@ class Report(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     __table_args__ = (UniqueConstraint("experiment_id", "period_end"),)
+
+
+class CatalogGeneration(Base):
+    """One row: bumped by every service write to variants, experiments and API keys.
+
+    Servers poll it (`abtest.catalog_watch`) and reload what they cache when it changes.
+    """
+
+    __tablename__ = "catalog_generation"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    generation: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class ApiKey(Base):

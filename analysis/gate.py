@@ -1,20 +1,21 @@
 """The promotion gate: a versioned policy turned into a verdict. Pure: no database, no models.
 
-A student must pass before it may serve traffic. The default policy (`gate-v1`):
+A student must pass before it may serve traffic. Every score criterion reads the *lower bound*
+of a seeded percentile bootstrap interval (95% by default), never the point estimate, so a
+student whose interval straddles a floor is refused. The default policy (`gate-v2`):
 
-- the candidate's overall score is at least the champion's minus `max_overall_drop` (0.02);
-- the lower bound of the paired-bootstrap interval of (candidate - champion) overall is above
-  `min_difference_lower_bound` (-0.04);
-- every tool's final score is at least `tool_final_floor` (0.5);
-- the parse-failure rate is below `max_parse_failure_rate` (1%);
+- absolute floors, always (whoever the champion is, so a chain of champions cannot drift):
+  the lower bound of the overall score is at least `overall_floor` (0.60) and the lower bound
+  of every tool's final score at least `tool_final_floor` (0.50);
+- non-inferiority against a *student* champion: the lower bound of the paired-bootstrap
+  interval of (candidate - champion) overall is above `-non_inferiority_margin` (-0.02).
+  Against the teacher (whose outputs are the test truth, so it scores exactly 1.0) only the
+  floors apply;
+- output hygiene: the parse-failure rate is below `max_parse_failure_rate` (1%) and the share
+  of answers that needed a repair (a clamped value, a dropped key, a fixed filter name) is at
+  most `max_repair_rate` (5%);
 - the p95 latency per intent is below `latency_p95_budget_ms` (2,000 ms; the paper's students
   average 1.4-1.6 s for all three tools).
-
-When the champion is the teacher, its outputs *are* the test truth, so it scores exactly 1.0 and
-a relative comparison would demand a perfect copy. The relative criteria are then replaced by an
-absolute one: the candidate's overall score must reach `teacher_champion_overall_floor` (0.6,
-below the paper's students at 0.72-0.74 and above a nearest-neighbour baseline at about 0.50).
-Once a student is champion (after an A/B test ships it), the relative criteria apply against it.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from analysis.offline import Interval, OfflineScores
+from analysis.offline import BootstrapResult, Interval, OfflineScores
 
 
 class PolicyError(ValueError):
@@ -41,13 +42,13 @@ class PolicyError(ValueError):
 
 @dataclass(frozen=True)
 class GatePolicy:
-    version: str = "gate-v1"
-    max_overall_drop: float = 0.02
-    min_difference_lower_bound: float = -0.04
+    version: str = "gate-v2"
+    overall_floor: float = 0.6
     tool_final_floor: float = 0.5
+    non_inferiority_margin: float = 0.02
     max_parse_failure_rate: float = 0.01
+    max_repair_rate: float = 0.05
     latency_p95_budget_ms: float | None = 2000.0
-    teacher_champion_overall_floor: float = 0.6
     bootstrap_resamples: int = 1000
     bootstrap_confidence: float = 0.95
     bootstrap_seed: int = 0
@@ -56,13 +57,13 @@ class GatePolicy:
         if not isinstance(self.version, str) or not 0 < len(self.version) <= 30:
             raise PolicyError("version", "must be a non-empty string of at most 30 characters")
         for name in (
-            "max_overall_drop",
+            "overall_floor",
             "tool_final_floor",
+            "non_inferiority_margin",
             "max_parse_failure_rate",
-            "teacher_champion_overall_floor",
+            "max_repair_rate",
         ):
             _check_number(name, getattr(self, name), 0.0, 1.0)
-        _check_number("min_difference_lower_bound", self.min_difference_lower_bound, -1.0, 1.0)
         if self.latency_p95_budget_ms is not None:
             _check_number("latency_p95_budget_ms", self.latency_p95_budget_ms, 0.0, math.inf)
         if isinstance(self.bootstrap_resamples, bool) or not isinstance(
@@ -154,64 +155,75 @@ def _at_least(name: str, value: float, threshold: float, what: str) -> Criterion
     return Criterion(name, ok, value, threshold, f"{what} {value:.4f} {relation} {threshold:.4f}")
 
 
+def _lower_bound_at_least(name: str, interval: Interval, floor: float, what: str) -> Criterion:
+    ok = interval.low >= floor
+    return Criterion(
+        name,
+        ok,
+        interval.low,
+        floor,
+        f"{what}: lower bound {interval.low:.4f} (estimate {interval.estimate:.4f}) "
+        f"{'>=' if ok else '<'} {floor:.4f}",
+    )
+
+
+def _rate_below(name: str, rate: float, limit: float, what: str, strict: bool) -> Criterion:
+    ok = (rate < limit or (limit == 0 and rate == 0)) if strict else rate <= limit
+    relation = ("<" if strict else "<=") if ok else (">=" if strict else ">")
+    return Criterion(name, ok, rate, limit, f"{what} {rate:.2%} {relation} {limit:.2%}")
+
+
 def evaluate_gate(
     policy: GatePolicy,
     candidate: OfflineScores,
-    champion: OfflineScores | None,
+    candidate_ci: BootstrapResult,
     difference: Interval | None,
     latency_p95_ms: float | None,
+    repair_rate: float = 0.0,
 ) -> GateVerdict:
-    """Check every criterion of `policy`; `champion=None` means the champion is the teacher.
+    """Check every criterion of `policy` (see the module doc).
 
-    `difference` is the paired-bootstrap interval of candidate minus champion overall (required
-    when a student champion is given).
+    `candidate_ci` is the candidate's bootstrap (overall and per-tool finals); `difference` the
+    paired-bootstrap interval of candidate minus a *student* champion overall (None when the
+    champion is the teacher or there is none).
     """
-    criteria: list[Criterion] = []
-    if champion is None:
+    confidence = f"{policy.bootstrap_confidence:.0%}"
+    criteria = [
+        _lower_bound_at_least(
+            "overall_floor", candidate_ci.overall, policy.overall_floor, f"overall ({confidence})"
+        )
+    ]
+    for tool, interval in candidate_ci.finals.items():
         criteria.append(
-            _at_least(
-                "overall_vs_teacher",
-                candidate.overall,
-                policy.teacher_champion_overall_floor,
-                "overall score (champion is the teacher, whose outputs are the truth)",
+            _lower_bound_at_least(
+                f"final.{tool}", interval, policy.tool_final_floor, f"{tool} final ({confidence})"
             )
         )
-    else:
-        if difference is None:
-            raise ValueError("difference: a bootstrap interval is needed against a champion")
-        criteria.append(
-            _at_least(
-                "overall_vs_champion",
-                candidate.overall,
-                champion.overall - policy.max_overall_drop,
-                f"overall score (champion {champion.overall:.4f} - {policy.max_overall_drop})",
-            )
-        )
-        bound = policy.min_difference_lower_bound
+    if difference is not None:
+        bound = -policy.non_inferiority_margin
         ok = difference.low > bound
         criteria.append(
             Criterion(
-                "difference_lower_bound",
+                "non_inferiority",
                 ok,
                 difference.low,
                 bound,
-                f"lower bound of the {policy.bootstrap_confidence:.0%} interval of "
-                f"candidate - champion overall {difference.low:.4f} "
-                f"{'>' if ok else '<='} {bound:.4f}",
+                f"candidate - champion overall: lower bound of the {confidence} interval "
+                f"{difference.low:.4f} {'>' if ok else '<='} {bound:.4f}",
             )
         )
-    for tool, scores in candidate.tools.items():
-        criteria.append(
-            _at_least(f"final.{tool}", scores.final, policy.tool_final_floor, f"{tool} final score")
-        )
-    rate, limit = candidate.parse_failure_rate, policy.max_parse_failure_rate
     criteria.append(
-        Criterion(
+        _rate_below(
             "parse_failure_rate",
-            rate < limit or (limit == 0 and rate == 0),
-            rate,
-            limit,
-            f"parse-failure rate {rate:.2%} {'<' if rate < limit else '>='} {limit:.2%}",
+            candidate.parse_failure_rate,
+            policy.max_parse_failure_rate,
+            "parse-failure rate",
+            strict=True,
+        )
+    )
+    criteria.append(
+        _rate_below(
+            "repair_rate", repair_rate, policy.max_repair_rate, "repaired answers", strict=False
         )
     )
     budget = policy.latency_p95_budget_ms
@@ -236,14 +248,17 @@ def evaluate_gate(
 
 
 # A looser, named policy for admitting a baseline such as the kNN student (overall ~0.50 on the
-# bundled test set) as a comparison arm, e.g. in the demo. Real students use the default.
-BASELINE_POLICY = GatePolicy(
-    version="baseline-v1", tool_final_floor=0.4, teacher_champion_overall_floor=0.45
-)
+# bundled test set) as a comparison arm. Real students use the default.
+BASELINE_POLICY = GatePolicy(version="baseline-v2", overall_floor=0.45, tool_final_floor=0.4)
+# The demo's named policy: the demo's students are small models trained on two CPU cores (the
+# MiniLM student scores 0.61 overall, interval about 0.58-0.62), so the demo admits them with
+# lower floors, and says so. Real students use the default `gate-v2`, which refuses it.
+DEMO_POLICY = GatePolicy(version="demo-v2", overall_floor=0.55, tool_final_floor=0.45)
 
 
 __all__ = [
     "BASELINE_POLICY",
+    "DEMO_POLICY",
     "Criterion",
     "GatePolicy",
     "GateVerdict",

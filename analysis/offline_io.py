@@ -1,9 +1,11 @@
 """Predictions and truth from JSON Lines files in the dataset's record format, matched by intent.
 
 Truth files must be valid (a bad row is an error naming the file and line). Prediction files are
-model output and may be broken: an unreadable line, or a tool that breaks the schema, makes that
-tool "not used" for the row and counts the row as a parse failure; a truth intent with no
-prediction is a missing prediction (also "not used" and a parse failure).
+model output and may be broken. Each row goes through `models.parsing.validate_record`, the
+rules the gate and serving use: out-of-range values are clamped and unknown keys dropped (each
+a *repair*, counted), an unknown filter name or a tool that is not an object makes that tool
+"not used" and the row a parse failure; an unreadable line, or a truth intent with no
+prediction, is a missing prediction (also "not used" and a parse failure).
 """
 
 from __future__ import annotations
@@ -14,19 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from models.dataset import DatasetError, IntentRecord, load_records, normalize_intent
-from models.tools import (
-    ToolConfig,
-    ToolValidationError,
-    parse_adjust,
-    parse_filter,
-    parse_selective,
-)
+from models.parsing import validate_record
+from models.tools import ToolConfig
 
 
 @dataclass(frozen=True)
 class ParsedPrediction:
     config: ToolConfig
     failed_tools: tuple[str, ...] = ()
+    repairs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -39,6 +37,12 @@ class MatchedRows:
     unreadable_lines: list[int] = field(default_factory=list)
     unmatched_predictions: int = 0
     duplicate_predictions: int = 0
+    repairs: list[int] = field(default_factory=list)  # per truth row: repairs made
+
+    @property
+    def repair_rate(self) -> float:
+        """Share of rows whose prediction needed at least one repair."""
+        return sum(r > 0 for r in self.repairs) / len(self.repairs) if self.repairs else 0.0
 
     @property
     def calls(self) -> list[int]:
@@ -55,28 +59,15 @@ class MatchedRows:
             "unreadable_lines": len(self.unreadable_lines),
             "unmatched_predictions": self.unmatched_predictions,
             "duplicate_predictions": self.duplicate_predictions,
+            "repaired_rows": sum(r > 0 for r in self.repairs),
+            "repair_rate": self.repair_rate,
         }
 
 
 def parse_prediction(row: dict[str, Any]) -> ParsedPrediction:
-    """Parse each tool on its own; a tool that breaks the schema counts as not used."""
-    parts: dict[str, Any] = {}
-    failed: list[str] = []
-    parsers = {
-        "adjust": parse_adjust,
-        "selective_adjust": parse_selective,
-        "filter": parse_filter,
-    }
-    for tool, parser in parsers.items():
-        raw = row.get(tool)
-        if raw is None:
-            raw = {}
-        try:
-            parts[tool] = parser(raw, strict=True)
-        except ToolValidationError:
-            parts[tool] = None
-            failed.append(tool)
-    return ParsedPrediction(ToolConfig(**parts), tuple(failed))
+    """Validate each tool by the shared rules (`models.parsing.validate_record`)."""
+    parsed = validate_record(row)
+    return ParsedPrediction(parsed.config, parsed.failures, parsed.repairs)
 
 
 def read_predictions(path: str | Path) -> tuple[dict[str, ParsedPrediction], list[int], int]:
@@ -130,6 +121,7 @@ def match_files(predictions_path: str | Path, truth_path: str | Path) -> Matched
     predicted, unreadable, duplicates = read_predictions(predictions_path)
     configs: list[ToolConfig | None] = []
     failures: list[bool] = []
+    repairs: list[int] = []
     used_keys: set[str] = set()
     for record in truth:
         key = normalize_intent(record.intent)
@@ -137,10 +129,12 @@ def match_files(predictions_path: str | Path, truth_path: str | Path) -> Matched
         if parsed is None:
             configs.append(None)
             failures.append(True)
+            repairs.append(0)
             continue
         used_keys.add(key)
         configs.append(parsed.config)
         failures.append(bool(parsed.failed_tools))
+        repairs.append(len(parsed.repairs))
     return MatchedRows(
         truth=truth,
         predictions=configs,
@@ -148,4 +142,5 @@ def match_files(predictions_path: str | Path, truth_path: str | Path) -> Matched
         unreadable_lines=unreadable,
         unmatched_predictions=len(set(predicted) - used_keys),
         duplicate_predictions=duplicates,
+        repairs=repairs,
     )

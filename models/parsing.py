@@ -8,8 +8,10 @@ Accepted answers, per tool:
   a wrapper object ({"adjust": {...}}, {"parameters": {...}}), case/spelling variants of keys
   ("Exposure", "linear_offset"), flattened selective keys ("red_saturation").
 - Values are clamped to the ranges of `models.tools`; missing keys are 0; extra keys dropped; a
-  near-miss filter name maps to the canonical one and an unknown one to ``none``; an all-zero
-  adjust / selective adjust and a ``none`` filter mean "tool not used".
+  near-miss filter name maps to the canonical one; an all-zero adjust / selective adjust and a
+  ``none`` filter mean "tool not used". Each clamp, dropped key and name fix is a *repair*
+  (`ParsedTool.notes`, counted by `ParsedOutputs.repairs`).
+- An unknown filter name ("sepia_magic") is a parse failure of the filter tool, not "none".
 - An empty answer, an empty JSON object, or ``none`` means "tool not used" and is NOT a failure
   (that is what the prompts ask for). Text with no recoverable JSON object is a parse failure:
   the tool counts as not used and `ParsedTool.ok` is False.
@@ -28,9 +30,12 @@ from typing import Any
 
 from models.tools import (
     ADJUST_ORDER,
+    ADJUST_RANGES,
     COLOR_PARAMS,
     COLORS,
+    INTENSITY_RANGE,
     NO_FILTER,
+    SELECTIVE_RANGE,
     TOOLS,
     Adjust,
     Filter,
@@ -68,6 +73,11 @@ class ParsedOutputs:
     rationales: dict[str, str] = field(default_factory=dict)
     tools: dict[str, ParsedTool] = field(default_factory=dict)
 
+    @property
+    def repairs(self) -> tuple[str, ...]:
+        """Every repair made, as `tool: note` (clamped values, dropped keys, fixed names)."""
+        return tuple(f"{t}: {note}" for t, parsed in self.tools.items() for note in parsed.notes)
+
 
 def _squash(text: str) -> str:
     return re.sub(r"[^a-z0-9]", "", str(text).lower())
@@ -99,7 +109,33 @@ def parse_tool_output(tool: str, text: str | None) -> ParsedTool:
 
 def parse_outputs(texts: Mapping[str, str | None]) -> ParsedOutputs:
     """Parse the answers of all three tools (a missing tool is "not used", not a failure)."""
-    tools = {tool: parse_tool_output(tool, texts.get(tool)) for tool in TOOLS}
+    return _combine({tool: parse_tool_output(tool, texts.get(tool)) for tool in TOOLS})
+
+
+def validate_record(record: Mapping[str, Any]) -> ParsedOutputs:
+    """Validate tool configurations already in the record shape (`{"adjust": {...},
+    "selective_adjust": {...}, "filter": {...}}`, e.g. a predictions file) by the same rules
+    as model text: clamps and dropped keys are repairs, an unknown filter name or a tool that
+    is not an object is a parse failure of that tool. The one path `evaluate` shares with the
+    gate and serving."""
+    tools: dict[str, ParsedTool] = {}
+    for tool in TOOLS:
+        raw = record.get(tool)
+        if raw is None or raw == {}:
+            tools[tool] = ParsedTool(tool, None)
+            continue
+        if not isinstance(raw, Mapping):
+            tools[tool] = ParsedTool(tool, None, ok=False, error=f"{tool}: must be an object")
+            continue
+        notes: list[str] = []
+        try:
+            tools[tool] = ParsedTool(tool, _to_part(tool, raw, notes), notes=tuple(notes))
+        except Exception as exc:  # noqa: BLE001 - bad values are a failure, never a crash
+            tools[tool] = ParsedTool(tool, None, ok=False, error=str(exc))
+    return _combine(tools)
+
+
+def _combine(tools: dict[str, ParsedTool]) -> ParsedOutputs:
     config = ToolConfig(
         adjust=tools["adjust"].part,  # type: ignore[arg-type]
         selective_adjust=tools["selective_adjust"].part,  # type: ignore[arg-type]
@@ -307,7 +343,14 @@ def _adjust(obj: Mapping[str, Any], notes: list[str]) -> Adjust | None:
         clean[name] = number
     if obj and not clean and any(isinstance(v, Mapping) for v in obj.values()):
         raise ValueError("adjust: no known parameter in the JSON object")
+    for name, number in clean.items():
+        _note_clamp(notes, name, number, ADJUST_RANGES[name])
     return parse_adjust(clean, strict=False)
+
+
+def _note_clamp(notes: list[str], name: str, number: float, bounds: tuple[float, float]) -> None:
+    if not bounds[0] <= number <= bounds[1]:
+        notes.append(f"clamped {name}={number:g} to {bounds[0]:g}..{bounds[1]:g}")
 
 
 def _split_flat_color(squashed: str) -> tuple[str, str] | None:
@@ -346,6 +389,7 @@ def _selective(obj: Mapping[str, Any], notes: list[str]) -> SelectiveAdjust | No
     for color in clean:
         for param in COLOR_PARAMS:
             clean[color].setdefault(param, 0.0)
+            _note_clamp(notes, f"{color}.{param}", clean[color][param], SELECTIVE_RANGE)
     return parse_selective(clean, strict=False)
 
 
@@ -366,7 +410,12 @@ def _filter(obj: Mapping[str, Any], notes: list[str]) -> Filter | None:
     if name is not None and not isinstance(name, str):
         notes.append(f"filter name {name!r} is not a string")
         name = str(name)
-    result = parse_filter({"name": name or NO_FILTER, "intensity": number or 0}, strict=False)
-    if name and result is None and _squash(name) != NO_FILTER:
-        notes.append(f"unknown filter {name!r} mapped to none")
-    return result
+    if name and _squash(name) != NO_FILTER:
+        canonical = canonical_filter(name)
+        if canonical == NO_FILTER:
+            raise ValueError(f"filter: unknown filter name {name!r}")
+        if _squash(canonical) != _squash(name):
+            notes.append(f"filter name {name!r} read as {canonical!r}")
+    if number is not None:
+        _note_clamp(notes, "intensity", number, INTENSITY_RANGE)
+    return parse_filter({"name": name or NO_FILTER, "intensity": number or 0}, strict=False)

@@ -44,6 +44,7 @@ from routing.metrics import RouterMetrics
 from routing.storage import Item, item_outcomes, split_items
 
 EVENT_TYPES = ("start", "export")
+CHAMPION_LABEL = "(champion)"  # the metrics' experiment label of the default route
 MAX_PROJECT_ID = 200
 MAX_EVENT_ID = 100
 
@@ -114,9 +115,11 @@ class CircuitBreaker:
 
 
 class ExperimentCatalog:
-    """The experiments routing knows about, reloaded at most every `ttl_s` (and on a miss).
+    """The experiments routing knows about, reloaded at most every `ttl_s` (and on a miss),
+    and the champion (`load_champion`) that serves projects no running experiment covers.
 
-    When reloading fails (database down) the last known experiments keep serving.
+    When reloading fails (database down) the last known experiments keep serving. A server
+    also reloads at once when the catalog generation changes (`abtest.generation.watch`).
     """
 
     def __init__(
@@ -124,8 +127,11 @@ class ExperimentCatalog:
         load: Callable[[], Sequence[ExperimentDef]],
         ttl_s: float = 1.0,
         executor: Executor | None = None,
+        load_champion: Callable[[], ArmDef | None] | None = None,
     ) -> None:
         self._load = load
+        self._load_champion = load_champion
+        self.champion: ArmDef | None = None
         self.ttl_s = ttl_s
         self._executor = executor
         self._experiments: list[ExperimentDef] | None = None
@@ -164,13 +170,19 @@ class ExperimentCatalog:
     async def _load_now(self) -> None:
         try:
             loop = asyncio.get_running_loop()
-            self.set(await loop.run_in_executor(self._executor, self._load))
+            experiments, champion = await loop.run_in_executor(self._executor, self._load_both)
+            self.set(experiments)
+            self.champion = champion
         except Exception:  # noqa: BLE001 - keep serving the last known experiments
             if self._experiments is None:
                 raise RoutingError(
                     "experiment", "experiments cannot be loaded: the database is unreachable", 503
                 ) from None
             self._loaded_at = time.monotonic()
+
+    def _load_both(self) -> tuple[Sequence[ExperimentDef], ArmDef | None]:
+        champion = self._load_champion() if self._load_champion is not None else None
+        return self._load(), champion
 
     async def resolve(self, key: str | None, *, running_only: bool = True) -> ExperimentDef | None:
         """The experiment for a request: `key` if given, else the single running one.
@@ -228,7 +240,7 @@ class RoutedProject:
     """The router's answer for one project."""
 
     project_id: str
-    experiment: str
+    experiment: str | None  # None: served by the champion outside any experiment
     arm: str  # the arm the project counts in (intention to treat)
     variant: str | None  # the variant behind that arm
     config: ToolConfig
@@ -240,10 +252,12 @@ class RoutedProject:
     event_id: str | None
     spooled: bool = False
     error: str | None = None
+    route: str = "experiment"  # or "champion": no running experiment covers the project
 
     def to_json(self) -> dict[str, Any]:
         return {
             "project_id": self.project_id,
+            "route": self.route,
             "experiment": self.experiment,
             "arm": self.arm,
             "variant": self.variant,
@@ -438,8 +452,12 @@ class Router:
         _check_text(intent, "intent", 10_000)
         if client_event_id is not None:
             _check_text(client_event_id, "client_event_id", MAX_EVENT_ID)
-        experiment = await self.catalog.resolve(experiment_key)
-        assert experiment is not None
+        # no key: the single running experiment, else (none running) the champion
+        experiment = await self.catalog.resolve(
+            experiment_key, running_only=experiment_key is not None
+        )
+        if experiment is None:
+            return await self._serve_champion(project_id, intent)
         decision, first = await self._assignment(experiment, project_id)
         counted_arm = experiment.arm(decision.arm)
         served_arm = experiment.arm(decision.serving_arm)
@@ -493,6 +511,48 @@ class Router:
             event_id=event_id,
             spooled=spooled,
             error=answer.error,
+        )
+
+    async def _serve_champion(self, project_id: str, intent: str) -> RoutedProject:
+        """The default route: the champion answers a project no running experiment covers.
+
+        No assignment and no start event are written (nothing enters an experiment's
+        analysis); the answer says `route: "champion"` and Prometheus counts it under the
+        experiment label "(champion)".
+        """
+        champion = self.catalog.champion
+        if champion is None:
+            raise RoutingError(
+                "experiment_key",
+                "no experiment is running and there is no champion: start an experiment with "
+                "`abtest experiments start KEY`",
+                409,
+            )
+        started = time.perf_counter()
+        prediction, problem = await self._call(champion, intent)
+        latency_ms = (time.perf_counter() - started) * 1000
+        answer = _Answer(
+            prediction,
+            champion.variant if prediction is not None else None,
+            prediction is None,
+            problem,
+            "champion_failed" if prediction is None else None,
+        )
+        self._observe(CHAMPION_LABEL, champion.name, False, latency_ms, answer)
+        return RoutedProject(
+            project_id=project_id,
+            experiment=None,
+            arm=champion.name,
+            variant=champion.variant,
+            config=prediction.config if prediction is not None else ToolConfig(),
+            latency_ms=latency_ms,
+            fallback=answer.fallback,
+            served_by=answer.served_by,
+            cache_hit=bool(prediction is not None and prediction.cache_hit),
+            in_experiment=False,
+            event_id=None,
+            error=problem,
+            route="champion",
         )
 
     async def _assignment(

@@ -24,6 +24,34 @@ from routing.events import (
 )
 
 
+def load_champion(engine: Engine, tables: RoutingTables) -> ArmDef | None:
+    """The champion variant as the arm of the default route (None when there is none)."""
+    variants = tables.variants
+    with engine.connect() as conn:
+        row = (
+            conn.execute(
+                sa.select(variants.c.name, variants.c.kind, variants.c.version, variants.c.config)
+                .where(variants.c.status == "champion")
+                .order_by(variants.c.id.desc())
+                .limit(1)
+            )
+            .mappings()
+            .first()
+        )
+    if row is None:
+        return None
+    config: Mapping[str, Any] = row["config"] or {}
+    return ArmDef(
+        name="champion",
+        weight=1.0,
+        control=True,
+        variant=row["name"],
+        variant_kind=row["kind"],
+        variant_version=row["version"] or 1,
+        variant_config=config,
+    )
+
+
 def load_experiments(engine: Engine, tables: RoutingTables) -> list[ExperimentDef]:
     """Every experiment with its arms and variants, newest first."""
     experiments, arms, variants = tables.experiments, tables.experiment_arms, tables.variants

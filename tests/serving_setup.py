@@ -3,6 +3,7 @@
 import sqlalchemy as sa
 
 from abtest import db, services
+from tests.gate_helpers import approved_student, reference_teacher
 
 
 def make_two_arm_experiment(
@@ -10,8 +11,8 @@ def make_two_arm_experiment(
 ) -> None:
     """Register both variants and create "e1" (started unless `start` is false)."""
     with db.session_scope(engine) as session:
-        services.register_variant(session, "teacher", "teacher")
-        services.register_variant(session, "student", "teacher")
+        reference_teacher(session)
+        approved_student(session, "student")
         services.create_experiment(
             session,
             services.ExperimentSpec(

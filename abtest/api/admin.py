@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
 from abtest import services
-from abtest.api.deps import db_session, require_role
+from abtest.api.deps import app_state, db_session, require_role
 
 router = APIRouter(prefix="/v1", tags=["admin"])
 engineer = [Depends(require_role("engineer"))]
@@ -21,6 +21,13 @@ class VariantIn(BaseModel):
     kind: str
     config: dict[str, Any] = Field(default_factory=dict)
     description: str = ""
+    reference: bool = Field(
+        default=False, description="Confirm a teacher/recorded variant as the reference."
+    )
+
+
+class ArchiveIn(BaseModel):
+    actor: str = Field(default="api", min_length=1, max_length=100)
 
 
 class ArmIn(BaseModel):
@@ -46,11 +53,29 @@ class WeightsIn(BaseModel):
 
 
 @router.post("/variants", status_code=201, dependencies=engineer)
-def create_variant(body: VariantIn, session: Session = Depends(db_session)) -> dict[str, Any]:
+def create_variant(
+    body: VariantIn, request: Request, session: Session = Depends(db_session)
+) -> dict[str, Any]:
     variant = services.register_variant(
-        session, body.name, body.kind, body.config, body.description, actor="api"
+        session,
+        body.name,
+        body.kind,
+        body.config,
+        body.description,
+        actor="api",
+        reference=body.reference,
+        settings=app_state(request).settings,
     )
     return services.variant_summary(variant)
+
+
+@router.post("/variants/{name}/archive", dependencies=engineer)
+def archive_variant(
+    name: str, body: ArchiveIn | None = None, session: Session = Depends(db_session)
+) -> dict[str, Any]:
+    """Take a variant out of service; 409 for the champion or a running experiment's arm."""
+    actor = (body or ArchiveIn()).actor
+    return services.variant_summary(services.archive_variant(session, name, actor))
 
 
 @router.get("/variants", dependencies=reader)

@@ -30,6 +30,10 @@ class PromoteIn(BaseModel):
 class ConcludeIn(BaseModel):
     ship: str = Field(min_length=1, max_length=100, description="The arm that won.")
     actor: str = Field(default="api", min_length=1, max_length=100)
+    override: bool = Field(
+        default=False, description="Ship although the decision does not support it."
+    )
+    reason: str | None = Field(default=None, max_length=2000, description="Needed to override.")
 
 
 @router.post("/variants/{name}/gate", status_code=201, dependencies=engineer)
@@ -68,8 +72,11 @@ def promote(
 
 @router.post("/experiments/{key}/conclude", dependencies=engineer)
 def conclude(key: str, body: ConcludeIn, session: Session = Depends(db_session)) -> dict[str, Any]:
-    """Conclude the experiment; the shipped arm's variant becomes the champion."""
-    experiment = gating.conclude_experiment(session, key, body.ship, body.actor)
+    """Conclude the experiment; the shipped arm's variant becomes the champion. 409 naming the
+    decision when it does not support the shipped arm (unless `override` with a `reason`)."""
+    experiment = gating.conclude_experiment(
+        session, key, body.ship, body.actor, override=body.override, reason=body.reason
+    )
     champion = services.champion(session)
     return {
         "experiment": services.experiment_summary(experiment),

@@ -110,13 +110,20 @@ def conclude(
     key: str,
     ship: str = typer.Option(..., "--ship", help="The arm that won; its variant becomes champion."),
     actor: str = typer.Option("cli", "--actor", help="Who decides (recorded)."),
+    override: bool = typer.Option(
+        False, "--override", help="Ship although the decision does not support it (recorded)."
+    ),
+    reason: str = typer.Option(None, "--reason", help="Why (required with --override)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Conclude an experiment and make the shipped arm's variant the champion."""
+    """Conclude an experiment and make the shipped arm's variant the champion; refused unless
+    the experiment's decision supports the shipped arm (or --override --reason)."""
     from abtest import gating
 
     with session() as s:
-        experiment = gating.conclude_experiment(s, key, ship, actor)
+        experiment = gating.conclude_experiment(
+            s, key, ship, actor, override=override, reason=reason
+        )
         summary = services.experiment_summary(experiment)
         champion = next(a.variant.name for a in experiment.arms if a.name == ship)
     if as_json:

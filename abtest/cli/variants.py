@@ -18,20 +18,60 @@ def register_variant(
     kind: str = typer.Option(..., "--kind", help="teacher, openai_student, local_student, ..."),
     config: str = typer.Option("{}", "--config", help="JSON object with the arm's settings."),
     description: str = typer.Option("", "--description"),
+    reference: bool = typer.Option(
+        False,
+        "--reference",
+        help="Confirm that this teacher/recorded variant is THE reference (serves without a "
+        "gate; recorded). Students never take it.",
+    ),
+    actor: str = typer.Option("cli", "--actor", help="Who registers (recorded)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Register a new variant. Students start as `registered` and need a passing gate."""
-    try:
-        parsed = json.loads(config)
-    except json.JSONDecodeError as exc:
-        fail(f"config: not valid JSON ({exc.msg})")
+    """Register a new variant; the config is checked for its kind (nothing is stored when it is
+    wrong). Students start as `registered` and need a passing gate."""
+    parsed = _json_object(config)
     with session() as s:
-        variant = services.register_variant(s, name, kind, parsed, description, actor="cli")
+        variant = services.register_variant(
+            s, name, kind, parsed, description, actor=actor, reference=reference
+        )
         summary = services.variant_summary(variant)
     if as_json:
         print_json(summary)
     else:
         typer.echo(f"registered variant {summary['name']} ({summary['kind']}, {summary['status']})")
+
+
+def _json_object(text: str) -> dict:
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as exc:
+        fail(f"config: not valid JSON ({exc.msg})")
+    if not isinstance(parsed, dict):
+        fail("config: must be a JSON object")
+    return parsed
+
+
+@app.command("set-config")
+def set_config(
+    name: str,
+    config: str = typer.Option(..., "--config", help="The new JSON config (replaces the old)."),
+    actor: str = typer.Option("cli", "--actor", help="Who changes it (recorded)."),
+) -> None:
+    """Replace a student's config: its version goes up and it needs a new passing gate."""
+    with session() as s:
+        variant = services.update_variant_config(s, name, _json_object(config), actor)
+        summary = services.variant_summary(variant)
+    typer.echo(f"variant {name} is now version {summary['version']} ({summary['status']})")
+
+
+@app.command("archive")
+def archive(
+    name: str, actor: str = typer.Option("cli", "--actor", help="Who archives (recorded).")
+) -> None:
+    """Take a variant out of service (refused for the champion or a running experiment's arm)."""
+    with session() as s:
+        services.archive_variant(s, name, actor)
+    typer.echo(f"variant {name} is archived")
 
 
 @app.command("list")

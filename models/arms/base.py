@@ -26,6 +26,7 @@ class Prediction:
     raw: dict[str, str] = field(default_factory=dict)  # per tool: the model's text (rationale)
     parse_failures: tuple[str, ...] = ()  # tools whose output could not be parsed
     cache_hit: bool = False
+    repairs: tuple[str, ...] = ()  # clamped values, dropped keys, fixed names (models.parsing)
 
     @property
     def tokens(self) -> int:
@@ -37,6 +38,7 @@ class Prediction:
             **self.config.to_record(),
             "raw": self.raw,
             "parse_failures": list(self.parse_failures),
+            "repairs": list(self.repairs),
         }
 
 

@@ -14,7 +14,11 @@ Kinds and their config keys (all optional unless marked required):
   student arm of `models.distill.embedding_student`), device ("cpu" | "cuda" | "auto"),
   max_new_tokens, batch_size.
 - ``recorded``: split ("train" | "test" | "both", default both).
-- ``knn_student``: exactly one of path (a pickle from `KnnStudent.save`) or fit ("train").
+- ``knn_student``: exactly one of path (a JSON file from `KnnStudent.save`; no pickle) or
+  fit ("train").
+
+`validate_config` checks a config without building anything (no model loaded, no file read):
+the registration check. `build_arm` runs the same checks, then builds.
 """
 
 from __future__ import annotations
@@ -70,6 +74,74 @@ def build_arm(
         "knn_student": _knn,
     }[kind]
     return builder(name, dict(config), openai_api_key, openai_base_url, float(timeout_s))
+
+
+def validate_config(
+    kind: str, config: Mapping[str, Any] | None, *, openai_base_url: str | None = None
+) -> dict[str, Any]:
+    """The config checked for `kind` (unknown keys, types, required keys, allowed values);
+    `ValueError` naming the field (``config.path: ...``). Touches no file and no network."""
+    if kind not in KINDS:
+        raise ValueError(f"kind: unknown arm kind {kind!r}; expected one of {KINDS}")
+    if config is None:
+        config = {}
+    if not isinstance(config, Mapping):
+        raise ValueError("config: must be a JSON object")
+    config = dict(config)
+    unknown = sorted(set(config) - _ALLOWED[kind])
+    if unknown:
+        allowed = ", ".join(sorted(_ALLOWED[kind]))
+        raise ValueError(f"config.{unknown[0]}: unknown option for kind {kind!r} ({allowed})")
+    if kind in ("teacher", "openai_student"):
+        _get(config, "model", str, None)
+        url = _url(config, None if kind == "teacher" else openai_base_url)
+        _retry(config)
+        _price(config, (0.0, 0.0))
+        _positive(config, "max_tokens", 1, integer=True)
+        if kind == "openai_student":
+            if not config.get("model"):
+                raise ValueError("config.model: the served model name is required")
+            if url is None:
+                raise ValueError(
+                    "config.base_url: required (the OpenAI-compatible server, e.g. vLLM)"
+                )
+            mode = _get(config, "mode", str, "completions")
+            if mode not in STUDENT_MODES:
+                raise ValueError(f"config.mode: must be one of {STUDENT_MODES}, got {mode!r}")
+    elif kind == "local_student":
+        if not _get(config, "path", str, None):
+            raise ValueError("config.path: the local model directory is required")
+        _get(config, "adapter_path", str, None)
+        model_kind = _get(config, "kind", str, "auto")
+        if model_kind not in LOCAL_KINDS:
+            raise ValueError(f"config.kind: must be one of {LOCAL_KINDS}, got {model_kind!r}")
+        device = _get(config, "device", str, "cpu")
+        if device not in ("cpu", "auto") and not device.startswith("cuda"):
+            raise ValueError(f"config.device: must be cpu, cuda[:n] or auto, got {device!r}")
+        _positive(config, "max_new_tokens", 1, integer=True)
+        _positive(config, "batch_size", 1, integer=True)
+    elif kind == "recorded":
+        split = _get(config, "split", str, "both")
+        if split not in (*SPLITS, "both"):
+            raise ValueError(f"config.split: must be train, test or both, got {split!r}")
+    else:
+        path, fit = _get(config, "path", str, None), _get(config, "fit", str, None)
+        if (path is None) == (fit is None):
+            raise ValueError(
+                'config.path: give exactly one of "path" (a JSON file) or "fit": "train"'
+            )
+        if fit is not None and fit != "train":
+            raise ValueError(f'config.fit: only "train" is supported, got {fit!r}')
+    return config
+
+
+STUDENT_MODES = ("completions", "chat")
+LOCAL_KINDS = ("auto", "seq2seq", "causal", "embedding")
+# The config keys that name files or directories (resolved under the model directory).
+PATH_KEYS: dict[str, tuple[str, ...]] = {
+    "local_student": ("path", "adapter_path"),
+    "knn_student": ("path",),
+}
 
 
 def _get(config: dict[str, Any], key: str, kind: type | tuple[type, ...], default: Any) -> Any:
@@ -246,7 +318,7 @@ def _knn(
     path = _get(config, "path", str, None)
     fit = _get(config, "fit", str, None)
     if (path is None) == (fit is None):
-        raise ValueError('config.path: give exactly one of "path" (a pickle) or "fit": "train"')
+        raise ValueError('config.path: give exactly one of "path" (a JSON file) or "fit": "train"')
     if fit is not None:
         if fit != "train":
             raise ValueError(f'config.fit: only "train" is supported, got {fit!r}')
@@ -256,7 +328,7 @@ def _knn(
             raise ValueError(f"config.path: {path} is not a file")
         try:
             student = KnnStudent.load(path)
-        except Exception as exc:  # noqa: BLE001 - any unreadable pickle is a config error
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is a config error
             raise ValueError(f"config.path: cannot load a kNN student from {path}: {exc}") from exc
         student.name = name
     return student

@@ -3,11 +3,14 @@
 Fitted on the training split only; for a new intent it returns the teacher answer of the most
 similar training intent (cosine similarity of TF-IDF character 2-4-grams). It is the baseline
 every fine-tuned student should beat, and the demo's student until a trained one is registered.
+
+Saved as JSON (the training intents and their teacher answers; loading refits, which is
+deterministic). Nothing is ever unpickled: a file that is not this JSON format is refused.
 """
 
 from __future__ import annotations
 
-import pickle
+import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,8 +19,10 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.neighbors import NearestNeighbors
 
 from models.arms.base import Prediction
-from models.dataset import IntentRecord, normalize_intent
+from models.dataset import DatasetError, IntentRecord, normalize_intent, parse_record
 from models.tools import ToolConfig
+
+FORMAT = "abtest-knn-student-v1"
 
 
 class KnnStudent:
@@ -26,8 +31,10 @@ class KnnStudent:
         self._vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), min_df=1)
         self._index = NearestNeighbors(n_neighbors=1, metric="cosine")
         self._answers: list[ToolConfig] = []
+        self._records: list[IntentRecord] = []
 
     def fit(self, records: Sequence[IntentRecord]) -> KnnStudent:
+        self._records = list(records)
         texts = [normalize_intent(r.intent) for r in records]
         self._index.fit(self._vectorizer.fit_transform(texts))
         self._answers = [r.teacher for r in records]
@@ -48,11 +55,24 @@ class KnnStudent:
         return [Prediction(config, latency_ms=per_item) for config in configs]
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_bytes(pickle.dumps(self))
+        """Write the training records as JSON (`load` refits from them)."""
+        rows = [r.to_json() for r in self._records]
+        Path(path).write_text(json.dumps({"format": FORMAT, "records": rows}), encoding="utf-8")
 
     @classmethod
     def load(cls, path: str | Path) -> KnnStudent:
-        model = pickle.loads(Path(path).read_bytes())
-        if not isinstance(model, cls):
-            raise TypeError(f"{path} does not hold a KnnStudent")
-        return model
+        """Refit from a file written by `save`; anything else (a pickle...) is a ValueError."""
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise ValueError(f"{path} is not a kNN student file (JSON expected)") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a kNN student file (format {FORMAT!r} expected)")
+        rows = data.get("records")
+        if not isinstance(rows, list) or not rows:
+            raise ValueError(f"{path}: records must be a non-empty list")
+        try:
+            records = [parse_record(row) for row in rows]
+        except (DatasetError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"{path}: bad record ({exc})") from None
+        return cls().fit(records)

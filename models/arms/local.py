@@ -95,9 +95,16 @@ class LocalStudentArm:
             kind = "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal"
         self.kind = kind
         loader = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
-        model = loader.from_pretrained(base_path)
+        # safetensors only: a pickled checkpoint (pytorch_model.bin) can run code when loaded
+        model = loader.from_pretrained(base_path, use_safetensors=True)
         if adapter_path is not None:
             from peft import PeftModel
+
+            if not (Path(adapter_path) / "adapter_model.safetensors").is_file():
+                raise ValueError(
+                    f"adapter_path: {adapter_path} holds no adapter_model.safetensors "
+                    "(only safetensors are loaded)"
+                )
 
             model = PeftModel.from_pretrained(model, str(adapter_path))
             if merge_adapter:
@@ -164,6 +171,7 @@ class LocalStudentArm:
                         completion_tokens=new_tokens // len(chunk),
                         raw=dict(zip(TOOLS, rows, strict=True)),
                         parse_failures=parsed.failures,
+                        repairs=parsed.repairs,
                     )
                 )
         return predictions

@@ -145,6 +145,7 @@ class _CountingArm(BatchByGather):
             cost_usd=cost_usd,
             raw=texts,
             parse_failures=parsed.failures,
+            repairs=parsed.repairs,
         )
 
 
