@@ -36,7 +36,7 @@ def create_experiment(
     """An experiment whose first arm is the control (teacher); the others use a kNN student."""
     with db.session_scope(engine) as session:
         if services.champion(session) is None:
-            services.register_variant(session, "teacher", "teacher")
+            services.register_variant(session, "teacher", "teacher", reference=True)
         try:
             services.get_variant(session, "student")
         except Exception:

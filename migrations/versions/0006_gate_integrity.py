@@ -28,7 +28,7 @@ NEW_STATUSES = "status IN ('registered', 'approved', 'champion', 'retired', 'arc
 
 def upgrade() -> None:
     with op.batch_alter_table("variants", schema=None) as batch_op:
-        batch_op.drop_constraint("ck_variants_status", type_="check")
+        batch_op.drop_constraint("status", type_="check")
         batch_op.create_check_constraint("status", NEW_STATUSES)
     with op.batch_alter_table("gate_runs", schema=None) as batch_op:
         batch_op.add_column(sa.Column("config_sha256", sa.String(length=64), nullable=True))
@@ -46,5 +46,5 @@ def downgrade() -> None:
     with op.batch_alter_table("gate_runs", schema=None) as batch_op:
         batch_op.drop_column("config_sha256")
     with op.batch_alter_table("variants", schema=None) as batch_op:
-        batch_op.drop_constraint("ck_variants_status", type_="check")
+        batch_op.drop_constraint("status", type_="check")
         batch_op.create_check_constraint("status", OLD_STATUSES)

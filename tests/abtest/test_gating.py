@@ -67,7 +67,7 @@ def session(engine):
 
 
 def setup_variants(session):
-    services.register_variant(session, "teacher", "teacher", actor="t")
+    services.register_variant(session, "teacher", "teacher", actor="t", reference=True)
     services.register_variant(session, "good", "knn_student", FIT, actor="t")
     services.register_variant(session, "bad", "knn_student", FIT, actor="t")
     session.flush()

@@ -12,7 +12,7 @@ from abtest.runtime import build_router
 def start_experiment(settings, cache: bool) -> None:
     engine = db.get_engine(settings.database_url)
     with db.session_scope(engine) as session:
-        services.register_variant(session, "teacher", "recorded", {"split": "test"})
+        services.register_variant(session, "teacher", "recorded", {"split": "test"}, reference=True)
         services.create_experiment(
             session,
             services.ExperimentSpec(

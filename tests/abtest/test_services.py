@@ -6,6 +6,7 @@ from sqlalchemy import func, select
 from abtest import db, services
 from abtest.errors import Conflict, Invalid, NotFound
 from abtest.tables import Experiment, ExperimentArm, Promotion, Variant
+from tests.gate_helpers import pass_gate
 
 
 @pytest.fixture
@@ -22,10 +23,13 @@ def two_arms(student="student", weights=(0.5, 0.5)):
 
 
 def seed_variants(session, approve=True):
-    services.register_variant(session, "teacher", "teacher")
+    services.register_variant(session, "teacher", "teacher", reference=True)
     student = services.register_variant(session, "student", "knn_student", {"fit": "train"})
     if approve:
-        services.record_promotion(session, student, "registered", "approved", "test", "gate")
+        run = pass_gate(session, "student")
+        services.record_promotion(
+            session, student, "registered", "approved", "test", "gate", run.id
+        )
     session.commit()
 
 
@@ -34,7 +38,7 @@ def count(session, table):
 
 
 def test_first_teacher_becomes_champion_with_audit(session):
-    teacher = services.register_variant(session, "teacher", "teacher")
+    teacher = services.register_variant(session, "teacher", "teacher", reference=True)
     assert teacher.status == "champion"
     assert count(session, Promotion) == 1
 

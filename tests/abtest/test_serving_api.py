@@ -11,6 +11,7 @@ from abtest.cli import app as cli
 from abtest.tables import Event
 from models.arms.base import Prediction
 from models.tools import Filter, ToolConfig
+from tests.gate_helpers import approved_student, reference_teacher
 
 TEACHER = ToolConfig(filter=Filter("vivid", 40.0))
 STUDENT = ToolConfig(filter=Filter("winter", 10.0))
@@ -39,7 +40,10 @@ def make_experiment(engine, key="e1", start=True, weights=(0.5, 0.5)):
                 )
                 == 0
             ):
-                services.register_variant(session, name, "teacher")
+                if name == "teacher":
+                    reference_teacher(session)
+                else:
+                    approved_student(session, name)
         services.create_experiment(
             session,
             services.ExperimentSpec(

@@ -12,14 +12,18 @@ import sqlalchemy as sa
 from abtest import db, services
 from abtest.runtime import TABLES
 from routing.events import EventRecord, EventSpool, EventWriter, InvalidEventReference
+from tests.gate_helpers import FIT, reference_teacher
 
 SMALL, BIG = 5, 120  # batch sizes below and above the test writers' copy_threshold
 
 
 def make_experiment(engine, key):
     with db.session_scope(engine) as session:
-        services.register_variant(session, f"{key}-teacher", "teacher")
-        services.register_variant(session, f"{key}-other", "teacher")
+        if services.reference_variant(session) is None:
+            reference_teacher(session, f"{key}-teacher")
+        else:
+            services.register_variant(session, f"{key}-teacher", "knn_student", FIT)
+        services.register_variant(session, f"{key}-other", "knn_student", FIT)
         exp = services.create_experiment(
             session,
             services.ExperimentSpec(

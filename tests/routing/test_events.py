@@ -23,8 +23,8 @@ UNREACHABLE = "postgresql+psycopg://postgres@127.0.0.1:9/nowhere?connect_timeout
 @pytest.fixture
 def experiment(engine):
     with db.session_scope(engine) as session:
-        services.register_variant(session, "teacher", "teacher")
-        services.register_variant(session, "other", "teacher")
+        services.register_variant(session, "teacher", "teacher", reference=True)
+        services.register_variant(session, "other", "knn_student", {"fit": "train"})
         exp = services.create_experiment(
             session,
             services.ExperimentSpec(
