@@ -24,8 +24,11 @@ def test_health(client):
     assert client.get("/readyz").status_code == 200
 
 
-def register(client, name, kind):
-    return client.post("/v1/variants", json={"name": name, "kind": kind})
+def register(client, name, kind, config=None):
+    body = {"name": name, "kind": kind, "reference": kind == "teacher"}
+    if config is not None or kind == "knn_student":
+        body["config"] = config or {"fit": "train"}
+    return client.post("/v1/variants", json=body)
 
 
 def test_variant_and_experiment_flow(client):

@@ -31,7 +31,7 @@ def test_unmigrated_database_tells_to_run_upgrade(cli):
 
 def test_full_admin_flow(cli):
     assert cli("db", "upgrade").exit_code == 0
-    assert cli("variants", "register", "teacher", "--kind", "teacher").exit_code == 0
+    assert cli("variants", "register", "teacher", "--kind", "teacher", "--reference").exit_code == 0
     result = cli(
         "variants", "register", "knn", "--kind", "knn_student", "--config", '{"fit":"train"}'
     )
@@ -68,7 +68,7 @@ def test_full_admin_flow(cli):
 )
 def test_bad_input_gets_a_clear_message(cli, args, message):
     assert cli("db", "upgrade").exit_code == 0
-    assert cli("variants", "register", "teacher", "--kind", "teacher").exit_code == 0
+    assert cli("variants", "register", "teacher", "--kind", "teacher", "--reference").exit_code == 0
     result = cli(*args)
     assert result.exit_code != 0
     assert message in result.output

@@ -96,8 +96,8 @@ def test_gate_runs_are_stored_passed_or_failed(session, small_test_set):
         session, "bad", "bob", test_set_path=path, progress=False, arm_builder=builder(MODES)
     )
     assert not bad.passed
-    assert any("overall score" in f for f in bad.failures)
-    assert any("filter final score 0.0000 < 0.5000" in f for f in bad.failures)
+    assert any(f.startswith("overall (95%): lower bound") for f in bad.failures)
+    assert any("filter final (95%): lower bound 0.0000" in f for f in bad.failures)
     session.flush()
     stored = session.scalar(select(func.count()).select_from(GateRun))
     assert stored == 2
@@ -106,7 +106,7 @@ def test_gate_runs_are_stored_passed_or_failed(session, small_test_set):
 
 def test_arm_errors_become_missing_predictions_and_parse_failures(session, small_test_set):
     path, _ = small_test_set
-    services.register_variant(session, "flaky", "knn_student")
+    services.register_variant(session, "flaky", "knn_student", FIT)
     run = gating.run_gate(
         session, "flaky", "t", test_set_path=path, progress=False, arm_builder=builder(MODES)
     )
@@ -128,7 +128,7 @@ def test_promote_is_refused_with_the_failed_criteria_then_allowed(session, small
     with pytest.raises(Conflict) as refused:
         gating.promote(session, "bad", "alice", test_set_hash=sha)
     assert refused.value.field == "gate"
-    assert "filter final score 0.0000 < 0.5000" in refused.value.reason
+    assert "filter final (95%): lower bound 0.0000" in refused.value.reason
     assert services.get_variant(session, "bad").status == "registered"
     run = gating.run_gate(
         session, "good", "t", test_set_path=path, progress=False, arm_builder=builder(MODES)
@@ -216,19 +216,22 @@ def _running_experiment(session, sha, path):
 def test_conclude_makes_the_shipped_variant_champion(session, small_test_set):
     path, sha = small_test_set
     _running_experiment(session, sha, path)
-    services.register_variant(session, "champ", "knn_student")
+    services.register_variant(session, "champ", "knn_student", FIT)
     early = gating.run_gate(
         session, "champ", "t", test_set_path=path, progress=False, arm_builder=builder(MODES)
     )
     assert early.passed
-    experiment = gating.conclude_experiment(session, "exp", "student", "carol")
+    # no data: the decision supports nothing, so only an override (recorded) ships
+    experiment = gating.conclude_experiment(
+        session, "exp", "student", "carol", override=True, reason="test of champion mechanics"
+    )
     assert experiment.status == "concluded" and experiment.shipped_arm == "student"
     assert experiment.stopped_at is not None
     assert services.champion(session).name == "good"
-    assert services.get_variant(session, "teacher").status == "approved"
+    assert services.get_variant(session, "teacher").status == "registered"
     moves = session.scalars(select(Promotion).where(Promotion.experiment_key == "exp")).all()
     assert {(m.from_status, m.to_status, m.actor) for m in moves} == {
-        ("champion", "approved", "carol"),
+        ("champion", "registered", "carol"),
         ("approved", "champion", "carol"),
     }
     with pytest.raises(Conflict, match="already concluded"):
@@ -241,7 +244,7 @@ def test_conclude_makes_the_shipped_variant_champion(session, small_test_set):
     assert run.metrics["champion"]["overall"] == 1.0
     assert run.metrics["difference"]["estimate"] == pytest.approx(-1.0)
     names = [c["name"] for c in run.metrics["verdict"]["criteria"]]
-    assert "overall_vs_champion" in names and "difference_lower_bound" in names
+    assert "non_inferiority" in names and "overall_floor" in names
     # a gate run against the previous champion no longer counts
     with pytest.raises(Conflict, match="earlier champion"):
         gating.promote(session, "champ", "t", test_set_hash=sha)
@@ -287,9 +290,8 @@ def test_teacher_needs_no_gate_and_bad_test_sets_are_errors(session, tmp_path):
     broken.write_text('{"intent": "x", "calls": 0}\n')
     with pytest.raises(Invalid, match="broken.jsonl:1"):
         gating.run_gate(session, "good", "t", test_set_path=broken, progress=False)
-    services.register_variant(session, "unfit", "knn_student", {"fit": "everything"})
-    with pytest.raises(Invalid) as bad_config:
-        gating.run_gate(session, "unfit", "t", progress=False)
+    with pytest.raises(Invalid) as bad_config:  # refused at registration, nothing stored
+        services.register_variant(session, "unfit", "knn_student", {"fit": "everything"})
     assert bad_config.value.field == "config.fit"
     assert session.scalar(select(func.count()).select_from(GateRun)) == 0
 
@@ -303,10 +305,10 @@ def test_knn_student_on_the_bundled_test_set_fails_the_default_gate(session):
     assert run.test_set_hash == gating.current_test_set_hash()
     assert not run.passed
     failed = {c["name"] for c in run.metrics["verdict"]["criteria"] if not c["passed"]}
-    assert "overall_vs_teacher" in failed
+    assert "overall_floor" in failed
     # the named baseline policy admits it as a comparison arm, and says so in the version
     baseline = gating.run_gate(session, "good", "t", BASELINE_POLICY, progress=False)
-    assert baseline.passed and baseline.policy_version.startswith("baseline-v1+")
+    assert baseline.passed and baseline.policy_version.startswith("baseline-v2+")
     assert gating.promote(session, "good", "t").gate_run_id == baseline.id
 
 
@@ -319,42 +321,41 @@ def client(settings):
         yield c
 
 
+LOOSE = {"version": "loose-1", "overall_floor": 0.4, "tool_final_floor": 0.3}
+
+
 def test_api_gate_promote_conclude(client):
-    for name, kind, config in (
-        ("teacher", "teacher", {}),
-        ("knn", "knn_student", FIT),
-        ("rec", "recorded", {"split": "test"}),
-        ("broken", "knn_student", {}),
-    ):
-        body = {"name": name, "kind": kind, "config": config}
+    for name, kind, config in (("teacher", "teacher", {}), ("knn", "knn_student", FIT)):
+        body = {"name": name, "kind": kind, "config": config, "reference": kind == "teacher"}
         assert client.post("/v1/variants", json=body).status_code == 201
-    broken = client.post("/v1/variants/broken/gate")
+    broken = client.post("/v1/variants", json={"name": "broken", "kind": "knn_student"})
     assert broken.status_code == 422
     assert broken.json()["detail"][0]["loc"] == ["config", "path"]
+    assert client.get("/v1/variants/broken").status_code == 404
     failed = client.post("/v1/variants/knn/gate", json={"actor": "dana"})
     assert failed.status_code == 201, failed.text
     assert failed.json()["passed"] is False and failed.json()["actor"] == "dana"
     refused = client.post("/v1/variants/knn/promote", json={})
     assert refused.status_code == 409
     detail = refused.json()["detail"][0]
-    assert detail["loc"] == ["gate"] and "final score" in detail["msg"]
+    assert detail["loc"] == ["gate"] and "lower bound" in detail["msg"]
     bad_policy = client.post("/v1/variants/knn/gate", json={"policy": {"tool_final_floor": 2}})
     assert bad_policy.status_code == 422
     assert bad_policy.json()["detail"][0]["loc"] == ["policy", "version"]
-    passed = client.post("/v1/variants/rec/gate")
-    assert passed.status_code == 201 and passed.json()["passed"] is True
-    promoted = client.post("/v1/variants/rec/promote")
+    passed = client.post("/v1/variants/knn/gate", json={"policy": LOOSE})
+    assert passed.status_code == 201 and passed.json()["passed"] is True, passed.text
+    promoted = client.post("/v1/variants/knn/promote")
     assert promoted.status_code == 200, promoted.text
     assert promoted.json()["variant"]["status"] == "approved"
     assert promoted.json()["promotion"]["gate_run_id"] == passed.json()["id"]
     runs = client.get("/v1/variants/knn/gate-runs").json()
-    assert [r["passed"] for r in runs] == [False]
+    assert [r["passed"] for r in runs] == [True, False]
     assert client.get("/v1/variants/nobody/gate-runs").status_code == 404
     body = {
         "key": "exp",
         "arms": [
             {"name": "control", "variant": "teacher", "weight": 0.5, "control": True},
-            {"name": "student", "variant": "rec", "weight": 0.5},
+            {"name": "student", "variant": "knn", "weight": 0.5},
         ],
     }
     assert client.post("/v1/experiments", json=body).status_code == 201
@@ -363,9 +364,14 @@ def test_api_gate_promote_conclude(client):
     assert client.post("/v1/experiments/exp/start").status_code == 200
     bad_arm = client.post("/v1/experiments/exp/conclude", json={"ship": "nope"})
     assert bad_arm.status_code == 422 and bad_arm.json()["detail"][0]["loc"] == ["ship"]
-    concluded = client.post("/v1/experiments/exp/conclude", json={"ship": "student"})
+    no_data = client.post("/v1/experiments/exp/conclude", json={"ship": "student"})
+    assert no_data.status_code == 409 and "no data" in no_data.json()["detail"][0]["msg"]
+    no_reason = {"ship": "student", "override": True}
+    assert client.post("/v1/experiments/exp/conclude", json=no_reason).status_code == 422
+    forced = {"ship": "student", "override": True, "reason": "api test", "actor": "erin"}
+    concluded = client.post("/v1/experiments/exp/conclude", json=forced)
     assert concluded.status_code == 200, concluded.text
-    assert concluded.json()["champion"] == "rec"
+    assert concluded.json()["champion"] == "knn"
     assert concluded.json()["experiment"]["status"] == "concluded"
 
 
@@ -382,19 +388,20 @@ def cli(settings, monkeypatch):
 
 
 def test_cli_gate_promote_conclude(cli, tmp_path):
-    assert cli("variants", "register", "teacher", "--kind", "teacher").exit_code == 0
+    teacher = ("variants", "register", "teacher", "--kind", "teacher", "--reference")
+    assert cli(*teacher).exit_code == 0
     knn = ("variants", "register", "knn", "--kind", "knn_student", "--config", json.dumps(FIT))
     assert cli(*knn).exit_code == 0
-    assert cli("variants", "register", "rec", "--kind", "recorded").exit_code == 0
+    second = cli("variants", "register", "rec", "--kind", "recorded", "--reference")
+    assert second.exit_code == 1 and "already the reference" in second.output
     failed = cli("gate", "knn", "--json")
     assert failed.exit_code == 1
     assert json.loads(failed.stdout)["passed"] is False
     refused = cli("variants", "promote", "knn")
     assert refused.exit_code == 1
-    assert "failed its latest gate run" in refused.output and "final score" in refused.output
+    assert "failed its latest gate run" in refused.output and "lower bound" in refused.output
     policy = tmp_path / "loose.json"
-    policy.write_text(json.dumps({"version": "loose-1", "tool_final_floor": 0.3,
-                                  "teacher_champion_overall_floor": 0.4}))  # fmt: skip
+    policy.write_text(json.dumps(LOOSE))
     loose = cli("gate", "knn", "--policy", str(policy))
     assert loose.exit_code == 0, loose.output
     assert "PASSED" in loose.output and "loose-1+" in loose.output
@@ -410,7 +417,11 @@ def test_cli_gate_promote_conclude(cli, tmp_path):
     )
     assert created.exit_code == 0, created.output
     assert cli("experiments", "start", "exp").exit_code == 0
-    concluded = cli("experiments", "conclude", "exp", "--ship", "s", "--json")
+    refused = cli("experiments", "conclude", "exp", "--ship", "s")
+    assert refused.exit_code == 1 and "no data" in refused.output
+    concluded = cli(
+        "experiments", "conclude", "exp", "--ship", "s", "--json", "--override", "--reason", "t"
+    )
     assert concluded.exit_code == 0, concluded.output
     assert json.loads(concluded.stdout)["champion"] == "knn"
     shown = json.loads(cli("variants", "show", "knn", "--json").stdout)

@@ -7,7 +7,9 @@ import json
 import pytest
 
 from analysis.gate import GatePolicy, PolicyError, evaluate_gate, load_policy
-from analysis.offline import Interval, OfflineScores, ToolScores
+from analysis.offline import BootstrapResult, Interval, OfflineScores, ToolScores
+
+TOOLS = ("adjust", "selective_adjust", "filter")
 
 
 def scores(overall: float, finals=(0.8, 0.8, 0.8), parse_failure_rate: float = 0.0):
@@ -22,79 +24,85 @@ def by_name(verdict):
     return {c.name: c for c in verdict.criteria}
 
 
-def test_candidate_close_to_champion_passes():
-    verdict = evaluate_gate(
-        GatePolicy(), scores(0.72), scores(0.73), Interval(-0.01, -0.03, 0.01), 900.0
+def ci(overall: tuple[float, float, float], finals=((0.8, 0.75, 0.85),) * 3) -> BootstrapResult:
+    """A bootstrap result: (estimate, low, high) for overall and each tool's final."""
+    return BootstrapResult(
+        {t: Interval(*f) for t, f in zip(TOOLS, finals, strict=True)},
+        Interval(*overall),
+        0.95,
+        1000,
+        0,
     )
-    assert verdict.passed
-    assert verdict.failures == []
+
+
+GOOD = ci((0.72, 0.70, 0.74))
+
+
+def failed(verdict):
+    return [c.name for c in verdict.criteria if not c.passed]
+
+
+def test_candidate_clear_of_every_floor_passes():
+    verdict = evaluate_gate(GatePolicy(), scores(0.72), GOOD, Interval(-0.01, -0.015, 0.01), 900.0)
+    assert verdict.passed and verdict.failures == []
     assert set(by_name(verdict)) == {
-        "overall_vs_champion",
-        "difference_lower_bound",
+        "overall_floor",
         "final.adjust",
         "final.selective_adjust",
         "final.filter",
+        "non_inferiority",
         "parse_failure_rate",
+        "repair_rate",
         "latency_p95_ms",
     }
-    assert verdict.policy_version.startswith("gate-v1+")
+    assert verdict.policy_version.startswith("gate-v2+")
 
 
-def test_overall_more_than_the_allowed_drop_below_champion_fails():
+def test_an_interval_straddling_the_floor_is_refused():
+    """0.6029 with a bootstrap interval 0.582-0.623 used to pass the 0.60 floor."""
+    verdict = evaluate_gate(GatePolicy(), scores(0.6029), ci((0.6029, 0.582, 0.623)), None, 10.0)
+    assert failed(verdict) == ["overall_floor"]
+    assert "lower bound 0.5820 (estimate 0.6029) < 0.6000" in verdict.failures[0]
+    clear = evaluate_gate(GatePolicy(), scores(0.62), ci((0.62, 0.601, 0.64)), None, 10.0)
+    assert clear.passed
+
+
+def test_tool_floor_reads_the_lower_bound_of_each_final():
+    finals = ((0.8, 0.75, 0.85), (0.52, 0.48, 0.56), (0.8, 0.75, 0.85))
+    verdict = evaluate_gate(GatePolicy(), scores(0.72), ci((0.72, 0.7, 0.74), finals), None, 1.0)
+    assert failed(verdict) == ["final.selective_adjust"]
+
+
+def test_the_floor_applies_against_a_student_champion_too():
+    """A chain of champions cannot drift: non-inferior to a 0.60 champion is not enough."""
     verdict = evaluate_gate(
-        GatePolicy(), scores(0.70), scores(0.73), Interval(-0.03, -0.035, -0.02), 900.0
+        GatePolicy(), scores(0.58), ci((0.58, 0.56, 0.60)), Interval(0.0, -0.01, 0.01), 10.0
     )
-    assert not verdict.passed
-    assert [c.name for c in verdict.criteria if not c.passed] == ["overall_vs_champion"]
-    assert "0.7000 < 0.7100" in verdict.failures[0]
+    assert failed(verdict) == ["overall_floor"]
 
 
-def test_bootstrap_lower_bound_below_limit_fails():
+def test_non_inferiority_reads_the_difference_lower_bound():
+    verdict = evaluate_gate(GatePolicy(), scores(0.72), GOOD, Interval(-0.01, -0.03, 0.01), 1.0)
+    assert failed(verdict) == ["non_inferiority"]
+    # the bound is strict: exactly -margin fails too
+    verdict = evaluate_gate(GatePolicy(), scores(0.72), GOOD, Interval(-0.01, -0.02, 0.01), 1.0)
+    assert failed(verdict) == ["non_inferiority"]
+
+
+def test_parse_failures_repairs_and_latency_fail_independently():
     verdict = evaluate_gate(
-        GatePolicy(), scores(0.72), scores(0.73), Interval(-0.01, -0.05, 0.03), 900.0
+        GatePolicy(), scores(0.72, parse_failure_rate=0.02), GOOD, None, 2500.0, repair_rate=0.06
     )
-    assert [c.name for c in verdict.criteria if not c.passed] == ["difference_lower_bound"]
-    # the bound is strict: exactly -0.04 fails too
-    verdict = evaluate_gate(
-        GatePolicy(), scores(0.72), scores(0.73), Interval(-0.01, -0.04, 0.03), 900.0
-    )
-    assert not by_name(verdict)["difference_lower_bound"].passed
-
-
-def test_tool_floor_parse_failures_and_latency_fail_independently():
-    verdict = evaluate_gate(
-        GatePolicy(),
-        scores(0.72, finals=(0.9, 0.49, 0.9), parse_failure_rate=0.01),
-        scores(0.72),
-        Interval(0.0, -0.01, 0.01),
-        2000.0,
-    )
-    failed = [c.name for c in verdict.criteria if not c.passed]
-    assert failed == ["final.selective_adjust", "parse_failure_rate", "latency_p95_ms"]
-    assert len(verdict.failures) == 3
-    assert any("selective_adjust final score 0.4900 < 0.5000" in f for f in verdict.failures)
+    assert failed(verdict) == ["parse_failure_rate", "repair_rate", "latency_p95_ms"]
+    ok = evaluate_gate(GatePolicy(), scores(0.72), GOOD, None, 10.0, repair_rate=0.05)
+    assert ok.passed
 
 
 def test_unmeasured_latency_fails_unless_the_policy_has_no_budget():
-    verdict = evaluate_gate(GatePolicy(), scores(0.72), None, None, None)
-    assert not by_name(verdict)["latency_p95_ms"].passed
-    verdict = evaluate_gate(GatePolicy(latency_p95_budget_ms=None), scores(0.72), None, None, None)
-    assert "latency_p95_ms" not in by_name(verdict)
+    verdict = evaluate_gate(GatePolicy(), scores(0.72), GOOD, None, None)
+    assert failed(verdict) == ["latency_p95_ms"]
+    verdict = evaluate_gate(GatePolicy(latency_p95_budget_ms=None), scores(0.72), GOOD, None, None)
     assert verdict.passed
-
-
-def test_teacher_champion_uses_the_absolute_floor():
-    verdict = evaluate_gate(GatePolicy(), scores(0.61), None, None, 10.0)
-    assert verdict.passed
-    assert "overall_vs_champion" not in by_name(verdict)
-    assert by_name(verdict)["overall_vs_teacher"].threshold == 0.6
-    verdict = evaluate_gate(GatePolicy(), scores(0.59), None, None, 10.0)
-    assert [c.name for c in verdict.criteria if not c.passed] == ["overall_vs_teacher"]
-
-
-def test_student_champion_needs_a_difference_interval():
-    with pytest.raises(ValueError, match="difference"):
-        evaluate_gate(GatePolicy(), scores(0.7), scores(0.7), None, 1.0)
 
 
 def test_policy_version_includes_a_fingerprint_of_every_setting():
@@ -111,8 +119,8 @@ def test_policy_validation_names_the_setting():
         GatePolicy(tool_final_floor=1.5)
     with pytest.raises(PolicyError, match="bootstrap_resamples"):
         GatePolicy(bootstrap_resamples=10)
-    with pytest.raises(PolicyError, match="max_overall_drop"):
-        GatePolicy(max_overall_drop="a lot")
+    with pytest.raises(PolicyError, match="non_inferiority_margin"):
+        GatePolicy(non_inferiority_margin="a lot")
     with pytest.raises(PolicyError, match="version"):
         GatePolicy(version="")
     with pytest.raises(PolicyError, match="floor_of_everything"):
@@ -127,7 +135,7 @@ def test_load_policy_from_file(tmp_path):
     policy = load_policy(path)
     assert policy.version == "strict-1"
     assert policy.tool_final_floor == 0.7
-    assert policy.max_overall_drop == GatePolicy().max_overall_drop
+    assert policy.overall_floor == GatePolicy().overall_floor
     (tmp_path / "bad.json").write_text("{nope")
     with pytest.raises(PolicyError, match="not valid JSON"):
         load_policy(tmp_path / "bad.json")
@@ -136,7 +144,7 @@ def test_load_policy_from_file(tmp_path):
 
 
 def test_verdict_as_dict_is_json():
-    verdict = evaluate_gate(GatePolicy(), scores(0.5), None, None, 1.0)
+    verdict = evaluate_gate(GatePolicy(), scores(0.5), ci((0.5, 0.45, 0.55)), None, 1.0)
     data = json.loads(json.dumps(verdict.as_dict()))
     assert data["passed"] is False
     assert data["failures"] == verdict.failures

@@ -374,13 +374,23 @@ def test_broken_prediction_rows_count_as_parse_failures(tmp_path):
         "unreadable_lines": 1,
         "unmatched_predictions": 1,
         "duplicate_predictions": 1,
+        "repaired_rows": 0,
+        "repair_rate": 0.0,
     }
 
 
-def test_parse_prediction_keeps_the_valid_tools():
+def test_parse_prediction_clamps_and_counts_repairs():
     parsed = parse_prediction({"adjust": {"exposure": 500}, "filter": {"name": "vivid"}})
-    assert parsed.failed_tools == ("adjust",)
-    assert parsed.config.adjust is None and parsed.config.filter == Filter("vivid", 0)
+    assert parsed.failed_tools == ()
+    assert parsed.config.adjust.as_dict()["exposure"] == 100
+    assert parsed.config.filter == Filter("vivid", 0)
+    assert len(parsed.repairs) == 1 and "clamped exposure" in parsed.repairs[0]
+
+
+def test_parse_prediction_refuses_an_unknown_filter_but_keeps_the_valid_tools():
+    parsed = parse_prediction({"adjust": {"exposure": 20}, "filter": {"name": "sepia_magic"}})
+    assert parsed.failed_tools == ("filter",)
+    assert parsed.config.filter is None and parsed.config.adjust.as_dict()["exposure"] == 20
 
 
 def test_bad_truth_file_is_an_error_naming_the_line(tmp_path):

@@ -115,7 +115,6 @@ def test_selective_nested_flat_and_partial():
         ('{"filter": {"name": "winter", "intensity": 80}}', Filter("winter", 80)),
         ('{"preset": "north", "strength": 45}', Filter("north", 45)),
         ("Parameters: vivid", Filter("vivid", 0)),
-        ('{"name": "sparkly unicorn", "intensity": 70}', None),
         ('{"name": "none", "intensity": 0}', None),
     ],
 )
@@ -125,9 +124,9 @@ def test_filter_names(text, expected):
     assert parsed.part == expected
 
 
-def test_unknown_filter_name_is_noted():
+def test_unknown_filter_name_is_a_parse_failure():
     parsed = parse_tool_output("filter", '{"name": "sparkly unicorn", "intensity": 70}')
-    assert any("sparkly unicorn" in note for note in parsed.notes)
+    assert not parsed.ok and parsed.part is None and "sparkly unicorn" in parsed.error
 
 
 @pytest.mark.parametrize(
