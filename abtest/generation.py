@@ -57,6 +57,7 @@ def _bump_on_catalog_writes(session: Session, _context: Any, _instances: Any) ->
     touched = (*session.new, *session.dirty, *session.deleted)
     if any(isinstance(obj, WATCHED) for obj in touched) and not session.info.get("bumped"):
         session.info["bumped"] = True  # once per transaction is enough
+        session.info["catalog_changed"] = True  # read (and cleared) by the API after commit
         bump(session)
 
 

@@ -137,6 +137,7 @@ class ExperimentCatalog:
         self._experiments: list[ExperimentDef] | None = None
         self._by_id: dict[int, ExperimentDef] = {}
         self._loaded_at = 0.0
+        self._stale = False
         self._reloading: asyncio.Task[None] | None = None
 
     def set(self, experiments: Sequence[ExperimentDef]) -> None:
@@ -147,6 +148,10 @@ class ExperimentCatalog:
     def invalidate(self) -> None:
         self._loaded_at = 0.0
 
+    def mark_stale(self) -> None:
+        """This process changed the catalog: the next request waits for a fresh load."""
+        self._stale = True
+
     def by_id(self, experiment_id: int) -> ExperimentDef | None:
         return self._by_id.get(experiment_id)
 
@@ -154,7 +159,7 @@ class ExperimentCatalog:
         """The experiments. Past `ttl_s` they are reloaded in the background while requests
         keep the ones they have (one reload at a time, however many requests notice); `force`
         and the very first call wait for a reload."""
-        if self._experiments is not None and not force:
+        if self._experiments is not None and not force and not self._stale:
             if time.monotonic() - self._loaded_at >= self.ttl_s:
                 self._reload()
             return self._experiments
@@ -170,6 +175,7 @@ class ExperimentCatalog:
     async def _load_now(self) -> None:
         try:
             loop = asyncio.get_running_loop()
+            self._stale = False
             experiments, champion = await loop.run_in_executor(self._executor, self._load_both)
             self.set(experiments)
             self.champion = champion

@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 
 from abtest import db, services
 from abtest.tables import Assignment, Event
+from tests.gate_helpers import FIT, pass_gate
 
 DAY0 = datetime(2026, 11, 1, tzinfo=UTC)
 OPTIONAL = ("latency_ms", "error", "cost_usd", "intent", "attributes")
@@ -40,8 +41,11 @@ def create_experiment(
         try:
             services.get_variant(session, "student")
         except Exception:
-            student = services.register_variant(session, "student", "knn_student")
-            services.record_promotion(session, student, "registered", "approved", "test")
+            student = services.register_variant(session, "student", "knn_student", FIT)
+            run = pass_gate(session, "student")
+            services.record_promotion(
+                session, student, "registered", "approved", "test", gate_run_id=run.id
+            )
         spec = services.ExperimentSpec(
             key=key,
             arms=[

@@ -44,9 +44,25 @@ def app_state(request: Request) -> AppState:
 
 
 def db_session(request: Request) -> Iterator[Session]:
-    """A session per request: committed when the handler returns, rolled back on error."""
-    with db.session_scope(app_state(request).engine) as session:
+    """A session per request: committed when the handler returns, rolled back on error.
+
+    A committed change to variants, experiments or API keys (`abtest.generation`) makes this
+    server's next project request reload the catalog and forget cached roles at once (other
+    servers notice the generation within a quarter second)."""
+    state = app_state(request)
+    with db.session_scope(state.engine) as session:
         yield session
+    if session.info.pop("catalog_changed", False):
+        catalog_changed(state)
+
+
+def catalog_changed(state: AppState) -> None:
+    router = state.extras.get("router")
+    if router is not None:
+        router.catalog.mark_stale()
+    cache = state.extras.get("role_cache")
+    if cache is not None:
+        cache.clear()
 
 
 def api_key_from(authorization: str | None, x_api_key: str | None) -> str | None:
