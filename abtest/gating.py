@@ -490,14 +490,15 @@ def shipping_support(report: dict[str, Any] | None, ship_arm: str, control_arm: 
     return f"the decision for arm {ship_arm!r} is {decision or 'missing'!r}"
 
 
-def _experiment_report(session: Session, key: str) -> dict[str, Any] | None:
+def _experiment_report(session: Session, key: str) -> dict[str, Any] | str:
+    """The experiment's report now, or why it could not be computed (a refusal reason)."""
     from abtest import reporting
-    from analysis.reports import ReportError
 
     try:
-        return reporting.build(session, key)
-    except ReportError:
-        return None
+        with session.begin_nested():  # a failed report leaves nothing half-written
+            return reporting.build(session, key)
+    except Exception as exc:  # noqa: BLE001 - no trustworthy decision: refuse, say why
+        return f"the results could not be computed ({type(exc).__name__}: {exc})"
 
 
 def conclude_experiment(
@@ -526,7 +527,11 @@ def conclude_experiment(
     if override and not (reason and reason.strip()):
         raise Invalid("reason", "an override needs a reason (--reason '...')")
     control = next(arm.name for arm in experiment.arms if arm.is_control)
-    problem = shipping_support(_experiment_report(session, key), ship_arm, control)
+    report = _experiment_report(session, key)
+    if isinstance(report, str):
+        problem: str | None = report
+    else:
+        problem = shipping_support(report, ship_arm, control)
     if problem is not None and not override:
         raise Conflict(
             "ship",
