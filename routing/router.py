@@ -146,11 +146,12 @@ class ExperimentCatalog:
         self._loaded_at = time.monotonic()
 
     def invalidate(self) -> None:
+        """The catalog changed (here, or as the generation says): the next request waits for a
+        fresh load (while the database is down it keeps the last known catalog)."""
         self._loaded_at = 0.0
-
-    def mark_stale(self) -> None:
-        """This process changed the catalog: the next request waits for a fresh load."""
         self._stale = True
+
+    mark_stale = invalidate
 
     def by_id(self, experiment_id: int) -> ExperimentDef | None:
         return self._by_id.get(experiment_id)

@@ -217,7 +217,7 @@ def test_auth_roles(settings, engine_for):
         assert (
             c.post(
                 "/v1/variants",
-                json={"name": "v", "kind": "teacher"},
+                json={"name": "v", "kind": "knn_student", "config": {"fit": "train"}},
                 headers={"X-API-Key": analyst},
             ).status_code
             == 403
@@ -225,7 +225,7 @@ def test_auth_roles(settings, engine_for):
         assert (
             c.post(
                 "/v1/variants",
-                json={"name": "v", "kind": "teacher"},
+                json={"name": "v", "kind": "knn_student", "config": {"fit": "train"}},
                 headers={"X-API-Key": engineer},
             ).status_code
             == 201
