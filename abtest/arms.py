@@ -58,15 +58,20 @@ def check_variant_config(
     return checked
 
 
-def _model_path(kind: str, key: str, value: str, settings: Settings) -> Path:
-    roots = model_dirs(settings)
+def under_model_dir(value: str | Path, field: str, settings: Settings | None = None) -> Path:
+    """`value` as an absolute path under an allowed model directory (relative: under the
+    first), else `Invalid(field)`; the message is the same whether or not the path exists."""
+    roots = model_dirs(settings or get_settings())
     candidate = Path(value).expanduser()
     resolved = (candidate if candidate.is_absolute() else roots[0] / candidate).resolve()
     if not any(resolved.is_relative_to(root) for root in roots):
         where = ", ".join(str(r) for r in roots)
-        raise Invalid(
-            f"config.{key}", f"must lie under the model directory ({where}; ABTEST_MODEL_DIR)"
-        )
+        raise Invalid(field, f"must lie under the model directory ({where}; ABTEST_MODEL_DIR)")
+    return resolved
+
+
+def _model_path(kind: str, key: str, value: str, settings: Settings) -> Path:
+    resolved = under_model_dir(value, f"config.{key}", settings)
     want_file = kind == "knn_student"
     if want_file and not resolved.is_file():
         raise Invalid(f"config.{key}", f"{resolved} is not a file")

@@ -135,6 +135,14 @@ def train(
     from models.distill.demo_student import DEMO_SETTINGS
     from models.distill.train import TrainError, TrainSettings, train_student
 
+    if register:  # before minutes of training: a registered model must be in the model dir
+        from abtest.arms import under_model_dir
+        from abtest.errors import ServiceError
+
+        try:
+            under_model_dir(out, "out")
+        except ServiceError as exc:
+            fail(str(exc))
     if bundled:
         if data is not None or train_file is not None or test_file is not None:
             fail("bundled: use either --bundled or --data/--train/--test")

@@ -183,7 +183,11 @@ def cli(database_url, monkeypatch):
 
 
 @pytest.mark.slow
-def test_cli_trains_scores_and_registers(cli, engine, tmp_path):
+def test_cli_trains_scores_and_registers(cli, engine, tmp_path, monkeypatch):
+    outside = cli("train", "--data", str(tmp_path), "--out", str(tmp_path / "s"), "--register", "x")
+    assert outside.exit_code == 1 and "ABTEST_MODEL_DIR" in outside.output  # before training
+    monkeypatch.setenv("ABTEST_MODEL_DIR", str(tmp_path))
+    get_settings.cache_clear()
     data = tmp_path / "data"
     data.mkdir()
     write_records(TRAIN[:6], data / "train.jsonl")
