@@ -309,3 +309,54 @@ def test_cli_archive_and_api_archive(settings, monkeypatch):
                             "--config", json.dumps(FIT)])  # fmt: skip
     result = runner.invoke(cli_app, ["variants", "archive", "j"])
     assert result.exit_code == 0 and "archived" in result.output
+
+
+# --- 3. one parse-and-validate path ---------------------------------------------------------------
+
+
+def test_serving_gate_and_evaluate_parse_the_same_answer_the_same_way():
+    """The issue's example: clamped and kept by the gate's parser, a failure in `evaluate`."""
+    from analysis.offline_io import parse_prediction
+    from models.parsing import parse_outputs, validate_record
+
+    record = {"adjust": {"exposure": 150, "grain": 3}, "filter": {"name": "sepia_magic"}}
+    as_text = parse_outputs({tool: json.dumps(value) for tool, value in record.items()})
+    as_record = validate_record(record)
+    from_file = parse_prediction(record)
+    for parsed in (as_text, as_record):
+        assert parsed.config == from_file.config
+        assert parsed.failures == from_file.failed_tools == ("filter",)
+        assert len(parsed.repairs) == len(from_file.repairs) == 2  # clamp + dropped key
+    assert from_file.config.adjust.as_dict()["exposure"] == 100
+    assert from_file.config.filter is None
+
+
+def test_repairs_count_in_the_gate(session, tmp_path):
+    """A student whose every answer needed a clamp fails the repair-rate criterion."""
+    from models.arms.base import Prediction
+    from models.dataset import load_split, write_records
+
+    records = load_split("test")[:60]
+    path = tmp_path / "small.jsonl"
+    write_records(records, path)
+    answers = {r.intent: r.teacher for r in records}
+
+    class Clamped:
+        name = "clamped"
+
+        async def predict(self, intent):
+            return Prediction(answers[intent], 1.0, repairs=("adjust: clamped exposure",))
+
+        async def predict_batch(self, intents):
+            return [await self.predict(i) for i in intents]
+
+    reference_teacher(session)
+    services.register_variant(session, "c", "knn_student", FIT)
+    run = gating.run_gate(
+        session, "c", "t", test_set_path=path, progress=False, arm_builder=lambda v: Clamped()
+    )
+    assert not run.passed
+    assert [c["name"] for c in run.metrics["verdict"]["criteria"] if not c["passed"]] == [
+        "repair_rate"
+    ]
+    assert run.metrics["candidate"]["repair_rate"] == 1.0
