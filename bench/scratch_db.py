@@ -46,10 +46,16 @@ def drop_database(name: str) -> None:
 
 
 def two_arm_experiment(session: Session, key: str = "bench", start: bool = False) -> Experiment:
-    """Variants teacher and student, and experiment `key`: control=teacher, treatment=student,
-    50/50 (started when `start`)."""
-    services.register_variant(session, "teacher", "teacher")
-    services.register_variant(session, "student", "teacher")
+    """Variants teacher (the reference) and student (the kNN baseline, admitted by the real
+    gate under the named baseline policy), and experiment `key`: control=teacher,
+    treatment=student, 50/50 (started when `start`). Benchmarks serve both with their own arms."""
+    from abtest import gating
+    from analysis.gate import BASELINE_POLICY
+
+    services.register_variant(session, "teacher", "teacher", reference=True)
+    services.register_variant(session, "student", "knn_student", {"fit": "train"})
+    gating.run_gate(session, "student", "bench", BASELINE_POLICY, progress=False)
+    gating.promote(session, "student", "bench")
     experiment = services.create_experiment(
         session,
         services.ExperimentSpec(
