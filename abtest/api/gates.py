@@ -18,7 +18,7 @@ reader = [Depends(require_role("engineer", "analyst"))]
 
 class GateIn(BaseModel):
     policy: dict[str, Any] | None = Field(
-        default=None, description="Gate policy settings (with `version`); default gate-v1."
+        default=None, description="Gate policy settings (with `version`); default gate-v2."
     )
     actor: str = Field(default="api", min_length=1, max_length=100)
 

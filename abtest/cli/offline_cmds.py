@@ -110,7 +110,9 @@ def evaluate(
     typer.echo(
         f"{summary['rows']} truth rows; {summary['missing_predictions']} without a prediction, "
         f"{summary['unreadable_lines']} unreadable prediction lines, "
-        f"{summary['unmatched_predictions']} predictions for unknown intents"
+        f"{summary['unmatched_predictions']} predictions for unknown intents; "
+        f"{summary['repaired_rows']} repaired ({summary['repair_rate']:.1%}: clamped values, "
+        "dropped keys, fixed names)"
     )
     _print_scores(scored, ci)
 
@@ -121,7 +123,7 @@ def _names(thresholds: tuple[int, ...]) -> set[str]:
 
 def gate(
     name: str = typer.Argument(..., help="Registered variant to gate."),
-    policy_file: Path = typer.Option(None, "--policy", help="Gate policy JSON (default gate-v1)."),
+    policy_file: Path = typer.Option(None, "--policy", help="Gate policy JSON (default gate-v2)."),
     test_set: Path = typer.Option(
         None, "--test-set", help="Test set (default: the bundled test split, the current one)."
     ),
