@@ -360,3 +360,18 @@ def test_repairs_count_in_the_gate(session, tmp_path):
         "repair_rate"
     ]
     assert run.metrics["candidate"]["repair_rate"] == 1.0
+
+
+def test_cli_set_config_refuses_bad_configs_and_demotes(settings, monkeypatch):
+    monkeypatch.setenv("ABTEST_DATABASE_URL", settings.database_url)
+    get_settings.cache_clear()
+    with db.session_scope(db.get_engine(settings.database_url)) as session:
+        reference_teacher(session)
+        approved_student(session, "s")
+    runner = CliRunner()
+    bad = runner.invoke(cli_app, ["variants", "set-config", "s", "--config", '{"fitt": 1}'])
+    assert bad.exit_code == 1 and "config.fitt" in bad.output
+    same = runner.invoke(cli_app, ["variants", "set-config", "s", "--config", json.dumps(FIT)])
+    assert same.exit_code == 0 and "version 1 (approved)" in same.output  # unchanged config
+    teacher = runner.invoke(cli_app, ["variants", "set-config", "teacher", "--config", "{}"])
+    assert teacher.exit_code == 1 and "reference teacher" in teacher.output
