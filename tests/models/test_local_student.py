@@ -110,3 +110,21 @@ def test_cuda_request_without_cuda_is_a_clear_error(t5_dir):
     else:
         with pytest.raises(ValueError, match="^device: CUDA"):
             LocalStudentArm(t5_dir, device="cuda")
+
+
+def test_a_pickled_checkpoint_is_never_loaded(tmp_path, t5_dir):
+    """Only safetensors: a directory holding pytorch_model.bin (a pickle) is refused."""
+    import shutil
+
+    import torch
+    from transformers import T5ForConditionalGeneration
+
+    from models.arms.local import LocalStudentArm
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(t5_dir, pickled)
+    model = T5ForConditionalGeneration.from_pretrained(t5_dir)
+    (pickled / "model.safetensors").unlink()
+    torch.save(model.state_dict(), pickled / "pytorch_model.bin")
+    with pytest.raises((OSError, ValueError)):
+        LocalStudentArm(pickled)
