@@ -32,7 +32,7 @@ from rich.table import Table
 
 from abtest import db, services
 from abtest.settings import Settings
-from models.dataset import IntentRecord, load_split
+from models.dataset import IntentRecord, bundled_path, load_split
 from models.tools import ToolConfig
 
 BASE = 0.35
@@ -103,18 +103,6 @@ def fresh_sqlite(path: str | Path) -> str:
     return f"sqlite:///{path}"
 
 
-def _with_model_dir(settings: Settings, path: Path) -> Settings:
-    """`settings` whose model directories also hold `path` (a student the demo trained into
-    its cache directory rather than the committed copy)."""
-    from abtest.settings import model_dirs
-
-    roots = model_dirs(settings)
-    if any(Path(path).resolve().is_relative_to(root) for root in roots):
-        return settings
-    joined = os.pathsep.join(str(r) for r in [*roots, Path(path).resolve().parent])
-    return settings.model_copy(update={"model_dir": joined})
-
-
 def register_students(settings: Settings, cache_dir: Path) -> list[str]:
     """The candidate students: the kNN baseline and the MiniLM student trained by this code."""
     from models.distill.embedding_student import (
@@ -124,7 +112,6 @@ def register_students(settings: Settings, cache_dir: Path) -> list[str]:
 
     engine = db.get_engine(settings.database_url)
     minilm = ensure_embedding_student(cache_dir)
-    settings = _with_model_dir(settings, minilm)
     with db.session_scope(engine) as session:
         services.register_variant(
             session,
@@ -320,15 +307,18 @@ def run_demo(
 
     base_url, stop = serve_in_thread(latency_ms=teacher_latency_ms)
     console.print(f"recorded OpenAI-compatible teacher server: {base_url}")
+    cache_dir = Path(database).resolve().parent / "abtest-demo-models"
     try:
         settings = Settings(
             database_url=fresh_sqlite(database),
             openai_base_url=base_url,
             openai_api_key="recorded",  # type: ignore[arg-type]
             spool_dir=Path(database).resolve().parent / "abtest-demo-spool",
+            # the committed students, and the cache a retrained one would land in
+            model_dir=os.pathsep.join([str(bundled_path("train").parent), str(cache_dir)]),
         )
         console.print(f"demo database: {settings.database_url}")
-        setup_platform(settings, console, Path(database).resolve().parent / "abtest-demo-models")
+        setup_platform(settings, console, cache_dir)
         rng = np.random.default_rng(seed)
         simulated = draw_projects(load_split("test"), projects, rng)
         asyncio.run(simulate(settings, simulated, seed))
