@@ -1784,14 +1784,20 @@ def decide(
         else:
             verdict, extra = _verdict(*interval, 1.0 if scale == RELATIVE else 0.0, margin)
             arm_notes.extend(extra)
+            has_margin = margin is not None and margin.value != 0
             check = power_check(
-                xc_total / nc_total, cmp.control.starts, cmp.treatment.starts,
-                effect=margin.value if margin and margin.value else mde,
-                scale=scale if margin and margin.value else RELATIVE,
-                kind="non-inferiority" if margin and margin.value else "superiority",
-                alpha=level, sequential=sequential, horizon=row["seq"].horizon if row["seq"] else None,
-                target=power, days_elapsed=days_elapsed,
-            )  # fmt: skip
+                xc_total / nc_total,
+                cmp.control.starts,
+                cmp.treatment.starts,
+                effect=margin.value if margin is not None and has_margin else mde,
+                scale=scale if has_margin else RELATIVE,
+                kind="non-inferiority" if has_margin else "superiority",
+                alpha=level,
+                sequential=sequential,
+                horizon=row["seq"].horizon if row["seq"] else None,
+                target=power,
+                days_elapsed=days_elapsed,
+            )
             verdict, extra = _power_gate(verdict, check, margin)
             arm_notes.extend(extra)
         if srm is not None and srm.flagged:
