@@ -18,6 +18,14 @@ Counting rules (the project is the unit):
 * **Exports.** Distinct started projects with at least one export event. An export that arrives
   before its start still counts (the events are matched per project, not in order); an export
   of a project that never started is not counted (it cannot complete a project it never began).
+* **Attribution window** (`window_h`, the experiment's ``settings.export_window_h``, default
+  24 h): an export counts only when the project's first export is at most ``window_h`` after its
+  first start. A project is *mature* (counted at all) once its start day plus the window has
+  passed: ``start_day + ceil(1 + window_h / 24) days <= until``; younger projects are *pending*,
+  left out of the rate and reported apart, so an arm whose users export later is not behind
+  until its window closes. The rule depends only on the start time, so it selects the same
+  projects in every arm. Starts at or after the experiment's ``stopped_at`` are not counted.
+  (`analysis.stats.attributed` is the same rule over arrays, for the simulations.)
   A project's completion day is the UTC day of ``max(first start, first export)``, so the
   cumulative sums of the daily rows are exactly the counts an analyst would have seen as of
   that day.
@@ -34,9 +42,10 @@ Counting rules (the project is the unit):
 
 from __future__ import annotations
 
+import math
 import re
-from dataclasses import dataclass
-from datetime import date, datetime
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -169,6 +178,36 @@ def _as_date(value: Any) -> date:
     return date.fromisoformat(str(value)[:10])
 
 
+DEFAULT_EXPORT_WINDOW_H = 24.0
+
+
+def export_window_hours(settings: dict[str, Any]) -> float:
+    """The experiment's attribution window in hours (``settings.export_window_h``)."""
+    return float(settings.get("export_window_h", DEFAULT_EXPORT_WINDOW_H))
+
+
+def maturity_lag_days(window_h: float) -> int:
+    """Whole days from a project's start day until its window has surely closed."""
+    return math.ceil(1 + window_h / 24 - 1e-9)
+
+
+def mature_before(until: datetime, window_h: float) -> datetime:
+    """Projects whose first start is before this instant have a closed window at `until`:
+    the UTC midnight after ``until - lag days`` (so ``start_day + lag <= until``)."""
+    shifted = until - timedelta(days=maturity_lag_days(window_h))
+    midnight = datetime(shifted.year, shifted.month, shifted.day, tzinfo=shifted.tzinfo)
+    return midnight + timedelta(days=1) if shifted != midnight else shifted + timedelta(days=1)
+
+
+def within_window(
+    connection: Connection, start: ColumnElement[Any], export: ColumnElement[Any], hours: float
+) -> ColumnElement[bool]:
+    """The first export is at most `hours` after the first start (SQL, both backends)."""
+    if _is_postgres(connection):
+        return export <= start + sa.literal(timedelta(hours=hours), sa.Interval())
+    return (func.julianday(export) - func.julianday(start)) * 24 <= hours + 1e-9
+
+
 def _in_scope(experiment_id: int, until: datetime | None) -> list[ColumnElement[bool]]:
     """Events of the experiment, plus unlabelled events of its assigned projects."""
     assigned = sa.exists().where(
@@ -186,15 +225,35 @@ def _in_scope(experiment_id: int, until: datetime | None) -> list[ColumnElement[
     return conditions
 
 
+@dataclass(frozen=True)
+class Attribution:
+    """How projects are counted: the export window, the stop, and (for a report) maturity."""
+
+    window_h: float | None = None  # None: every export counts, whenever it came
+    stopped_at: datetime | None = None
+    mature_before: datetime | None = None  # first starts from here on are pending
+
+    @classmethod
+    def for_report(
+        cls, settings: dict[str, Any], stopped_at: datetime | None, until: datetime | None
+    ) -> Attribution:
+        window = export_window_hours(settings)
+        mature = mature_before(until, window) if until is not None else None
+        return cls(window, stopped_at, mature)
+
+
 def project_outcomes(
     experiment_id: int,
     until: datetime | None = None,
     attributes: tuple[str, ...] = (),
     *,
     intent: bool = False,
+    connection: Connection | None = None,
+    attribution: Attribution = Attribution(),
 ) -> sa.Subquery:
-    """One row per started project: arm, first start, first export (or NULL), completion time,
-    and optionally segment attributes and the normalised intent of its first start."""
+    """One row per started project: arm, first start, first export (or NULL; only within the
+    attribution window), completion time, and optionally segment attributes and the
+    normalised intent of its first start. Projects started at or after the stop are left out."""
     is_start = events.c.type == "start"
     columns: list[ColumnElement[Any]] = [
         events.c.project_id.label("project_id"),
@@ -215,14 +274,21 @@ def project_outcomes(
         .group_by(events.c.project_id)
         .subquery("per_project")
     )
+    first_export: ColumnElement[Any] = per_project.c.first_export
+    if attribution.window_h is not None and connection is not None:
+        inside = within_window(
+            connection, per_project.c.first_start, per_project.c.first_export,
+            attribution.window_h,
+        )  # fmt: skip
+        first_export = sa.case((inside, per_project.c.first_export))
     completed_at = sa.case(
-        (per_project.c.first_export > per_project.c.first_start, per_project.c.first_export),
+        (first_export > per_project.c.first_start, first_export),
         else_=per_project.c.first_start,
     )
     selected: list[ColumnElement[Any]] = [
         func.coalesce(assignments.c.arm_id, per_project.c.event_arm_id).label("arm_id"),
         per_project.c.first_start,
-        per_project.c.first_export,
+        first_export.label("first_export"),
         completed_at.label("completed_at"),
     ]
     for index, _ in enumerate(attributes):
@@ -242,7 +308,14 @@ def project_outcomes(
                 ),
             )
         )
-        .where(per_project.c.first_start.is_not(None))
+        .where(
+            per_project.c.first_start.is_not(None),
+            *(
+                [per_project.c.first_start < attribution.stopped_at]
+                if attribution.stopped_at is not None
+                else []
+            ),
+        )
         .subquery("projects")
     )
 
@@ -298,6 +371,7 @@ class ProjectCounts:
 
     daily: list[ArmDay]
     segments: dict[str, list[SegmentCounts]]
+    pending: dict[int, int] = field(default_factory=dict)  # arm id -> projects still in window
 
 
 def _check_attribute(attribute: str) -> str:
@@ -313,19 +387,31 @@ def project_counts(
     attributes: tuple[str, ...] = (),
     popularity: bool = False,
     thresholds: tuple[int, ...] = POPULARITY_THRESHOLDS,
+    attribution: Attribution = Attribution(),
 ) -> ProjectCounts:
     """Daily starts/exports per arm and segment counts, from ONE aggregation of the events.
 
     The per-project rows are a materialised CTE; each grouping is a small GROUP BY over it,
-    glued with UNION ALL, so the events are scanned and grouped by project once.
+    glued with UNION ALL, so the events are scanned and grouped by project once. With
+    `attribution.mature_before`, younger projects are only counted as pending per arm.
     """
     attributes = tuple(_check_attribute(a) for a in attributes)
     projects = (
-        sa.select(project_outcomes(experiment_id, until, attributes, intent=popularity))
+        sa.select(
+            project_outcomes(
+                experiment_id, until, attributes, intent=popularity, connection=connection,
+                attribution=attribution,
+            )
+        )
         .cte("projects")
         .prefix_with("MATERIALIZED")
+    )  # fmt: skip
+    young = (
+        projects.c.first_start >= attribution.mature_before
+        if attribution.mature_before is not None
+        else sa.false()
     )
-    known = projects.c.arm_id.is_not(None)
+    known = sa.and_(projects.c.arm_id.is_not(None), sa.not_(young))
     exported = projects.c.first_export.is_not(None)
     text = sa.String()
 
@@ -342,7 +428,19 @@ def project_counts(
             .group_by(projects.c.arm_id, key)
         )
 
+    pending = (
+        sa.select(
+            sa.literal("pending", text).label("kind"),
+            projects.c.arm_id,
+            sa.cast(sa.literal(""), text).label("key"),
+            func.count().label("starts"),
+            sa.literal(0).label("exports"),
+        )
+        .where(projects.c.arm_id.is_not(None), young)
+        .group_by(projects.c.arm_id)
+    )
     parts = [
+        pending,
         grouped("start_day", _utc_day(connection, projects.c.first_start)),
         grouped("completion_day", _utc_day(connection, projects.c.completed_at), exported),
     ]
@@ -372,9 +470,12 @@ def project_counts(
     by_day: dict[tuple[int, date], list[int]] = {}
     segments: dict[str, list[SegmentCounts]] = {a: [] for a in attributes}
     popular: dict[tuple[int, int], list[int]] = {}
+    waiting: dict[int, int] = {}
     for row in rows:
         arm_id = int(row.arm_id)
-        if row.kind == "start_day":
+        if row.kind == "pending":
+            waiting[arm_id] = int(row.starts)
+        elif row.kind == "start_day":
             by_day.setdefault((arm_id, _as_date(row.key)), [0, 0])[0] += int(row.starts)
         elif row.kind == "completion_day":
             by_day.setdefault((arm_id, _as_date(row.key)), [0, 0])[1] += int(row.exports)
@@ -401,7 +502,7 @@ def project_counts(
         ArmDay(arm_id, day, starts, exports)
         for (arm_id, day), (starts, exports) in sorted(by_day.items())
     ]
-    return ProjectCounts(daily, segments)
+    return ProjectCounts(daily, segments, waiting)
 
 
 def arm_daily_counts(
