@@ -93,6 +93,7 @@ experiments = table(
     column("settings", JSON_TYPE),
     column("started_at", TIMESTAMP),
     column("stopped_at", TIMESTAMP),
+    column("shipped_arm", sa.String),
 )
 experiment_arms = table(
     "experiment_arms",
@@ -101,6 +102,15 @@ experiment_arms = table(
     column("name", sa.String),
     column("weight", sa.Float),
     column("is_control", sa.Boolean),
+)
+
+allocation_period_rows = table(
+    "allocation_periods",
+    column("id", sa.Integer),
+    column("experiment_id", sa.Integer),
+    column("version", sa.Integer),
+    column("started_at", TIMESTAMP),
+    column("weights", JSON_TYPE),
 )
 
 # --- result records ----------------------------------------------------------------------------
@@ -123,6 +133,7 @@ class ExperimentInfo:
     started_at: datetime | None
     stopped_at: datetime | None
     arms: tuple[ArmInfo, ...]
+    shipped_arm: str | None = None
 
 
 @dataclass(frozen=True)
@@ -333,6 +344,7 @@ def experiment_info(connection: Connection, key: str) -> ExperimentInfo | None:
             experiments.c.settings,
             experiments.c.started_at,
             experiments.c.stopped_at,
+            experiments.c.shipped_arm,
         ).where(experiments.c.key == key)
     ).one_or_none()
     if row is None:
@@ -355,6 +367,7 @@ def experiment_info(connection: Connection, key: str) -> ExperimentInfo | None:
         started_at=row.started_at,
         stopped_at=row.stopped_at,
         arms=tuple(ArmInfo(a.id, a.name, float(a.weight), bool(a.is_control)) for a in arms),
+        shipped_arm=row.shipped_arm,
     )
 
 
@@ -675,3 +688,72 @@ def _ranked_percentiles(
             values.append(low + (high - low) * fraction)
         result[int(row["arm_id"])] = (values[0], values[1])
     return result
+
+
+# --- allocation periods ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AllocationPeriodInfo:
+    started_at: datetime
+    weights: dict[int, float]  # arm id -> weight
+
+
+@dataclass(frozen=True)
+class PeriodCounts:
+    """(exports, starts) per arm id of the projects that started within one allocation period."""
+
+    started_at: datetime
+    weights: dict[int, float]
+    counts: dict[int, tuple[int, int]]
+
+
+def allocation_periods(connection: Connection, experiment_id: int) -> list[AllocationPeriodInfo]:
+    """The experiment's allocation periods, oldest first (empty for experiments started before
+    periods were recorded: they are analysed as one period with the current weights)."""
+    rows = connection.execute(
+        sa.select(allocation_period_rows.c.started_at, allocation_period_rows.c.weights)
+        .where(allocation_period_rows.c.experiment_id == experiment_id)
+        .order_by(allocation_period_rows.c.version)
+    ).all()
+    return [
+        AllocationPeriodInfo(row.started_at, {int(k): float(v) for k, v in row.weights.items()})
+        for row in rows
+    ]
+
+
+def period_counts(
+    connection: Connection,
+    experiment_id: int,
+    periods: list[AllocationPeriodInfo],
+    until: datetime | None,
+    attribution: Attribution,
+) -> list[PeriodCounts]:
+    """Counts per allocation period (by the project's first start) and arm, from the events.
+
+    The first period also takes projects that started before it was recorded; the same
+    attribution rules as `project_counts` apply (window, pending, stop).
+    """
+    projects = project_outcomes(
+        experiment_id, until, connection=connection, attribution=attribution
+    )
+    index: ColumnElement[Any] = sa.literal(0)
+    for i, period in enumerate(periods[1:], start=1):
+        index = sa.case((projects.c.first_start >= period.started_at, i), else_=index)
+    conditions = [projects.c.arm_id.is_not(None)]
+    if attribution.mature_before is not None:
+        conditions.append(projects.c.first_start < attribution.mature_before)
+    rows = connection.execute(
+        sa.select(
+            index.label("period"),
+            projects.c.arm_id,
+            func.count().label("starts"),
+            func.count(projects.c.first_export).label("exports"),
+        )
+        .where(*conditions)
+        .group_by(index, projects.c.arm_id)
+    ).all()
+    out = [PeriodCounts(p.started_at, p.weights, {}) for p in periods]
+    for row in rows:
+        out[int(row.period)].counts[int(row.arm_id)] = (int(row.exports), int(row.starts))
+    return out
