@@ -189,7 +189,8 @@ def _validate_settings(settings: dict[str, Any]) -> dict[str, Any]:
     if not 0 < float(merged["alpha"]) < 0.5:
         raise Invalid("settings.alpha", "must be between 0 and 0.5")
     try:
-        stats.parse_margin(merged["margin"])
+        if merged["margin"] is not None:  # None: superiority only, no margin
+            stats.parse_margin(merged["margin"])
     except (ValueError, TypeError) as exc:
         raise Invalid("settings.margin", f"{exc}; e.g. '-2%' or '-1pts'") from None
     _check_number(merged, "export_window_h", 0, 24 * 90, "hours, more than 0 and at most 90 days")
@@ -219,7 +220,8 @@ def planned_horizon(settings: dict[str, Any]) -> float | None:
     baseline = settings.get("baseline")
     if baseline is None:
         return None
-    margin = stats.parse_margin(settings.get("margin", DEFAULT_TEST_SETTINGS["margin"]))
+    raw_margin = settings.get("margin", DEFAULT_TEST_SETTINGS["margin"])
+    margin = stats.parse_margin(raw_margin) if raw_margin is not None else stats.Margin(0.0)
     sequential = bool(settings.get("sequential", True))
     power = float(settings.get("power", 0.8))
     alpha = float(settings.get("alpha", 0.05))

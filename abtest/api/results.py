@@ -7,9 +7,9 @@ from functools import lru_cache
 from typing import Any
 
 import jinja2
-from markupsafe import Markup
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import HTMLResponse
+from markupsafe import Markup
 from sqlalchemy.orm import Session
 
 from abtest import reporting, services

@@ -294,3 +294,71 @@ def test_scheduler_uses_the_cron_setting(cli):
     assert fields["hour"] == "5" and fields["minute"] == "30" and fields["day_of_week"] == "1"
     result = cli("scheduler", "--once", env={"ABTEST_REPORT_CRON": "every day"})
     assert result.exit_code == 1 and "ABTEST_REPORT_CRON" in result.output
+
+
+def test_ramp_is_checked_per_allocation_period_and_stratified(engine):
+    """A healthy ramp 0.8/0.2 -> 0.5/0.5 with a rising rate: no SRM, no pooled 'winner'."""
+    import random
+
+    from abtest import services
+    from abtest.tables import AllocationPeriod
+
+    seeded = create_experiment(
+        engine, key="ramp", arms=(("control", 0.8), ("treatment", 0.2)), settings={"margin": None}
+    )
+    rng = random.Random(3)
+    rows, assigned = [], []
+    for day, (share, rate) in enumerate([(0.2, 0.3)] * 3 + [(0.5, 0.7)] * 3):
+        for i in range(300):
+            project = f"r{day}-{i}"
+            arm = "treatment" if rng.random() < share else "control"
+            at = DAY0 + timedelta(days=day, minutes=i)
+            assigned.append(assignment(seeded, project, arm, at))
+            rows.append(event(seeded, "start", project, arm, at))
+            if rng.random() < rate:
+                rows.append(event(seeded, "export", project, arm, at + timedelta(minutes=5)))
+    insert(engine, rows, assigned)
+    with db.session_scope(engine) as session:
+        services.update_arm_weights(session, "ramp", {"control": 0.5, "treatment": 0.5})
+        periods = session.scalars(
+            select(AllocationPeriod)
+            .where(AllocationPeriod.experiment_id == seeded.experiment_id)
+            .order_by(AllocationPeriod.version)
+        ).all()
+        assert [p.version for p in periods] == [0, 1]  # recorded at the start and the change
+        periods[0].started_at, periods[1].started_at = DAY0, DAY0 + timedelta(days=3)
+    report, _ = run(engine, (DAY0 + timedelta(days=8)).date(), key="ramp")
+    assert not report["srm"]["flagged"] and len(report["srm"]["periods"]) == 2
+    assert any("stratified" in note for note in report["notes"])
+    (comparison,) = report["comparisons"]
+    assert comparison["decision"] not in ("treatment better", "srm — do not trust")
+    # pooled, the same counts look like a broken split and a better treatment
+    pooled = stats.decide(
+        (report["arms"][0]["exports"], report["arms"][0]["starts"]),
+        [(report["arms"][1]["exports"], report["arms"][1]["starts"])],
+        weights=[0.5, 0.5],
+    )
+    assert pooled.srm.flagged
+    assert "would read: treatment better" in pooled.treatments["treatment"].notes[0]
+
+
+@SQLITE_ONLY
+@pytest.mark.parametrize("kind", ["empty", "zero-start arm", "zero exports"])
+def test_degenerate_experiments_render_in_every_format(engine, kind):
+    seeded = create_experiment(engine, key="odd")
+    if kind == "zero-start arm":
+        insert(engine, [event(seeded, "start", f"z{i}", "control", DAY0) for i in range(5)])
+    if kind == "zero exports":
+        insert(engine, [event(seeded, "start", f"z{i}", ("control", "treatment")[i % 2], DAY0)
+                        for i in range(10)])  # fmt: skip
+    report, _ = run(engine, CLOSED, key="odd")
+    json.dumps(report, allow_nan=False)
+    assert report["comparisons"][0]["decision"] in stats.DECISIONS
+    for fmt in ("md", "html", "json"):
+        assert reports.render(report, fmt)
+    result = runner.invoke(
+        app, ["report", "odd", "--as-of", CLOSED.isoformat(), "--format", "md"],
+        env={"ABTEST_DATABASE_URL": str(engine.url), "COLUMNS": "120"},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "Decision:" in result.output
