@@ -20,11 +20,12 @@ Counting rules (the project is the unit):
   of a project that never started is not counted (it cannot complete a project it never began).
 * **Attribution window** (`window_h`, the experiment's ``settings.export_window_h``, default
   24 h): an export counts only when the project's first export is at most ``window_h`` after its
-  first start. A project is *mature* (counted at all) once its start day plus the window has
-  passed: ``start_day + ceil(1 + window_h / 24) days <= until``; younger projects are *pending*,
-  left out of the rate and reported apart, so an arm whose users export later is not behind
-  until its window closes. The rule depends only on the start time, so it selects the same
-  projects in every arm. Starts at or after the experiment's ``stopped_at`` are not counted.
+  first start. A project is *mature* (counted at all) once its window has closed: first start
+  + ``window_h`` <= the cut-off (the report's period end, or now for a partial day); younger
+  projects are *pending*, left out of the rate and reported apart, so an arm whose users export
+  later is not behind until its window closes. The rule depends only on the start time, so it
+  selects the same projects in every arm. Starts at or after the experiment's ``stopped_at``
+  are not counted.
   (`analysis.stats.attributed` is the same rule over arrays, for the simulations.)
   A project's completion day is the UTC day of ``max(first start, first export)``, so the
   cumulative sums of the daily rows are exactly the counts an analyst would have seen as of
@@ -42,7 +43,6 @@ Counting rules (the project is the unit):
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -197,19 +197,6 @@ def export_window_hours(settings: dict[str, Any]) -> float:
     return float(settings.get("export_window_h", DEFAULT_EXPORT_WINDOW_H))
 
 
-def maturity_lag_days(window_h: float) -> int:
-    """Whole days from a project's start day until its window has surely closed."""
-    return math.ceil(1 + window_h / 24 - 1e-9)
-
-
-def mature_before(until: datetime, window_h: float) -> datetime:
-    """Projects whose first start is before this instant have a closed window at `until`:
-    the UTC midnight after ``until - lag days`` (so ``start_day + lag <= until``)."""
-    shifted = until - timedelta(days=maturity_lag_days(window_h))
-    midnight = datetime(shifted.year, shifted.month, shifted.day, tzinfo=shifted.tzinfo)
-    return midnight + timedelta(days=1) if shifted != midnight else shifted + timedelta(days=1)
-
-
 def within_window(
     connection: Connection, start: ColumnElement[Any], export: ColumnElement[Any], hours: float
 ) -> ColumnElement[bool]:
@@ -246,10 +233,17 @@ class Attribution:
 
     @classmethod
     def for_report(
-        cls, settings: dict[str, Any], stopped_at: datetime | None, until: datetime | None
+        cls,
+        settings: dict[str, Any],
+        stopped_at: datetime | None,
+        until: datetime | None,
+        now: datetime | None = None,
     ) -> Attribution:
+        """Projects count once their window closed before the cut-off: the period end, or now
+        for a period that has not ended (a partial day)."""
         window = export_window_hours(settings)
-        mature = mature_before(until, window) if until is not None else None
+        cutoff = min(x for x in (until, now) if x is not None) if (until or now) else None
+        mature = cutoff - timedelta(hours=window) if cutoff is not None else None
         return cls(window, stopped_at, mature)
 
 

@@ -104,7 +104,9 @@ def build_report(
         raise ReportError(f"no experiment with key {key!r}")
     queries.tune_for_analytics(connection)
     rollup.refresh(connection, info.id)  # incremental: only the events since the last refresh
-    attribution = queries.Attribution.for_report(info.settings, info.stopped_at, period_end)
+    attribution = queries.Attribution.for_report(
+        info.settings, info.stopped_at, period_end, _utc(now) or datetime.now(UTC)
+    )
     counts = rollup.project_counts(
         connection, info.id, period_end, tuple(segment_attributes), popularity=True,
         mature_before=attribution.mature_before,
@@ -226,7 +228,7 @@ def assemble_report(
     if sum(pending.values()):
         report["notes"].append(
             f"{sum(pending.values())} projects started less than the {window:g} h export window "
-            "(plus the rest of their start day) ago are pending: not in the rates yet"
+            "before the cut-off are pending: not in the rates yet"
         )
     report["callouts"] = callouts(report, previous)
     return clean(report)
