@@ -1004,7 +1004,8 @@ def power_progress(
         days_t = (
             max(0, need.treatment - treatment_starts) / (daily * share_t) if share_t else math.inf
         )
-        days_remaining = float(math.ceil(max(days_c, days_t) - 1e-9))
+        slowest = max(days_c, days_t)
+        days_remaining = math.inf if math.isinf(slowest) else float(math.ceil(slowest - 1e-9))
     else:
         days_remaining = math.inf
         message = "no traffic yet, so the days still needed are unknown"

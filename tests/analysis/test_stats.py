@@ -705,3 +705,11 @@ def test_power_is_reached_at_the_sample_size(baseline, mde, ratio):
 def test_module_documents_every_decision():
     for decision in DECISIONS:
         assert decision in (stats.decide.__doc__ or "")
+
+
+def test_power_progress_with_a_zero_start_arm_does_not_overflow():
+    # the dashboard's 500: math.ceil(inf) raised OverflowError for an arm with no starts
+    progress = power_progress(0.93, 0.01, 5000, 0, days_elapsed=3)
+    assert math.isinf(progress.days_remaining)
+    check = stats.power_check(0.93, 5000, 0, effect=0.02, days_elapsed=3)
+    assert check.power == 0.0 and check.days_more is None
