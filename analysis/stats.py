@@ -18,11 +18,24 @@ Methods (all two-sided at level `alpha` unless said otherwise):
 - Ratio treatment / control (the paper's "96.1% of"): delta method on log(ratio), variance
   (1-p_t)/x_t + (1-p_c)/x_c; equal to statsmodels' `method="log", compare="ratio"`.
 - Several treatments: Holm step-down adjustment of the p-values (`holm_adjust`).
-- Non-inferiority and equivalence: the margin is on the absolute difference (e.g. -0.01 means
-  "at most one percentage point worse"). One-sided tests run at alpha/2, so the verdict is
-  exactly "the displayed (1 - alpha) interval clears the margin": non-inferior when its lower
-  bound is above the margin; equivalent (two one-sided tests, TOST) when it lies inside
-  (-|margin|, +|margin|). This is the conservative CONSORT convention: what you see decides.
+- Decisions (`decide`) use intervals that behave at small counts and never go NaN at 0% or
+  100%: Newcombe's hybrid score interval for the difference (`newcombe_difference`, equal to
+  statsmodels' method="newcomb") and the MOVER-R interval for the ratio (`mover_ratio`, Wilson
+  limits combined as in Donner & Zou 2012; statsmodels' score interval for the ratio raises or
+  returns complex numbers at 0%/100%, so it is not used). The p-value shown is the pooled z
+  test (`pooled_p_value`, statsmodels' proportions_ztest) or the always-valid one; the interval
+  decides. `compare`, `non_inferiority` and `equivalence` keep the Wald / log-delta reference
+  numbers (equal to statsmodels) for callers that want them.
+- Margins (`Margin`, `parse_margin`): relative by default ("-2%" = 2% of the control rate, read
+  on the ratio interval), absolute in points ("-1pts", read on the difference interval).
+  Non-inferiority is one-sided at alpha/2: the displayed (1 - alpha) interval's lower bound
+  clears the margin; equivalence: the interval lies inside +-|margin| (TOST).
+- Power for the test that decides (`plan`, `power_check`, `sequential_z`): the sequential
+  design is sized with its boundary at the horizon (3.04 standard errors at alpha 0.05) instead
+  of z_{1-alpha/2}; "equivalent", "non-inferior" and "inconclusive" become "underpowered" below
+  the target power, with the projects per arm still needed.
+- Allocation periods (`allocation_srm`, `stratified_intervals`): SRM per period (chi-square
+  statistics summed) and a Mantel-Haenszel estimate stratified by period.
 - Sequential: a normal-mixture SPRT (Johari et al. 2017, "Peeking at A/B tests") on the
   difference and on the log ratio. With the per-project variance plugged in, its boundary is
   exactly the asymptotic confidence sequence of Waudby-Smith et al. (2023), the one Eppo uses:
@@ -38,7 +51,7 @@ Methods (all two-sided at level `alpha` unless said otherwise):
   n_c = (z_{1-alpha/2} + z_{power})^2 (p_c q_c + p_t q_t / ratio) / mde^2 (the far tail ignored,
   like statsmodels' `normal_sample_size_one_tail`); power reached counts both tails. For a
   non-inferiority design, mde is replaced by (expected difference - margin).
-- Decisions (`decide`): one string from `DECISIONS`, see its docstring.
+- Decisions (`decide`): one string from `DECISIONS`; the vocabulary is listed above `DECISIONS`.
 """
 
 from __future__ import annotations
