@@ -6,17 +6,20 @@ present the dict. Storing reports is the caller's business (`abtest.reporting`).
 
 Shape of a report (every number is a float, an int or None; NaN and infinity become None):
 
-    {"schema": 1, "experiment": {key, id, status, started_at, stopped_at},
-     "period_end", "as_of", "generated_at", "partial", "alpha", "margin", "sequential", "horizon",
+    {"schema": 1, "experiment": {key, id, status, started_at, stopped_at, shipped_arm},
+     "period_end", "as_of", "generated_at", "partial", "alpha",
+     "margin": {value, scale, label} | None, "sequential", "horizon", "horizon_source",
+     "export_window_h", "labels": {difference, ratio, decision_interval, p_value, ...},
      "decision",                       # overall: the strongest warning among the treatments
      "callouts": [{kind, message, ...}],   # SRM, decision changes since the previous report
-     "arms": [{name, control, weight, starts, exports, rate, ci_low, ci_high}],
-     "comparisons": [{arm, decision, difference, difference_ci, p_value, p_value_adjusted,
-                      decision_interval, ratio, ratio_ci, relative_difference,
-                      non_inferiority{...}, equivalence{...}, sequential{...}|None, notes}],
-     "srm": {flagged, p_value, statistic, starts, expected, threshold, message},
-     "power": [{arm, baseline, mde, power_reached, required_per_arm, days_elapsed,
-                days_remaining, message}],
+     "arms": [{name, control, weight, starts, exports, rate, ci_low, ci_high, pending}],
+     "comparisons": [{arm, decision, scale, difference, difference_ci (Newcombe), ratio,
+                      ratio_ci (MOVER-R), relative_difference, p_value, decision_interval,
+                      decision_interval_label, non_inferiority{...}, equivalence{...},
+                      sequential{...}|None, notes}],
+     "srm": {flagged, p_value, statistic, starts, expected, threshold, message, periods},
+     "power": [{arm, kind, effect, effect_label, target_power, power_reached,
+                required_per_arm, more_per_arm, days_elapsed, days_remaining, message}],
      "guardrails": [{arm, calls, projects, latency_p50_ms, latency_p95_ms, fallback_rate,
                      error_rate, cache_hit_rate, cost_usd, cost_per_project}],
      "segments": {name: [{segment, arms: [{name, starts, exports, rate, ci_low, ci_high}],
