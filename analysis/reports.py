@@ -498,12 +498,13 @@ def _segment_rows(
         for arm in treatments:
             xt, nt = counts.get(arm.id, (0, 0))
             cmp = stats.compare(xc, nc, xt, nt, alpha)
+            low, high = stats.newcombe_difference(xc, nc, xt, nt, stats.design_z(alpha, False))
             comparisons.append(
                 {
                     "arm": arm.name,
                     "difference": cmp.difference,
-                    "difference_ci": _pair(cmp.difference_ci_low, cmp.difference_ci_high),
-                    "p_value": cmp.p_value,
+                    "difference_ci": _pair(float(low), float(high)),  # Newcombe, as above
+                    "p_value": float(stats.pooled_p_value(xc, nc, xt, nt)),
                     "message": cmp.message,
                 }
             )
