@@ -168,7 +168,9 @@ def setup_platform(settings: Settings, console: Console, cache_dir: Path) -> lis
             description="Does the cheap student keep the project completion rate?",
             # Analysed once, at the planned end: the fixed-horizon test decides; the report
             # still shows the always-valid interval an analyst peeking daily would use.
-            settings={"sequential": False, "margin": -0.02},
+            # the simulated users export within milliseconds of the start: a one-second
+            # attribution window lets today's report count them (production default: 24 h)
+            settings={"sequential": False, "margin": "-2%", "export_window_h": 1 / 3600},
         )
         services.create_experiment(session, spec)
         services.start_experiment(session, EXPERIMENT_KEY)
@@ -267,6 +269,18 @@ def print_rates(rows: list[dict[str, Any]], console: Console) -> None:
     console.print(table)
 
 
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2%}"
+
+
+def _pts(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:+.2f} pts"
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2g}"
+
+
 def print_analysis(settings: Settings, console: Console, html_out: Path) -> dict[str, Any]:
     """Store today's report, print the decision per treatment and write the HTML report."""
     from abtest import reporting
@@ -277,22 +291,26 @@ def print_analysis(settings: Settings, console: Console, html_out: Path) -> dict
         report, _ = reporting.run_report(session, EXPERIMENT_KEY)
     for arm in report["arms"]:
         console.print(
-            f"{arm['name']:>10}: {arm['rate']:.2%} "
-            f"(95% CI {arm['ci_low']:.2%} to {arm['ci_high']:.2%}, {arm['starts']} projects)"
+            f"{arm['name']:>10}: {_pct(arm['rate'])} "
+            f"(95% CI {_pct(arm['ci_low'])} to {_pct(arm['ci_high'])}, {arm['starts']} projects"
+            f", {arm['pending']} pending)"
         )
     for comparison in report["comparisons"]:
         low, high = comparison["difference_ci"]
+        ratio_low, ratio_high = comparison["ratio_ci"]
         console.print(
-            f"{comparison['arm']} vs control: difference {comparison['difference']:+.2%} "
-            f"(95% CI {low:+.2%} to {high:+.2%}), ratio {comparison['ratio']:.1%} of control, "
-            f"p = {comparison['p_value']:.2g} -> [bold]{comparison['decision']}[/]"
+            f"{comparison['arm']} vs control: difference {_pts(comparison['difference'])} "
+            f"(95% CI {_pts(low)} to {_pts(high)}), ratio {_pct(comparison['ratio'])} of control "
+            f"(95% CI {_pct(ratio_low)} to {_pct(ratio_high)}), "
+            f"{report['labels']['p_value']} = {_num(comparison['p_value'])} "
+            f"-> [bold]{comparison['decision']}[/]"
         )
         non_inferior = comparison["non_inferiority"]
         if non_inferior:
-            verdict = (
-                "non-inferior" if non_inferior.get("non_inferior") else "not shown non-inferior"
-            )
-            console.print(f"  non-inferiority margin {report['margin']:+.0%}: {verdict}")
+            verdict = "non-inferior" if non_inferior["non_inferior"] else "not shown non-inferior"
+            console.print(f"  non-inferiority margin {report['margin']['label']}: {verdict}")
+        for note in comparison["notes"]:
+            console.print(f"  {note}")
     if report["srm"]["flagged"]:
         console.print(f"[bold red]sample ratio mismatch:[/] {report['srm']['message']}")
     html_out.write_text(render_html(report), encoding="utf-8")

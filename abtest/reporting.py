@@ -49,6 +49,20 @@ def check_as_of(as_of: date | None, now: datetime | None = None) -> date:
     return as_of
 
 
+def check_after_start(experiment: Experiment, period_end: datetime) -> None:
+    """A report covers a period after the start: one that ended before it is refused."""
+    started = experiment.started_at
+    if started is None:
+        return
+    started = started.replace(tzinfo=UTC) if started.tzinfo is None else started
+    if period_end <= started.replace(hour=0, minute=0, second=0, microsecond=0):
+        day = (period_end - timedelta(days=1)).date()
+        raise Invalid(
+            "as_of",
+            f"{day.isoformat()} is before the experiment started ({started.date().isoformat()})",
+        )
+
+
 def check_format(fmt: str) -> str:
     if fmt not in FORMATS:
         raise Invalid("format", f"{fmt!r} is not one of {', '.join(FORMATS)}")
@@ -96,6 +110,7 @@ def build(
     """The report for `key` as of a day, computed now from the events (not stored)."""
     experiment = _experiment(session, key)
     period_end = reports.period_end_for(check_as_of(as_of, now))
+    check_after_start(experiment, period_end)
     segments = check_segments(segments)
     before = previous_report(session, experiment.id, period_end)
     connection = session.connection()
@@ -152,6 +167,11 @@ def run_all(
     for key in keys:
         for day in days:
             with db.session_scope(engine) as session:
+                experiment = _experiment(session, key)
+                try:
+                    check_after_start(experiment, reports.period_end_for(day))
+                except Invalid:
+                    continue  # no back-filled report for a period before the start
                 stored.append(run_report(session, key, day, now)[1])
     return stored
 
@@ -204,8 +224,14 @@ def results_frame(engine_or_url: Engine | str, key: str, as_of: date | None = No
                 "ratio": c["ratio"] if c else None,
                 "ratio_ci_low": c["ratio_ci"][0] if c else None,
                 "ratio_ci_high": c["ratio_ci"][1] if c else None,
+                # the report's p-value (pooled z, or always-valid when sequential) is already
+                # Holm-adjusted with several treatments: both columns hold it
                 "p_value": c["p_value"] if c else None,
-                "p_value_adjusted": c["p_value_adjusted"] if c else None,
+                "p_value_adjusted": c["p_value"] if c else None,
+                "decision_interval_low": c["decision_interval"][0] if c else None,
+                "decision_interval_high": c["decision_interval"][1] if c else None,
+                "scale": c["scale"] if c else None,
+                "pending": arm["pending"],
                 "always_valid_low": (seq.get("difference_ci") or [None, None])[0],
                 "always_valid_high": (seq.get("difference_ci") or [None, None])[1],
                 "decision": c["decision"] if c else None,

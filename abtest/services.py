@@ -22,6 +22,7 @@ from abtest.errors import Conflict, Invalid, NotFound
 from abtest.settings import Settings
 from abtest.tables import (
     VARIANT_KINDS,
+    AllocationPeriod,
     Experiment,
     ExperimentArm,
     GateRun,
@@ -29,6 +30,7 @@ from abtest.tables import (
     Variant,
     utcnow,
 )
+from analysis import stats
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
 WEIGHT_TOLERANCE = 1e-6
@@ -39,10 +41,17 @@ TEACHER_KINDS = ("teacher", "recorded")
 INACTIVE_STATUSES = ("archived", "retired")
 DEFAULT_TEST_SETTINGS: dict[str, Any] = {
     "alpha": 0.05,
-    "margin": -0.01,  # non-inferiority margin on the absolute difference (treatment - control)
+    # how much worse the treatment may be: "-2%" of the control rate (relative; a bare number is a
+    # relative fraction) or "-1pts" (absolute percentage points)
+    "margin": "-2%",
     "sequential": True,
     "cache": True,
     "overrides": {},
+    "export_window_h": 24.0,  # an export counts within this many hours of its project's start
+    "mde": 0.02,  # without a margin: the relative change the power is judged for
+    "power": 0.8,
+    "baseline": None,  # expected control rate: plans the horizon when the experiment starts
+    "horizon": None,  # planned projects per arm; set at the start from the plan when None
 }
 
 
@@ -320,11 +329,54 @@ def _validate_settings(settings: dict[str, Any]) -> dict[str, Any]:
     merged = {**DEFAULT_TEST_SETTINGS, **settings}
     if not 0 < float(merged["alpha"]) < 0.5:
         raise Invalid("settings.alpha", "must be between 0 and 0.5")
-    if not -1 < float(merged["margin"]) <= 0:
-        raise Invalid("settings.margin", "must be in (-1, 0]: how much worse treatment may be")
+    try:
+        if merged["margin"] is not None:  # None: superiority only, no margin
+            stats.parse_margin(merged["margin"])
+    except (ValueError, TypeError) as exc:
+        raise Invalid("settings.margin", f"{exc}; e.g. '-2%' or '-1pts'") from None
+    _check_number(merged, "export_window_h", 0, 24 * 90, "hours, more than 0 and at most 90 days")
+    _check_number(merged, "mde", 0, 10, "a relative change above 0, e.g. 0.02 for 2%")
+    _check_number(merged, "power", 0, 1, "between 0 and 1")
+    if merged["baseline"] is not None:
+        _check_number(merged, "baseline", 0, 1, "an expected control rate between 0 and 1")
+    if merged["horizon"] is not None:
+        _check_number(merged, "horizon", 0, 1e12, "a positive number of projects per arm")
     if not isinstance(merged["overrides"], dict):
         raise Invalid("settings.overrides", "must map project ids to arm names")
     return merged
+
+
+def _check_number(settings: dict[str, Any], name: str, low: float, high: float, what: str) -> None:
+    value = settings[name]
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or not low < value <= high or value == high == 1:
+        raise Invalid(f"settings.{name}", f"must be {what}, got {value!r}")
+
+
+def planned_horizon(settings: dict[str, Any]) -> float | None:
+    """Projects per arm the deciding test needs, from the plan in the settings (None without an
+    expected baseline): fixed when the experiment starts, never re-estimated from the data."""
+    if settings.get("horizon"):
+        return float(settings["horizon"])
+    baseline = settings.get("baseline")
+    if baseline is None:
+        return None
+    raw_margin = settings.get("margin", DEFAULT_TEST_SETTINGS["margin"])
+    margin = stats.parse_margin(raw_margin) if raw_margin is not None else stats.Margin(0.0)
+    sequential = bool(settings.get("sequential", True))
+    power = float(settings.get("power", 0.8))
+    alpha = float(settings.get("alpha", 0.05))
+    if margin.value != 0:
+        plan = stats.plan(
+            baseline, margin.value, scale=margin.scale, kind="non-inferiority", alpha=alpha,
+            power=power, sequential=sequential,
+        )  # fmt: skip
+    else:
+        plan = stats.plan(
+            baseline, float(settings.get("mde", 0.02)), alpha=alpha, power=power,
+            sequential=sequential,
+        )  # fmt: skip
+    return float(plan.control)
 
 
 def create_experiment(session: Session, spec: ExperimentSpec) -> Experiment:
@@ -396,10 +448,31 @@ def start_experiment(session: Session, key: str) -> Experiment:
             f"arms without a passing gate cannot receive traffic: {names}; run `abtest gate`",
         )
     experiment.status = "running"
+    first_start = experiment.started_at is None
     experiment.started_at = experiment.started_at or utcnow()
     experiment.stopped_at = None
+    settings = dict(experiment.settings or {})
+    if first_start and settings.get("horizon") is None:
+        horizon = planned_horizon(settings)
+        if horizon is not None:
+            experiment.settings = {**settings, "horizon": horizon}
+    if first_start:
+        _record_allocation(session, experiment)
     session.flush()
     return experiment
+
+
+def _record_allocation(session: Session, experiment: Experiment) -> None:
+    """A new allocation period from now with the experiment's current weights."""
+    session.flush()
+    session.add(
+        AllocationPeriod(
+            experiment_id=experiment.id,
+            version=experiment.allocation_version or 0,
+            started_at=utcnow(),
+            weights={str(arm.id): arm.weight for arm in experiment.arms},
+        )
+    )
 
 
 def stop_experiment(session: Session, key: str) -> Experiment:
@@ -430,6 +503,7 @@ def update_arm_weights(session: Session, key: str, weights: dict[str, float]) ->
     if changed and experiment.started_at is not None:
         # projects assigned so far may now hash elsewhere: routing must look them up
         experiment.allocation_version = (experiment.allocation_version or 0) + 1
+        _record_allocation(session, experiment)
     session.flush()
     return experiment
 

@@ -304,6 +304,24 @@ class RollupWatermark(Base):
     refreshed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
+class AllocationPeriod(Base):
+    """The weights of a started experiment from `started_at` until the next period starts.
+
+    One row when the experiment starts and one per weight change after that: the analysis
+    checks SRM per period and estimates the effect stratified by period.
+    """
+
+    __tablename__ = "allocation_periods"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # arm id (as text: JSON keys) -> weight
+    weights: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+
+    __table_args__ = (UniqueConstraint("experiment_id", "version"),)
+
+
 class Report(Base):
     """A stored significance report for one experiment and period."""
 

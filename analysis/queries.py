@@ -18,6 +18,15 @@ Counting rules (the project is the unit):
 * **Exports.** Distinct started projects with at least one export event. An export that arrives
   before its start still counts (the events are matched per project, not in order); an export
   of a project that never started is not counted (it cannot complete a project it never began).
+* **Attribution window** (`window_h`, the experiment's ``settings.export_window_h``, default
+  24 h): an export counts only when the project's first export is at most ``window_h`` after its
+  first start. A project is *mature* (counted at all) once its window has closed: first start
+  + ``window_h`` <= the cut-off (the report's period end, or now for a partial day); younger
+  projects are *pending*, left out of the rate and reported apart, so an arm whose users export
+  later is not behind until its window closes. The rule depends only on the start time, so it
+  selects the same projects in every arm. Starts at or after the experiment's ``stopped_at``
+  are not counted.
+  (`analysis.stats.attributed` is the same rule over arrays, for the simulations.)
   A project's completion day is the UTC day of ``max(first start, first export)``, so the
   cumulative sums of the daily rows are exactly the counts an analyst would have seen as of
   that day.
@@ -35,8 +44,8 @@ Counting rules (the project is the unit):
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from datetime import date, datetime
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -84,6 +93,7 @@ experiments = table(
     column("settings", JSON_TYPE),
     column("started_at", TIMESTAMP),
     column("stopped_at", TIMESTAMP),
+    column("shipped_arm", sa.String),
 )
 experiment_arms = table(
     "experiment_arms",
@@ -92,6 +102,15 @@ experiment_arms = table(
     column("name", sa.String),
     column("weight", sa.Float),
     column("is_control", sa.Boolean),
+)
+
+allocation_period_rows = table(
+    "allocation_periods",
+    column("id", sa.Integer),
+    column("experiment_id", sa.Integer),
+    column("version", sa.Integer),
+    column("started_at", TIMESTAMP),
+    column("weights", JSON_TYPE),
 )
 
 # --- result records ----------------------------------------------------------------------------
@@ -114,6 +133,7 @@ class ExperimentInfo:
     started_at: datetime | None
     stopped_at: datetime | None
     arms: tuple[ArmInfo, ...]
+    shipped_arm: str | None = None
 
 
 @dataclass(frozen=True)
@@ -169,6 +189,23 @@ def _as_date(value: Any) -> date:
     return date.fromisoformat(str(value)[:10])
 
 
+DEFAULT_EXPORT_WINDOW_H = 24.0
+
+
+def export_window_hours(settings: dict[str, Any]) -> float:
+    """The experiment's attribution window in hours (``settings.export_window_h``)."""
+    return float(settings.get("export_window_h", DEFAULT_EXPORT_WINDOW_H))
+
+
+def within_window(
+    connection: Connection, start: ColumnElement[Any], export: ColumnElement[Any], hours: float
+) -> ColumnElement[bool]:
+    """The first export is at most `hours` after the first start (SQL, both backends)."""
+    if _is_postgres(connection):
+        return export <= start + sa.literal(timedelta(hours=hours), sa.Interval())
+    return (func.julianday(export) - func.julianday(start)) * 24 <= hours + 1e-9
+
+
 def _in_scope(experiment_id: int, until: datetime | None) -> list[ColumnElement[bool]]:
     """Events of the experiment, plus unlabelled events of its assigned projects."""
     assigned = sa.exists().where(
@@ -186,15 +223,42 @@ def _in_scope(experiment_id: int, until: datetime | None) -> list[ColumnElement[
     return conditions
 
 
+@dataclass(frozen=True)
+class Attribution:
+    """How projects are counted: the export window, the stop, and (for a report) maturity."""
+
+    window_h: float | None = None  # None: every export counts, whenever it came
+    stopped_at: datetime | None = None
+    mature_before: datetime | None = None  # first starts from here on are pending
+
+    @classmethod
+    def for_report(
+        cls,
+        settings: dict[str, Any],
+        stopped_at: datetime | None,
+        until: datetime | None,
+        now: datetime | None = None,
+    ) -> Attribution:
+        """Projects count once their window closed before the cut-off: the period end, or now
+        for a period that has not ended (a partial day)."""
+        window = export_window_hours(settings)
+        cutoff = min(x for x in (until, now) if x is not None) if (until or now) else None
+        mature = cutoff - timedelta(hours=window) if cutoff is not None else None
+        return cls(window, stopped_at, mature)
+
+
 def project_outcomes(
     experiment_id: int,
     until: datetime | None = None,
     attributes: tuple[str, ...] = (),
     *,
     intent: bool = False,
+    connection: Connection | None = None,
+    attribution: Attribution = Attribution(),
 ) -> sa.Subquery:
-    """One row per started project: arm, first start, first export (or NULL), completion time,
-    and optionally segment attributes and the normalised intent of its first start."""
+    """One row per started project: arm, first start, first export (or NULL; only within the
+    attribution window), completion time, and optionally segment attributes and the
+    normalised intent of its first start. Projects started at or after the stop are left out."""
     is_start = events.c.type == "start"
     columns: list[ColumnElement[Any]] = [
         events.c.project_id.label("project_id"),
@@ -215,14 +279,21 @@ def project_outcomes(
         .group_by(events.c.project_id)
         .subquery("per_project")
     )
+    first_export: ColumnElement[Any] = per_project.c.first_export
+    if attribution.window_h is not None and connection is not None:
+        inside = within_window(
+            connection, per_project.c.first_start, per_project.c.first_export,
+            attribution.window_h,
+        )  # fmt: skip
+        first_export = sa.case((inside, per_project.c.first_export))
     completed_at = sa.case(
-        (per_project.c.first_export > per_project.c.first_start, per_project.c.first_export),
+        (first_export > per_project.c.first_start, first_export),
         else_=per_project.c.first_start,
     )
     selected: list[ColumnElement[Any]] = [
         func.coalesce(assignments.c.arm_id, per_project.c.event_arm_id).label("arm_id"),
         per_project.c.first_start,
-        per_project.c.first_export,
+        first_export.label("first_export"),
         completed_at.label("completed_at"),
     ]
     for index, _ in enumerate(attributes):
@@ -242,7 +313,14 @@ def project_outcomes(
                 ),
             )
         )
-        .where(per_project.c.first_start.is_not(None))
+        .where(
+            per_project.c.first_start.is_not(None),
+            *(
+                [per_project.c.first_start < attribution.stopped_at]
+                if attribution.stopped_at is not None
+                else []
+            ),
+        )
         .subquery("projects")
     )
 
@@ -260,6 +338,7 @@ def experiment_info(connection: Connection, key: str) -> ExperimentInfo | None:
             experiments.c.settings,
             experiments.c.started_at,
             experiments.c.stopped_at,
+            experiments.c.shipped_arm,
         ).where(experiments.c.key == key)
     ).one_or_none()
     if row is None:
@@ -282,6 +361,7 @@ def experiment_info(connection: Connection, key: str) -> ExperimentInfo | None:
         started_at=row.started_at,
         stopped_at=row.stopped_at,
         arms=tuple(ArmInfo(a.id, a.name, float(a.weight), bool(a.is_control)) for a in arms),
+        shipped_arm=row.shipped_arm,
     )
 
 
@@ -298,6 +378,7 @@ class ProjectCounts:
 
     daily: list[ArmDay]
     segments: dict[str, list[SegmentCounts]]
+    pending: dict[int, int] = field(default_factory=dict)  # arm id -> projects still in window
 
 
 def _check_attribute(attribute: str) -> str:
@@ -313,19 +394,31 @@ def project_counts(
     attributes: tuple[str, ...] = (),
     popularity: bool = False,
     thresholds: tuple[int, ...] = POPULARITY_THRESHOLDS,
+    attribution: Attribution = Attribution(),
 ) -> ProjectCounts:
     """Daily starts/exports per arm and segment counts, from ONE aggregation of the events.
 
     The per-project rows are a materialised CTE; each grouping is a small GROUP BY over it,
-    glued with UNION ALL, so the events are scanned and grouped by project once.
+    glued with UNION ALL, so the events are scanned and grouped by project once. With
+    `attribution.mature_before`, younger projects are only counted as pending per arm.
     """
     attributes = tuple(_check_attribute(a) for a in attributes)
     projects = (
-        sa.select(project_outcomes(experiment_id, until, attributes, intent=popularity))
+        sa.select(
+            project_outcomes(
+                experiment_id, until, attributes, intent=popularity, connection=connection,
+                attribution=attribution,
+            )
+        )
         .cte("projects")
         .prefix_with("MATERIALIZED")
+    )  # fmt: skip
+    young = (
+        projects.c.first_start >= attribution.mature_before
+        if attribution.mature_before is not None
+        else sa.false()
     )
-    known = projects.c.arm_id.is_not(None)
+    known = sa.and_(projects.c.arm_id.is_not(None), sa.not_(young))
     exported = projects.c.first_export.is_not(None)
     text = sa.String()
 
@@ -342,7 +435,19 @@ def project_counts(
             .group_by(projects.c.arm_id, key)
         )
 
+    pending = (
+        sa.select(
+            sa.literal("pending", text).label("kind"),
+            projects.c.arm_id,
+            sa.cast(sa.literal(""), text).label("key"),
+            func.count().label("starts"),
+            sa.literal(0).label("exports"),
+        )
+        .where(projects.c.arm_id.is_not(None), young)
+        .group_by(projects.c.arm_id)
+    )
     parts = [
+        pending,
         grouped("start_day", _utc_day(connection, projects.c.first_start)),
         grouped("completion_day", _utc_day(connection, projects.c.completed_at), exported),
     ]
@@ -372,9 +477,12 @@ def project_counts(
     by_day: dict[tuple[int, date], list[int]] = {}
     segments: dict[str, list[SegmentCounts]] = {a: [] for a in attributes}
     popular: dict[tuple[int, int], list[int]] = {}
+    waiting: dict[int, int] = {}
     for row in rows:
         arm_id = int(row.arm_id)
-        if row.kind == "start_day":
+        if row.kind == "pending":
+            waiting[arm_id] = int(row.starts)
+        elif row.kind == "start_day":
             by_day.setdefault((arm_id, _as_date(row.key)), [0, 0])[0] += int(row.starts)
         elif row.kind == "completion_day":
             by_day.setdefault((arm_id, _as_date(row.key)), [0, 0])[1] += int(row.exports)
@@ -401,7 +509,7 @@ def project_counts(
         ArmDay(arm_id, day, starts, exports)
         for (arm_id, day), (starts, exports) in sorted(by_day.items())
     ]
-    return ProjectCounts(daily, segments)
+    return ProjectCounts(daily, segments, waiting)
 
 
 def arm_daily_counts(
@@ -574,3 +682,72 @@ def _ranked_percentiles(
             values.append(low + (high - low) * fraction)
         result[int(row["arm_id"])] = (values[0], values[1])
     return result
+
+
+# --- allocation periods ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AllocationPeriodInfo:
+    started_at: datetime
+    weights: dict[int, float]  # arm id -> weight
+
+
+@dataclass(frozen=True)
+class PeriodCounts:
+    """(exports, starts) per arm id of the projects that started within one allocation period."""
+
+    started_at: datetime
+    weights: dict[int, float]
+    counts: dict[int, tuple[int, int]]
+
+
+def allocation_periods(connection: Connection, experiment_id: int) -> list[AllocationPeriodInfo]:
+    """The experiment's allocation periods, oldest first (empty for experiments started before
+    periods were recorded: they are analysed as one period with the current weights)."""
+    rows = connection.execute(
+        sa.select(allocation_period_rows.c.started_at, allocation_period_rows.c.weights)
+        .where(allocation_period_rows.c.experiment_id == experiment_id)
+        .order_by(allocation_period_rows.c.version)
+    ).all()
+    return [
+        AllocationPeriodInfo(row.started_at, {int(k): float(v) for k, v in row.weights.items()})
+        for row in rows
+    ]
+
+
+def period_counts(
+    connection: Connection,
+    experiment_id: int,
+    periods: list[AllocationPeriodInfo],
+    until: datetime | None,
+    attribution: Attribution,
+) -> list[PeriodCounts]:
+    """Counts per allocation period (by the project's first start) and arm, from the events.
+
+    The first period also takes projects that started before it was recorded; the same
+    attribution rules as `project_counts` apply (window, pending, stop).
+    """
+    projects = project_outcomes(
+        experiment_id, until, connection=connection, attribution=attribution
+    )
+    index: ColumnElement[Any] = sa.literal(0)
+    for i, period in enumerate(periods[1:], start=1):
+        index = sa.case((projects.c.first_start >= period.started_at, i), else_=index)
+    conditions = [projects.c.arm_id.is_not(None)]
+    if attribution.mature_before is not None:
+        conditions.append(projects.c.first_start < attribution.mature_before)
+    rows = connection.execute(
+        sa.select(
+            index.label("period"),
+            projects.c.arm_id,
+            func.count().label("starts"),
+            func.count(projects.c.first_export).label("exports"),
+        )
+        .where(*conditions)
+        .group_by(index, projects.c.arm_id)
+    ).all()
+    out = [PeriodCounts(p.started_at, p.weights, {}) for p in periods]
+    for row in rows:
+        out[int(row.period)].counts[int(row.arm_id)] = (int(row.exports), int(row.starts))
+    return out

@@ -344,10 +344,32 @@ def _touched_days(
 # --- counts over project_outcomes -----------------------------------------------------------
 
 
-def _count_dimensions() -> dict[str, tuple[sa.TableClause, list[ColumnElement[Any]]]]:
+def _attribution(connection: Connection, experiment_id: int) -> queries.Attribution:
+    """The experiment's export window and stop, as counted into the counts tables."""
+    row = connection.execute(
+        sa.select(queries.experiments.c.settings, queries.experiments.c.stopped_at).where(
+            queries.experiments.c.id == experiment_id
+        )
+    ).one_or_none()
+    if row is None:
+        return queries.Attribution(queries.DEFAULT_EXPORT_WINDOW_H)
+    return queries.Attribution(
+        queries.export_window_hours(dict(row.settings or {})), row.stopped_at
+    )
+
+
+def _count_dimensions(
+    connection: Connection, attribution: queries.Attribution
+) -> dict[str, tuple[sa.TableClause, list[ColumnElement[Any]]]]:
     o = project_outcomes.c
     arm = func.coalesce(o.assigned_arm_id, o.event_arm_id)
-    export_day = func.coalesce(o.export_day, sa.literal(NEVER, sa.Date))
+    attributed = o.export_day
+    if attribution.window_h is not None:
+        inside = queries.within_window(
+            connection, o.first_start_at, o.first_export_at, attribution.window_h
+        )
+        attributed = sa.case((inside, o.export_day))
+    export_day = func.coalesce(attributed, sa.literal(NEVER, sa.Date))
     return {
         "outcome": (
             outcome_counts,
@@ -377,12 +399,15 @@ def _add_counts(
     """Add (sign=1) or remove (sign=-1) the contributions of `projects` (all when None) to
     ``outcome_counts`` and ``intent_counts``: the report then reads a few thousand rows."""
     o = project_outcomes.c
-    for kind, (target, keys) in _count_dimensions().items():
+    attribution = _attribution(connection, experiment_id)
+    for kind, (target, keys) in _count_dimensions(connection, attribution).items():
         conditions = [
             o.experiment_id == experiment_id,
             o.start_day.is_not(None),
             func.coalesce(o.assigned_arm_id, o.event_arm_id).is_not(None),
         ]
+        if attribution.stopped_at is not None:
+            conditions.append(o.first_start_at < attribution.stopped_at)
         if kind == "intent":
             conditions.append(o.intent.is_not(None))
         if projects is not None:
@@ -598,6 +623,8 @@ def _straddling(
             o.platform,
             o.country,
             o.intent,
+            o.first_start_at,
+            o.first_export_at,
         ).where(*conditions)
     ).all()
     if not stored:
@@ -614,9 +641,40 @@ def _straddling(
             fixed.c.platform,
             fixed.c.country,
             fixed.c.intent,
+            fixed.c.first_start_at,
+            fixed.c.first_export_at,
         ).where(fixed.c.first_start_at.is_not(None))
     ).all()
-    return [(-1, tuple(row[1:])) for row in stored] + [(1, tuple(row)) for row in redone]
+    attribution = _attribution(connection, experiment_id)
+    return [
+        pair
+        for pair in [(-1, _attributed(row[1:], attribution)) for row in stored]
+        + [(1, _attributed(tuple(row), attribution)) for row in redone]
+        if pair[1] is not None
+    ]
+
+
+def _as_utc(value: Any) -> datetime:
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+def _attributed(row: tuple[Any, ...], attribution: queries.Attribution) -> tuple[Any, ...] | None:
+    """(arm, start_day, export_day, platform, country, intent) as counted into the counts
+    tables: export day NEVER outside the window; None when started at or after the stop."""
+    *values, first_start, first_export = row
+    if first_start is None:
+        return tuple(values)
+    if attribution.stopped_at is not None and _as_utc(first_start) >= _as_utc(
+        attribution.stopped_at
+    ):
+        return None
+    if first_export is not None and attribution.window_h is not None:
+        delay = _as_utc(first_export) - _as_utc(first_start)
+        if delay > timedelta(hours=attribution.window_h):
+            values[2] = NEVER
+    return tuple(values)
 
 
 def project_counts(
@@ -626,18 +684,24 @@ def project_counts(
     attributes: tuple[str, ...] = (),
     popularity: bool = False,
     thresholds: tuple[int, ...] = queries.POPULARITY_THRESHOLDS,
+    mature_before: datetime | None = None,
 ) -> ProjectCounts:
     """`analysis.queries.project_counts` from the counts tables (refresh first); same results.
 
     Reads ``outcome_counts`` (arm x start day x export day x platform x country) and
-    ``intent_counts`` summed per (arm, intent): a few thousand rows, whatever the events.
+    ``intent_counts`` summed per (arm, intent): a few thousand rows, whatever the events. The
+    experiment's export window and stop were applied when the projects were counted in;
+    projects that start from `mature_before` on (a UTC midnight) are only counted as pending.
     """
     attributes = tuple(queries._check_attribute(a) for a in attributes)
-    if not covers(until, attributes):
+    stored = _attribution(connection, experiment_id)
+    attribution = queries.Attribution(stored.window_h, stored.stopped_at, mature_before)
+    if not covers(until, attributes) or not _is_midnight(mature_before):
         return queries.project_counts(
-            connection, experiment_id, until, attributes, popularity, thresholds
+            connection, experiment_id, until, attributes, popularity, thresholds, attribution
         )
     end = _day_of(until) if until is not None else NEVER
+    young = _day_of(mature_before) if mature_before is not None else end
     c = outcome_counts.c
     rows: list[tuple[int, tuple[Any, ...]]] = [
         (int(n), (arm, start, export, platform, country, None))
@@ -654,12 +718,12 @@ def project_counts(
         exported = sa.case((i.export_day < end, i.projects), else_=0)
         for arm, intent, starts, exports in connection.execute(
             sa.select(i.arm_id, i.intent, func.sum(i.projects), func.sum(exported))
-            .where(i.experiment_id == experiment_id, i.start_day < end)
+            .where(i.experiment_id == experiment_id, i.start_day < min(end, young))
             .group_by(i.arm_id, i.intent)
         ):
             intents[(str(intent), int(arm))] = [int(starts), int(exports)]
     for weight, (arm, start, export, platform, country, intent) in corrections:
-        if arm is None or start is None:
+        if arm is None or start is None or queries._as_date(start) >= young:
             continue
         export = export if export is not None else NEVER
         rows.append(
@@ -680,7 +744,16 @@ def project_counts(
             counts[0] += weight
             if queries._as_date(export) < end:
                 counts[1] += weight
-    return _fold(rows, intents, end, attributes, popularity, thresholds)
+    pending: dict[int, int] = {}
+    kept: list[tuple[int, tuple[Any, ...]]] = []
+    for weight, row in rows:
+        if queries._as_date(row[1]) >= young:
+            if queries._as_date(row[1]) < end:
+                pending[int(row[0])] = pending.get(int(row[0]), 0) + weight
+            continue
+        kept.append((weight, row))
+    counts = _fold(kept, intents, end, attributes, popularity, thresholds)
+    return ProjectCounts(counts.daily, counts.segments, {a: n for a, n in pending.items() if n})
 
 
 def _day_of(until: datetime) -> date:

@@ -18,11 +18,24 @@ Methods (all two-sided at level `alpha` unless said otherwise):
 - Ratio treatment / control (the paper's "96.1% of"): delta method on log(ratio), variance
   (1-p_t)/x_t + (1-p_c)/x_c; equal to statsmodels' `method="log", compare="ratio"`.
 - Several treatments: Holm step-down adjustment of the p-values (`holm_adjust`).
-- Non-inferiority and equivalence: the margin is on the absolute difference (e.g. -0.01 means
-  "at most one percentage point worse"). One-sided tests run at alpha/2, so the verdict is
-  exactly "the displayed (1 - alpha) interval clears the margin": non-inferior when its lower
-  bound is above the margin; equivalent (two one-sided tests, TOST) when it lies inside
-  (-|margin|, +|margin|). This is the conservative CONSORT convention: what you see decides.
+- Decisions (`decide`) use intervals that behave at small counts and never go NaN at 0% or
+  100%: Newcombe's hybrid score interval for the difference (`newcombe_difference`, equal to
+  statsmodels' method="newcomb") and the MOVER-R interval for the ratio (`mover_ratio`, Wilson
+  limits combined as in Donner & Zou 2012; statsmodels' score interval for the ratio raises or
+  returns complex numbers at 0%/100%, so it is not used). The p-value shown is the pooled z
+  test (`pooled_p_value`, statsmodels' proportions_ztest) or the always-valid one; the interval
+  decides. `compare`, `non_inferiority` and `equivalence` keep the Wald / log-delta reference
+  numbers (equal to statsmodels) for callers that want them.
+- Margins (`Margin`, `parse_margin`): relative by default ("-2%" = 2% of the control rate, read
+  on the ratio interval), absolute in points ("-1pts", read on the difference interval).
+  Non-inferiority is one-sided at alpha/2: the displayed (1 - alpha) interval's lower bound
+  clears the margin; equivalence: the interval lies inside +-|margin| (TOST).
+- Power for the test that decides (`plan`, `power_check`, `sequential_z`): the sequential
+  design is sized with its boundary at the horizon (3.04 standard errors at alpha 0.05) instead
+  of z_{1-alpha/2}; "equivalent", "non-inferior" and "inconclusive" become "underpowered" below
+  the target power, with the projects per arm still needed.
+- Allocation periods (`allocation_srm`, `stratified_intervals`): SRM per period (chi-square
+  statistics summed) and a Mantel-Haenszel estimate stratified by period.
 - Sequential: a normal-mixture SPRT (Johari et al. 2017, "Peeking at A/B tests") on the
   difference and on the log ratio. With the per-project variance plugged in, its boundary is
   exactly the asymptotic confidence sequence of Waudby-Smith et al. (2023), the one Eppo uses:
@@ -38,7 +51,7 @@ Methods (all two-sided at level `alpha` unless said otherwise):
   n_c = (z_{1-alpha/2} + z_{power})^2 (p_c q_c + p_t q_t / ratio) / mde^2 (the far tail ignored,
   like statsmodels' `normal_sample_size_one_tail`); power reached counts both tails. For a
   non-inferiority design, mde is replaced by (expected difference - margin).
-- Decisions (`decide`): one string from `DECISIONS`, see its docstring.
+- Decisions (`decide`): one string from `DECISIONS`; the vocabulary is listed above `DECISIONS`.
 """
 
 from __future__ import annotations
@@ -47,6 +60,7 @@ import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -65,17 +79,6 @@ EQUIVALENT = "equivalent"
 INCONCLUSIVE = "inconclusive"
 INSUFFICIENT_DATA = "insufficient data"
 SRM_DO_NOT_TRUST = "srm — do not trust"
-
-#: Every string `decide` can return, strongest warning first.
-DECISIONS: tuple[str, ...] = (
-    SRM_DO_NOT_TRUST,
-    INSUFFICIENT_DATA,
-    TREATMENT_BETTER,
-    TREATMENT_WORSE,
-    EQUIVALENT,
-    NON_INFERIOR,
-    INCONCLUSIVE,
-)
 
 NAN = float("nan")
 
@@ -240,13 +243,13 @@ def mixture_p_value(
 
 def _running(values: FloatArray, how: str) -> FloatArray:
     """Running min/max along the last axis, ignoring NaN (NaN until the first number)."""
+    missing = np.isnan(values)
+    seen = np.logical_or.accumulate(~missing, axis=-1)
     if how == "min":
-        filled = np.where(np.isnan(values), np.inf, values)
-        out = np.minimum.accumulate(filled, axis=-1)
-        return np.where(np.isinf(out), np.nan, out)
-    filled = np.where(np.isnan(values), -np.inf, values)
-    out = np.maximum.accumulate(filled, axis=-1)
-    return np.where(np.isinf(out), np.nan, out)
+        out = np.fmin.accumulate(values, axis=-1)
+    else:
+        out = np.fmax.accumulate(values, axis=-1)
+    return np.where(seen, out, np.nan)
 
 
 def sequential_bounds(
@@ -635,6 +638,34 @@ def _as_1d(values: ArrayLike | int, name: str) -> NDArray[np.float64]:
     return arr
 
 
+def sequential_intervals(
+    control_exports: ArrayLike, control_starts: ArrayLike,
+    treatment_exports: ArrayLike, treatment_starts: ArrayLike,
+    horizon: ArrayLike, alpha: float = DEFAULT_ALPHA,
+) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]:  # fmt: skip
+    """Always-valid (difference low, high, ratio low, high, p) from CUMULATIVE counts per look
+    (last axis): Newcombe and MOVER-R intervals at the confidence sequence's critical value
+    (`sequential_z`), intersected over looks; p the mixture SPRT's running minimum (the pooled
+    variance where the unpooled one is 0; 1.0 when both arms are all 0% or all 100%)."""
+    xc, nc = np.asarray(control_exports, float), np.asarray(control_starts, float)
+    xt, nt = np.asarray(treatment_exports, float), np.asarray(treatment_starts, float)
+    per_arm = np.minimum(nc, nt)
+    diff, var = difference_stats(xc, nc, xt, nt)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pooled = (xc + xt) / (nc + nt)
+        null_var = pooled * (1 - pooled) * (1 / nc + 1 / nt)
+        fraction = per_arm / np.asarray(horizon, dtype=float)
+    _, _, p = sequential_bounds(diff, np.where(var > 0, var, null_var), per_arm, horizon, alpha)
+    p = np.where(np.isnan(p) & (per_arm > 0), 1.0, p)
+    z = sequential_z(fraction, alpha)
+    d_low, d_high = newcombe_difference(xc, nc, xt, nt, z)
+    r_low, r_high = mover_ratio(xc, nc, xt, nt, z)
+    return (
+        _running(d_low, "max"), _running(d_high, "min"),
+        _running(r_low, "max"), _running(r_high, "min"), p,
+    )  # fmt: skip
+
+
 def sequential_path(
     control_daily_exports: ArrayLike,
     control_daily_starts: ArrayLike,
@@ -678,11 +709,9 @@ def sequential_path(
         horizon = float(max(per_arm[-1], 1.0))
     if not horizon > 0:
         raise ValueError(f"horizon must be a positive number of projects per arm, got {horizon}")
-    diff, var = difference_stats(xc, nc, xt, nt)
-    d_low, d_high, p = sequential_bounds(diff, var, per_arm, horizon, alpha)
-    log_ratio, log_var = log_ratio_stats(xc, nc, xt, nt)
-    log_var = np.where(np.isfinite(log_var), log_var, np.nan)
-    r_low, r_high, _ = sequential_bounds(log_ratio, log_var, per_arm, horizon, alpha)
+    d_low, d_high, r_low, r_high, p = sequential_intervals(xc, nc, xt, nt, horizon, alpha)
+    diff, _ = difference_stats(xc, nc, xt, nt)
+    log_ratio, _ = log_ratio_stats(xc, nc, xt, nt)
     message = None
     if np.isnan(p[-1]):
         message = "not enough data for a sequential test (an arm with no starts, or no variance)"
@@ -702,8 +731,8 @@ def sequential_path(
         tup(d_high),
         tup(p),
         tup(ratio),
-        tup(np.exp(r_low)),
-        tup(np.exp(r_high)),
+        tup(r_low),
+        tup(r_high),
         float(horizon),
         alpha,
         message=message,
@@ -988,7 +1017,8 @@ def power_progress(
         days_t = (
             max(0, need.treatment - treatment_starts) / (daily * share_t) if share_t else math.inf
         )
-        days_remaining = float(math.ceil(max(days_c, days_t) - 1e-9))
+        slowest = max(days_c, days_t)
+        days_remaining = math.inf if math.isinf(slowest) else float(math.ceil(slowest - 1e-9))
     else:
         days_remaining = math.inf
         message = "no traffic yet, so the days still needed are unknown"
@@ -1107,17 +1137,483 @@ def cost_per_project(
 
 
 # --------------------------------------------------------------------------------------------
+# Margins (relative by default) and intervals that behave at small counts, 0% and 100%
+# --------------------------------------------------------------------------------------------
+
+RELATIVE = "relative"
+ABSOLUTE = "absolute"
+DEFAULT_POWER = 0.8
+#: Without a margin, power is judged for this relative change of the completion rate.
+DEFAULT_MDE = 0.02
+
+
+@dataclass(frozen=True)
+class Margin:
+    """How much worse the treatment may be: `value` <= 0, on a `scale`.
+
+    relative (default): a fraction of the control rate, read on the ratio p_t / p_c
+    (-0.02 = "at most 2% worse", non-inferior when the ratio's lower bound is above 0.98,
+    equivalent when its interval lies inside (0.98, 1.02)); absolute: a difference in rate
+    (-0.01 = one percentage point), read on p_t - p_c.
+    """
+
+    value: float
+    scale: str = RELATIVE
+
+    def __post_init__(self) -> None:
+        if self.scale not in (RELATIVE, ABSOLUTE):
+            raise ValueError(f"margin scale must be {RELATIVE!r} or {ABSOLUTE!r}")
+        if not math.isfinite(self.value) or not -1 < self.value <= 0:
+            raise ValueError(f"the margin must be in (-1, 0] (how much worse), got {self.value}")
+
+    @property
+    def label(self) -> str:
+        if self.scale == RELATIVE:
+            return f"{100 * self.value:+.4g}% relative"
+        return f"{100 * self.value:+.4g} pts"
+
+    @property
+    def null(self) -> float:
+        """ "No difference" on this scale."""
+        return 1.0 if self.scale == RELATIVE else 0.0
+
+    @property
+    def bound(self) -> float:
+        """The non-inferiority bound on this scale."""
+        return self.null + self.value
+
+    @property
+    def equivalence_bounds(self) -> tuple[float, float]:
+        return self.null - abs(self.value), self.null + abs(self.value)
+
+
+def parse_margin(text: str | float | Margin) -> Margin:
+    """ "-2%" (relative), "-1pts" / "-1 pts" (absolute points) or a number (relative fraction)."""
+    if isinstance(text, Margin):
+        return text
+    if isinstance(text, int | float):
+        return Margin(float(text), RELATIVE)
+    raw = str(text).strip().lower().replace(" ", "")
+    scale, number, divide = RELATIVE, raw, 1.0
+    if raw.endswith("%"):
+        number, divide = raw[:-1], 100.0
+    elif raw.endswith(("pts", "pt")):
+        scale, number, divide = ABSOLUTE, raw.removesuffix("pts").removesuffix("pt"), 100.0
+    try:
+        value = float(number) / divide
+    except ValueError:
+        raise ValueError(
+            f"margin {text!r} is not a number, 'N%' (relative) or 'N pts' (absolute)"
+        ) from None
+    return Margin(value, scale)
+
+
+def wilson_at(
+    successes: ArrayLike, trials: ArrayLike, z: ArrayLike
+) -> tuple[FloatArray, FloatArray]:
+    """Wilson score interval at critical value `z` (elementwise); NaN where trials == 0."""
+    x = np.asarray(successes, dtype=float)
+    n = np.asarray(trials, dtype=float)
+    z2 = np.asarray(z, dtype=float) ** 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = x / n
+        denom = 1 + z2 / n
+        center = (p + z2 / (2 * n)) / denom
+        half = np.sqrt(z2 * np.maximum(p * (1 - p) / n + z2 / (4 * n * n), 0)) / denom
+        low = np.where(x == 0, 0.0, np.clip(center - half, 0.0, 1.0))
+        high = np.where(x == n, 1.0, np.clip(center + half, 0.0, 1.0))
+    return np.where(n > 0, low, np.nan), np.where(n > 0, high, np.nan)
+
+
+def newcombe_difference(
+    control_exports: ArrayLike, control_starts: ArrayLike,
+    treatment_exports: ArrayLike, treatment_starts: ArrayLike, z: ArrayLike,
+) -> tuple[FloatArray, FloatArray]:  # fmt: skip
+    """Newcombe's hybrid score interval for p_t - p_c (MOVER-D with Wilson limits).
+
+    Equal to statsmodels' `confint_proportions_2indep(compare="diff", method="newcomb")`.
+    Finite whenever both arms have starts, including 0% and 100%.
+    """
+    xc, nc = np.asarray(control_exports, float), np.asarray(control_starts, float)
+    xt, nt = np.asarray(treatment_exports, float), np.asarray(treatment_starts, float)
+    lc, uc = wilson_at(xc, nc, z)
+    lt, ut = wilson_at(xt, nt, z)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pc, pt = xc / nc, xt / nt
+    d = pt - pc
+    low = d - np.sqrt((pt - lt) ** 2 + (uc - pc) ** 2)
+    high = d + np.sqrt((ut - pt) ** 2 + (pc - lc) ** 2)
+    return low, high
+
+
+def mover_ratio(
+    control_exports: ArrayLike, control_starts: ArrayLike,
+    treatment_exports: ArrayLike, treatment_starts: ArrayLike, z: ArrayLike,
+) -> tuple[FloatArray, FloatArray]:  # fmt: skip
+    """MOVER-R interval for p_t / p_c from Wilson limits (Donner & Zou 2012, Newcombe's family).
+
+    Closed form, so it vectorises; coverage close to nominal at small counts (unlike the
+    log-delta interval). Never NaN when both arms have starts: a control with no exports gives
+    an upper limit of +inf, a treatment with none a lower limit of 0.
+    """
+    xc, nc = np.asarray(control_exports, float), np.asarray(control_starts, float)
+    xt, nt = np.asarray(treatment_exports, float), np.asarray(treatment_starts, float)
+    l2, u2 = wilson_at(xc, nc, z)  # control: the denominator
+    l1, u1 = wilson_at(xt, nt, z)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p2, p1 = xc / nc, xt / nt
+        prod = p1 * p2
+        low_root = np.sqrt(np.maximum(prod**2 - l1 * u2 * (2 * p1 - l1) * (2 * p2 - u2), 0))
+        high_root = np.sqrt(np.maximum(prod**2 - u1 * l2 * (2 * p1 - u1) * (2 * p2 - l2), 0))
+        low = (prod - low_root) / (u2 * (2 * p2 - u2))
+        high = (prod + high_root) / (l2 * (2 * p2 - l2))
+    low = np.where(xt == 0, 0.0, np.maximum(low, 0.0))
+    high = np.where(xc == 0, np.inf, high)
+    valid = (nc > 0) & (nt > 0)
+    return np.where(valid, low, np.nan), np.where(valid, high, np.nan)
+
+
+def pooled_p_value(
+    control_exports: ArrayLike, control_starts: ArrayLike,
+    treatment_exports: ArrayLike, treatment_starts: ArrayLike,
+) -> FloatArray:  # fmt: skip
+    """Two-sided pooled (score) z test of p_t == p_c, as statsmodels' `proportions_ztest`.
+
+    Defined whenever both arms have starts; 1.0 when both arms are all 0% or all 100%.
+    """
+    xc, nc = np.asarray(control_exports, float), np.asarray(control_starts, float)
+    xt, nt = np.asarray(treatment_exports, float), np.asarray(treatment_starts, float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pooled = (xc + xt) / (nc + nt)
+        var = pooled * (1 - pooled) * (1 / nc + 1 / nt)
+        p = 2 * special.ndtr(-np.abs(xt / nt - xc / nc) / np.sqrt(var))
+    p = np.where(var > 0, p, 1.0)
+    return np.where((nc > 0) & (nt > 0), p, np.nan)
+
+
+# --------------------------------------------------------------------------------------------
+# The sequential design's critical value, and power for the test that decides
+# --------------------------------------------------------------------------------------------
+
+
+def sequential_z(fraction: ArrayLike, alpha: float = DEFAULT_ALPHA) -> FloatArray:
+    """The confidence sequence's half-width in standard errors after `fraction` of the horizon.
+
+    The mixture boundary of `mixture_half_width` divided by sqrt(V): with tau^2 tuned to the
+    horizon it depends only on n_now / horizon and alpha (3.04 at the horizon for alpha 0.05,
+    against 1.96 for a fixed-horizon test). Intervals of the sequential design are the robust
+    intervals above at this critical value.
+    """
+    _check_alpha(alpha)
+    log_inv_alpha = math.log(1 / alpha)
+    factor = 2 * log_inv_alpha + math.log(1 + 2 * log_inv_alpha)
+    r = np.asarray(fraction, dtype=float) * factor
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z2 = (1 + r) / r * (np.log1p(r) + 2 * log_inv_alpha)
+    return np.where(r > 0, np.sqrt(z2), np.inf)
+
+
+def design_z(alpha: float, sequential: bool, fraction: float = 1.0) -> float:
+    """Critical value of the test that decides: z_{1-alpha/2}, or the sequential boundary."""
+    return _float(sequential_z(fraction, alpha)) if sequential else _z(alpha)
+
+
+def _design(
+    baseline: float, effect: float, scale: str, kind: str, ratio: float
+) -> tuple[float, float]:
+    """(variance of the estimate times n_control, distance to detect) on the decision scale.
+
+    superiority: the truth is a change of `effect` (relative: log ratio; absolute: difference),
+    variances at the two rates; non-inferiority: the truth is no difference and the margin
+    `effect` must be excluded.
+    """
+    if kind == "non-inferiority":
+        per_arm = (1 - baseline) / baseline if scale == RELATIVE else baseline * (1 - baseline)
+        distance = -math.log1p(effect) if scale == RELATIVE else -effect
+        return per_arm * (1 + 1 / ratio), distance
+    treatment = baseline * (1 + effect) if scale == RELATIVE else baseline + effect
+    treatment = min(max(treatment, 1e-6), 1 - 1e-6)
+    if scale == RELATIVE:
+        unit = (1 - baseline) / baseline + (1 - treatment) / treatment / ratio
+        return unit, abs(math.log(treatment / baseline))
+    return _unit_variance(baseline, treatment, ratio), abs(effect)
+
+
+@dataclass(frozen=True)
+class PowerCheck:
+    """Power of the deciding test for the effect that matters, now and the size it needs.
+
+    kind "non-inferiority": power to show the margin when the truth is no difference; kind
+    "superiority": power to detect a change of `effect` (two-sided). `required_per_arm` is sized
+    for the design's critical value at its horizon (sequential) or z_{1-alpha/2} (fixed).
+    """
+
+    kind: str
+    effect: float
+    scale: str
+    target: float
+    power: float
+    required_per_arm: int
+    more_per_arm: int
+    days_more: float | None
+
+    @property
+    def enough(self) -> bool:
+        return self.power >= self.target
+
+    @property
+    def effect_label(self) -> str:
+        if self.scale == RELATIVE:
+            return f"{100 * self.effect:+.4g}% relative"
+        return f"{100 * self.effect:+.4g} pts"
+
+
+def power_check(
+    baseline: float,
+    control_starts: int,
+    treatment_starts: int,
+    *,
+    effect: float,
+    scale: str = RELATIVE,
+    kind: str = "superiority",
+    alpha: float = DEFAULT_ALPHA,
+    sequential: bool = False,
+    horizon: float | None = None,
+    target: float = DEFAULT_POWER,
+    days_elapsed: float | None = None,
+) -> PowerCheck:
+    """Power reached with the current starts for `effect`, and the projects still needed."""
+    baseline = min(max(baseline, 1e-4), 1 - 1e-4)
+    n = min(control_starts, treatment_starts)
+    ratio = treatment_starts / control_starts if control_starts and treatment_starts else 1.0
+    unit, distance = _design(baseline, effect, scale, kind, ratio)
+    z_pow = float(special.ndtri(target))
+    if n > 0:
+        fraction = n / horizon if (sequential and horizon) else 1.0
+        z_now = design_z(alpha, sequential, fraction)
+        power = float(special.ndtr(distance / math.sqrt(unit / control_starts) - z_now))
+    else:
+        power = 0.0
+    z_ref = design_z(alpha, sequential)
+    required = math.ceil((z_ref + z_pow) ** 2 * unit / distance**2 - 1e-9)
+    more = max(0, required - n) if power < target else 0
+    days = None
+    if days_elapsed and days_elapsed > 0 and n > 0:
+        days = math.ceil(more / (n / days_elapsed)) if more else 0.0
+    return PowerCheck(kind, effect, scale, target, power, required, more, days)
+
+
+def plan(
+    baseline: float,
+    effect: float,
+    *,
+    scale: str = RELATIVE,
+    kind: str = "superiority",
+    alpha: float = DEFAULT_ALPHA,
+    power: float = DEFAULT_POWER,
+    ratio: float = 1.0,
+    sequential: bool = False,
+    daily_projects: float | None = None,
+) -> SampleSize:
+    """Projects per arm for the test that will decide: fixed or sequential, relative or absolute.
+
+    superiority: detect a change `effect` (relative: fraction of the baseline); the sequential
+    design uses its boundary at the horizon (`sequential_z(1)`) instead of z_{1-alpha/2}, so a
+    look at the planned size has the wanted power. non-inferiority: show the margin `effect`
+    (< 0) when the truth is no difference. Relative designs are planned on the log ratio.
+    """
+    _check_alpha(alpha)
+    if not 0 < baseline < 1:
+        raise ValueError(f"baseline must be a rate in (0, 1), got {baseline}")
+    if not 0 < power < 1:
+        raise ValueError(f"power must be in (0, 1), got {power}")
+    if not ratio > 0 or not math.isfinite(ratio):
+        raise ValueError(f"ratio (treatment size / control size) must be positive, got {ratio}")
+    if effect == 0 or not math.isfinite(effect):
+        raise ValueError(f"the effect must be a non-zero number, got {effect}")
+    if kind == "non-inferiority" and not -1 < effect < 0:
+        raise ValueError(f"a non-inferiority margin must be in (-1, 0), got {effect}")
+    absolute = effect if scale == ABSOLUTE else baseline * effect
+    treatment_rate = baseline + (absolute if kind == "superiority" else 0.0)
+    if not 0 < treatment_rate < 1:
+        raise ValueError(f"baseline + effect must stay in (0, 1), got {treatment_rate}")
+    z_sum = design_z(alpha, sequential) + float(special.ndtri(power))
+    unit, distance = _design(baseline, effect, scale, kind, ratio)
+    exact = z_sum**2 * unit / distance**2
+    control = math.ceil(exact - 1e-9)
+    treatment = math.ceil(control * ratio - 1e-9)
+    days = None
+    if daily_projects is not None:
+        if not daily_projects > 0:
+            raise ValueError(f"daily projects must be positive, got {daily_projects}")
+        days = math.ceil((control + treatment) / daily_projects)
+    return SampleSize(
+        baseline, effect, treatment_rate, alpha, power, ratio, exact, control, treatment,
+        control + treatment, days, daily_projects,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# Allocation periods: SRM per period, effect stratified by period
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AllocationSrm:
+    """Pearson chi-square per allocation period, summed (independent periods add up)."""
+
+    periods: tuple[SrmResult, ...]
+    statistic: float
+    df: int
+    p_value: float
+    threshold: float
+    flagged: bool
+    message: str | None = None
+
+
+def allocation_srm(
+    starts: Sequence[Sequence[int]],
+    weights: Sequence[Sequence[float]],
+    threshold: float = DEFAULT_SRM_THRESHOLD,
+) -> AllocationSrm:
+    """SRM over allocation periods: each period's starts against that period's weights.
+
+    A ramp (0.8/0.2 then 0.5/0.5) is healthy when each period matches its own weights; the
+    pooled starts matched against today's weights would not. The statistics of the periods with
+    starts are summed and compared with chi-square on the summed degrees of freedom.
+    """
+    if len(starts) != len(weights) or not starts:
+        raise ValueError("one list of weights per allocation period is needed")
+    results = tuple(
+        sample_ratio_mismatch(s, w, threshold) for s, w in zip(starts, weights, strict=True)
+    )
+    if any(r.flagged and math.isinf(r.statistic) for r in results):
+        bad = next(r for r in results if math.isinf(r.statistic))
+        return AllocationSrm(results, math.inf, 0, 0.0, threshold, True, bad.message)
+    used = [r for r in results if math.isfinite(r.statistic)]
+    if not used:
+        return AllocationSrm(results, NAN, 0, NAN, threshold, False, "no projects started yet")
+    statistic = float(sum(r.statistic for r in used))
+    df = int(sum(sum(1 for e in r.expected if e > 0) - 1 for r in used))
+    p_value = float(sps.chi2.sf(statistic, df)) if df > 0 else 1.0
+    flagged = p_value < threshold
+    message = None
+    if flagged:
+        message = (
+            f"sample ratio mismatch within allocation periods (chi-square p = {p_value:.2g} "
+            f"< {threshold}, {len(used)} period(s)); assignment or logging is broken"
+        )
+    return AllocationSrm(results, statistic, df, p_value, threshold, flagged, message)
+
+
+def stratified_intervals(
+    control: Sequence[tuple[int, int]], treatment: Sequence[tuple[int, int]], z: float
+) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """Mantel-Haenszel difference and ratio over strata (allocation periods), with intervals.
+
+    Returns ((difference, low, high), (ratio, low, high)). Difference: weights n_c n_t / N with
+    the strata's unpooled variances; ratio: Mantel-Haenszel risk ratio with the Greenland-Robins
+    variance of its log. A stratum with an empty arm carries no weight. Used instead of pooling
+    when weights changed: pooled counts mix periods with different splits (Simpson's paradox).
+    """
+    xc, nc = (np.asarray([c[i] for c in control], float) for i in (0, 1))
+    xt, nt = (np.asarray([t[i] for t in treatment], float) for i in (0, 1))
+    keep = (nc > 0) & (nt > 0)
+    xc, nc, xt, nt = xc[keep], nc[keep], xt[keep], nt[keep]
+    if xc.size == 0:
+        return (NAN, NAN, NAN), (NAN, NAN, NAN)
+    big_n = nc + nt
+    w = nc * nt / big_n
+    pc, pt = xc / nc, xt / nt
+    diff = float(np.sum(w * (pt - pc)) / w.sum())
+    var = float(np.sum(w**2 * (pc * (1 - pc) / nc + pt * (1 - pt) / nt)) / w.sum() ** 2)
+    if var <= 0:  # every stratum 0% or 100%: fall back to the pooled null variance
+        pooled = (xc.sum() + xt.sum()) / big_n.sum()
+        var = pooled * (1 - pooled) * float(np.sum(w**2 * (1 / nc + 1 / nt))) / w.sum() ** 2
+    half = z * math.sqrt(var)
+    top, bottom = float(np.sum(xt * nc / big_n)), float(np.sum(xc * nt / big_n))
+    if top == 0 or bottom == 0:
+        ratio = (0.0 if top == 0 else math.inf, 0.0, math.inf)
+    else:
+        ratio_est = top / bottom
+        gr = float(np.sum((nc * nt * (xt + xc) - xt * xc * big_n) / big_n**2)) / (top * bottom)
+        log_half = z * math.sqrt(max(gr, 0.0))
+        ratio = (ratio_est, ratio_est * math.exp(-log_half), ratio_est * math.exp(log_half))
+    return (diff, max(-1.0, diff - half), min(1.0, diff + half)), ratio
+
+
+# --------------------------------------------------------------------------------------------
+# Attribution window (a rule over project times, used to validate the SQL and the simulations)
+# --------------------------------------------------------------------------------------------
+
+
+def attributed(
+    first_start: ArrayLike,
+    first_export: ArrayLike,
+    until: float,
+    window: float,
+    stopped_at: float | None = None,
+) -> tuple[NDArray[np.bool_], NDArray[np.bool_], NDArray[np.bool_]]:
+    """(counted, exported, pending) per project, times in one unit (e.g. hours; NaN = never).
+
+    A project counts when it started before `until` and before `stopped_at`, and its window
+    [start, start + window] has closed by `until`; it is exported when its first export is before
+    start + window (and before `until`). Projects whose window is still open are pending: left
+    out of the rate until it closes, so an arm whose users export later is not favoured.
+    """
+    start = np.asarray(first_start, dtype=float)
+    export = np.asarray(first_export, dtype=float)
+    started = start < until
+    if stopped_at is not None:
+        started &= start < stopped_at
+    closed = start + window <= until
+    counted = started & closed
+    with np.errstate(invalid="ignore"):
+        exported = counted & (export <= start + window) & (export < until)
+    return counted, exported, started & ~closed
+
+
+# --------------------------------------------------------------------------------------------
 # Decision
 # --------------------------------------------------------------------------------------------
+
+UNDERPOWERED = "underpowered"
+
+# Decision vocabulary (stable: other code, e.g. shipping checks, compares these strings):
+#   "srm — do not trust"  starts do not match the weights (per allocation period): nothing holds
+#   "insufficient data"   an arm has no (mature) projects
+#   "treatment better"    the deciding interval lies above "no difference" (1 or 0)
+#   "treatment worse"     the deciding interval lies below "no difference"
+#   "equivalent"          the interval lies inside the margin both ways AND the power reached
+#                         for the margin is at least the target
+#   "non-inferior"        the interval's lower bound clears the margin AND enough power
+#   "underpowered"        none of the above could be claimed, or only with less power than the
+#                         target: more projects are needed (the notes say how many)
+#   "inconclusive"        enough power, and still nothing excluded
+DECISIONS: tuple[str, ...] = (
+    SRM_DO_NOT_TRUST,
+    INSUFFICIENT_DATA,
+    TREATMENT_BETTER,
+    TREATMENT_WORSE,
+    EQUIVALENT,
+    NON_INFERIOR,
+    UNDERPOWERED,
+    INCONCLUSIVE,
+)
+#: Decisions that support shipping the treatment (it is not shown to be worse by the margin).
+SHIPPABLE: tuple[str, ...] = (TREATMENT_BETTER, EQUIVALENT, NON_INFERIOR)
 
 
 @dataclass(frozen=True)
 class TreatmentDecision:
     """The verdict for one treatment against control, with the numbers behind it.
 
-    `decision` is one of `DECISIONS`. `interval` is the (low, high) interval of the difference
-    the verdict was read from (Bonferroni level alpha/k with k treatments, always-valid when
-    sequential); `p_value` is the Holm-adjusted two-sided p-value (always-valid when sequential).
+    `decision` is one of `DECISIONS`. `interval` is the interval the verdict was read from, on
+    `scale` (relative: the ratio p_t / p_c; absolute: p_t - p_c), at level alpha/k with k
+    treatments, always-valid when sequential. `difference_interval` (Newcombe) and
+    `ratio_interval` (MOVER-R) are both at that level. `p_value` is the Holm-adjusted two-sided
+    p-value: the pooled z test (fixed) or the always-valid mixture p (sequential); the interval,
+    not the p-value, decides.
     """
 
     arm: str
@@ -1127,6 +1623,17 @@ class TreatmentDecision:
     interval: tuple[float, float]
     sequential: SequentialResult | None = None
     notes: tuple[str, ...] = ()
+    scale: str = RELATIVE
+    difference_interval: tuple[float, float] = (NAN, NAN)
+    ratio_interval: tuple[float, float] = (NAN, NAN)
+    power: PowerCheck | None = None
+    level: float = DEFAULT_ALPHA
+
+    @property
+    def interval_label(self) -> str:
+        what = "ratio treatment/control" if self.scale == RELATIVE else "difference (pts)"
+        kind = "always-valid" if self.sequential is not None else "fixed-horizon"
+        return f"{kind} {100 * (1 - self.level):.4g}% interval of the {what}"
 
 
 @dataclass(frozen=True)
@@ -1136,10 +1643,11 @@ class ExperimentDecision:
     control: RateEstimate
     treatments: dict[str, TreatmentDecision]
     srm: SrmResult | None
-    margin: float | None
+    margin: Margin | None
     alpha: float
     sequential: bool
     notes: tuple[str, ...] = field(default_factory=tuple)
+    allocation_srm: AllocationSrm | None = None
 
     @property
     def decisions(self) -> dict[str, str]:
@@ -1149,64 +1657,86 @@ class ExperimentDecision:
 CountsLike = tuple[int, int] | tuple[ArrayLike, ArrayLike]
 
 
+@dataclass(frozen=True)
+class Period:
+    """Counts of one allocation period: (exports, starts) per arm (control first), its weights."""
+
+    counts: tuple[tuple[int, int], ...]
+    weights: tuple[float, ...]
+
+
 def _total(value: ArrayLike) -> int:
     return int(np.asarray(value, dtype=float).sum())
 
 
-def _verdict(
-    difference: float, low: float, high: float, adjusted_p: float, alpha: float,
-    margin: float | None,
-) -> tuple[str, list[str]]:  # fmt: skip
-    """Superiority from the (Holm-adjusted) p-value; margins from the interval (alpha/k)."""
-    notes: list[str] = []
-    if math.isnan(low) or math.isnan(high) or math.isnan(adjusted_p):
+def _verdict(low: float, high: float, null: float, margin: Margin | None) -> tuple[str, list[str]]:
+    """Read the deciding interval: superiority, then equivalence, non-inferiority, inferiority."""
+    if math.isnan(low) or math.isnan(high):
         return INCONCLUSIVE, ["no interval could be computed"]
-    significant = adjusted_p < alpha
-    if significant and difference > 0:
-        return TREATMENT_BETTER, notes
+    if low > null:
+        return TREATMENT_BETTER, []
     if margin is not None:
-        m = abs(margin)
         lower_note = "significantly lower than control, but within the margin"
-        if low > -m and high < m:
-            return EQUIVALENT, [lower_note] if significant else notes
-        if low > margin:
-            return NON_INFERIOR, [lower_note] if significant else notes
-    if significant and difference < 0:
-        if margin is not None:
-            notes.append("the interval does not clear the non-inferiority margin")
+        eq_low, eq_high = margin.equivalence_bounds
+        if margin.value != 0 and eq_low < low and high < eq_high:
+            return EQUIVALENT, [lower_note] if high < null else []
+        if low > margin.bound:
+            return NON_INFERIOR, [lower_note] if high < null else []
+    if high < null:
+        notes = ["the interval does not clear the non-inferiority margin"] if margin else []
         return TREATMENT_WORSE, notes
-    return INCONCLUSIVE, notes
+    return INCONCLUSIVE, []
+
+
+def _power_gate(verdict: str, check: PowerCheck, margin: Margin | None) -> tuple[str, list[str]]:
+    """ "equivalent", "non-inferior" and "inconclusive" need the target power, else underpowered."""
+    if verdict not in (EQUIVALENT, NON_INFERIOR, INCONCLUSIVE) or check.enough:
+        return verdict, []
+    what = f"at margin {margin.label}" if margin else f"a change of {check.effect_label}"
+    days = f" (about {check.days_more:.0f} days)" if check.days_more is not None else ""
+    notes = [
+        f"power {100 * check.power:.1f}% < {100 * check.target:.0f}% {what}: "
+        f"{check.more_per_arm} more projects per arm{days} needed to decide"
+    ]
+    if verdict != INCONCLUSIVE:
+        notes.append(f"the interval alone would read {verdict!r}")
+    return UNDERPOWERED, notes
 
 
 def decide(
     control: CountsLike,
     treatments: Mapping[str, CountsLike] | Sequence[CountsLike],
     *,
-    margin: float | None = None,
+    margin: Margin | float | str | None = None,
     alpha: float = DEFAULT_ALPHA,
     sequential: bool = False,
     horizon: float | None = None,
     weights: Sequence[float] | None = None,
     srm_threshold: float = DEFAULT_SRM_THRESHOLD,
+    mde: float = DEFAULT_MDE,
+    power: float = DEFAULT_POWER,
+    days_elapsed: float | None = None,
+    periods: Sequence[Period] | None = None,
 ) -> ExperimentDecision:
     """Decide every treatment against control.
 
     `control` and each treatment are (exports, starts): totals, or daily arrays (NOT
-    cumulative) for a sequential decision. `weights` (control first, then treatments in order)
-    turns on the SRM check; a flagged SRM makes every decision "srm — do not trust" (the verdict
-    it would otherwise have had is kept in the notes). `margin` (<= 0, absolute difference)
-    enables "non-inferior" and "equivalent" (within +-|margin|). With k treatments the p-values
-    are Holm-adjusted and the intervals are at level alpha/k (Bonferroni); with one treatment
-    "p < alpha" and "the interval excludes 0" are the same statement.
+    cumulative) for a sequential decision. `margin` (a `Margin`, "-2%", "-1pts", or a number:
+    a RELATIVE fraction) enables "non-inferior" and "equivalent"; its scale is the scale of the
+    deciding interval (relative without a margin). `weights` (control first) turns on the SRM
+    check; `periods` (allocation periods, control first in each) check SRM per period and, with
+    more than one, estimate the effect stratified by period (Mantel-Haenszel). With k treatments
+    intervals are at level alpha/k (Bonferroni) and p-values Holm-adjusted.
 
     Rules, in order: SRM flagged -> "srm — do not trust"; an arm with no starts ->
-    "insufficient data"; adjusted p < alpha and difference > 0 -> "treatment better"; interval
-    inside (-|m|, |m|) -> "equivalent"; lower bound above the margin -> "non-inferior";
-    adjusted p < alpha and difference < 0 -> "treatment worse"; otherwise "inconclusive".
+    "insufficient data"; interval above no-difference -> "treatment better"; inside the margin
+    both ways -> "equivalent"; lower bound above the margin -> "non-inferior"; below
+    no-difference -> "treatment worse"; else "inconclusive". Then "equivalent", "non-inferior"
+    and "inconclusive" become "underpowered" when the power reached (for the margin, else for a
+    change of `mde` relative) is below `power`; the notes give the projects still needed.
     """
     _check_alpha(alpha)
-    if margin is not None and (not math.isfinite(margin) or margin > 0):
-        raise ValueError(f"the non-inferiority margin must be <= 0, got {margin}")
+    margin = None if margin is None else parse_margin(margin)
     if isinstance(treatments, Mapping):
         named = dict(treatments)
     else:
@@ -1217,63 +1747,112 @@ def decide(
         raise ValueError("at least one treatment is needed")
     k = len(named)
     level = alpha / k
+    scale = margin.scale if margin else RELATIVE
     xc_total, nc_total = _total(control[0]), _total(control[1])
     control_rate = completion_rate(xc_total, nc_total, alpha)
     notes: list[str] = []
-    srm = None
-    if weights is not None:
-        starts = [nc_total] + [_total(t[1]) for t in named.values()]
-        srm = sample_ratio_mismatch(starts, weights, srm_threshold)
-        if srm.flagged:
-            notes.append(srm.message or "sample ratio mismatch")
+    srm, by_period = _srm(nc_total, named, weights, periods, srm_threshold, notes)
+    stratified = periods is not None and sum(1 for p in periods if sum(c[1] for c in p.counts)) > 1
+    if stratified:
+        notes.append("weights changed: effect estimated stratified by allocation period")
     if k > 1:
         notes.append(f"{k} treatments: intervals at level alpha/{k}, p-values Holm-adjusted")
 
-    comparisons: dict[str, Comparison] = {}
-    sequentials: dict[str, SequentialResult | None] = {}
-    raw_p: list[float] = []
-    intervals: dict[str, tuple[float, float]] = {}
-    for arm, (xt, nt) in named.items():
-        cmp = compare(xc_total, nc_total, _total(xt), _total(nt), alpha)
-        comparisons[arm] = cmp
-        if sequential:
-            seq = sequential_path(control[0], control[1], xt, nt, level, horizon).final
-            sequentials[arm] = seq
-            intervals[arm] = (seq.difference_ci_low, seq.difference_ci_high)
-            raw_p.append(seq.p_value)
+    rows: dict[str, dict[str, Any]] = {}
+    for index, (arm, (xt, nt)) in enumerate(named.items()):
+        counts = (xc_total, nc_total, _total(xt), _total(nt))
+        cmp = compare(*counts, alpha)
+        row: dict[str, Any] = {"cmp": cmp, "seq": None}
+        if sequential and nc_total > 0 and counts[3] > 0:
+            path = sequential_path(control[0], control[1], xt, nt, level, horizon)
+            seq = path.final
+            row["seq"] = seq
+            row["p"] = seq.p_value
+            row["diff"] = (seq.difference_ci_low, seq.difference_ci_high)
+            row["ratio"] = (seq.ratio_ci_low, seq.ratio_ci_high)
+            fraction = min(counts[1], counts[3]) / path.horizon
+            z = _float(sequential_z(fraction, level))
         else:
-            sequentials[arm] = None
-            at_level = compare(xc_total, nc_total, _total(xt), _total(nt), level)
-            intervals[arm] = (at_level.difference_ci_low, at_level.difference_ci_high)
-            raw_p.append(cmp.p_value)
-    p_array = np.asarray(raw_p, dtype=float)
-    finite = np.where(np.isnan(p_array), 1.0, p_array)
-    adjusted = np.where(np.isnan(p_array), np.nan, holm_adjust(finite))
+            z = _z(level)
+            row["p"] = _float(pooled_p_value(*counts))
+            row["diff"] = tuple(_float(v) for v in newcombe_difference(*counts, z))
+            row["ratio"] = tuple(_float(v) for v in mover_ratio(*counts, z))
+        if stratified and periods is not None:
+            pc = [p.counts[0] for p in periods]
+            pt = [p.counts[1 + index] for p in periods]
+            (_, *d), (_, *r) = stratified_intervals(pc, pt, z)
+            row["diff"], row["ratio"] = tuple(d), tuple(r)
+        rows[arm] = row
+    raw = np.asarray([row["p"] for row in rows.values()], dtype=float)
+    adjusted = np.where(np.isnan(raw), np.nan, holm_adjust(np.where(np.isnan(raw), 1.0, raw)))
 
     results: dict[str, TreatmentDecision] = {}
-    for i, arm in enumerate(named):
-        cmp = comparisons[arm]
+    for i, (arm, row) in enumerate(rows.items()):
+        cmp = row["cmp"]
+        interval = row["ratio"] if scale == RELATIVE else row["diff"]
+        check = None
         arm_notes: list[str] = []
         if cmp.control.starts == 0 or cmp.treatment.starts == 0:
             verdict = INSUFFICIENT_DATA
             arm_notes.append(cmp.message or "an arm has no starts")
         else:
-            low, high = intervals[arm]
-            estimate = seq.difference if (seq := sequentials[arm]) is not None else cmp.difference
-            verdict, extra = _verdict(estimate, low, high, float(adjusted[i]), alpha, margin)
+            verdict, extra = _verdict(*interval, 1.0 if scale == RELATIVE else 0.0, margin)
             arm_notes.extend(extra)
-            if cmp.message:
-                arm_notes.append(cmp.message)
+            has_margin = margin is not None and margin.value != 0
+            check = power_check(
+                xc_total / nc_total,
+                cmp.control.starts,
+                cmp.treatment.starts,
+                effect=margin.value if margin is not None and has_margin else mde,
+                scale=scale if has_margin else RELATIVE,
+                kind="non-inferiority" if has_margin else "superiority",
+                alpha=level,
+                sequential=sequential,
+                horizon=row["seq"].horizon if row["seq"] else None,
+                target=power,
+                days_elapsed=days_elapsed,
+            )
+            verdict, extra = _power_gate(verdict, check, margin)
+            arm_notes.extend(extra)
         if srm is not None and srm.flagged:
             arm_notes.insert(0, f"without the SRM this would read: {verdict}")
             verdict = SRM_DO_NOT_TRUST
         results[arm] = TreatmentDecision(
-            arm,
-            verdict,
-            cmp,
-            float(adjusted[i]),
-            intervals[arm],
-            sequentials[arm],
-            tuple(arm_notes),
+            arm, verdict, cmp, float(adjusted[i]), tuple(interval), row["seq"], tuple(arm_notes),
+            scale, tuple(row["diff"]), tuple(row["ratio"]), check, level,
+        )  # fmt: skip
+    return ExperimentDecision(
+        control_rate, results, srm, margin, alpha, sequential, tuple(notes), by_period
+    )
+
+
+def _srm(
+    control_starts: int,
+    named: Mapping[str, CountsLike],
+    weights: Sequence[float] | None,
+    periods: Sequence[Period] | None,
+    threshold: float,
+    notes: list[str],
+) -> tuple[SrmResult | None, AllocationSrm | None]:
+    """The SRM check on totals (one allocation) or per allocation period."""
+    if periods:
+        by_period = allocation_srm(
+            [[c[1] for c in p.counts] for p in periods], [p.weights for p in periods], threshold
         )
-    return ExperimentDecision(control_rate, results, srm, margin, alpha, sequential, tuple(notes))
+        starts = [sum(p.counts[i][1] for p in periods) for i in range(len(periods[0].counts))]
+        last = periods[-1].weights
+        plain = sample_ratio_mismatch(starts, last, threshold)
+        srm = SrmResult(
+            plain.starts, plain.weights, plain.expected, by_period.statistic, by_period.p_value,
+            threshold, by_period.flagged, by_period.message,
+        )  # fmt: skip
+        if srm.flagged:
+            notes.append(srm.message or "sample ratio mismatch")
+        return srm, by_period
+    if weights is None:
+        return None, None
+    starts = [control_starts] + [_total(t[1]) for t in named.values()]
+    srm = sample_ratio_mismatch(starts, weights, threshold)
+    if srm.flagged:
+        notes.append(srm.message or "sample ratio mismatch")
+    return srm, None

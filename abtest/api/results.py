@@ -9,6 +9,7 @@ from typing import Any
 import jinja2
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import HTMLResponse
+from markupsafe import Markup
 from sqlalchemy.orm import Session
 
 from abtest import reporting, services
@@ -72,14 +73,15 @@ def _templates() -> jinja2.Environment:
 
 @router.get("/dashboard", response_class=HTMLResponse, dependencies=reader)
 def dashboard(session: Session = Depends(db_session)) -> HTMLResponse:
-    """Every experiment; per experiment with traffic, arms, rates, decision, SRM badge, plots."""
+    """Every experiment; per experiment with traffic, the report's body: decision, SRM badge, arms
+    with pending projects, intervals with their labels, plots, power, guardrails, segments."""
     experiments = services.list_experiments(session)
     panels = []
     for experiment in experiments:
         if experiment.status not in DASHBOARD_STATUSES:
             continue
         report = reporting.build(session, experiment.key)
-        panels.append({"report": report, "images": reports.plot_images(report)})
+        panels.append({"report": report, "html": Markup(reports.render_panel(report))})
     html = (
         _templates()
         .get_template("dashboard.html")

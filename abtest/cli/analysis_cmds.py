@@ -67,17 +67,46 @@ def _interval(low: float, high: float, fmt: Any = _pct) -> str:
     return f"[{fmt(low)}, {fmt(high)}]"
 
 
+MARGIN_HELP = (
+    "Non-inferiority margin, how much worse the treatment may be: '-2%' = 2% of the control "
+    "rate (relative, the default scale; a bare number is a relative fraction), '-1pts' = one "
+    "percentage point (absolute). Equivalence uses +-|margin|."
+)
+
+
+def _margin(text: str | None) -> stats.Margin | None:
+    if text is None:
+        return None
+    try:
+        return stats.parse_margin(text)
+    except ValueError as exc:
+        fail(f"margin: {exc}")
+
+
+def _effect(option: str, text: str) -> stats.Margin:
+    """An effect size: '5%' / 0.05 relative, '1pts' absolute (sign kept, may be positive)."""
+    try:
+        return stats.parse_margin(text if text.startswith("-") else f"-{text}")
+    except ValueError:
+        fail(f"{option}: {text!r} is not 'N%' (relative), 'N pts' (absolute) or a fraction")
+
+
 @stats_app.command("proportions")
 def proportions(
     control: str = typer.Option(..., "--control", help="Control arm as EXPORTS/STARTS."),
     treatment: list[str] = typer.Option(
         ..., "--treatment", help="Treatment arm as EXPORTS/STARTS; repeat for several."
     ),
-    margin: float | None = typer.Option(
-        None,
-        "--margin",
-        help="Non-inferiority margin on the difference, <= 0 (e.g. -0.01 = one point worse); "
-        "equivalence uses +-|margin|.",
+    margin: str | None = typer.Option(None, "--margin", help=MARGIN_HELP),
+    mde: str = typer.Option(
+        "2%",
+        "--mde",
+        help="Without a margin: the change whose power decides 'underpowered' vs "
+        "'inconclusive' ('2%' relative, or '1pts').",
+    ),
+    target_power: float = typer.Option(stats.DEFAULT_POWER, "--power", help="Power wanted."),
+    days: float | None = typer.Option(
+        None, "--days", help="Days the counts took: turns projects still needed into days."
     ),
     alpha: float = typer.Option(stats.DEFAULT_ALPHA, "--alpha", help="Two-sided level."),
     sequential: bool = typer.Option(
@@ -93,10 +122,16 @@ def proportions(
     ),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Compare treatments with control: rates, difference, ratio, p-values and a decision."""
+    """Compare treatments with control: rates, difference, ratio, power and a decision."""
     _check_alpha(alpha)
-    if margin is not None and (not math.isfinite(margin) or margin > 0):
-        fail(f"margin: must be <= 0 (how much worse is acceptable), e.g. -{abs(margin)}")
+    parsed_margin = _margin(margin)
+    effect = _effect("mde", mde)
+    if effect.value == 0:
+        fail("mde: must be a non-zero change, e.g. 2%")
+    if not 0 < target_power < 1:
+        fail(f"power: must be between 0 and 1 (exclusive), got {target_power}")
+    if days is not None and not days > 0:
+        fail(f"days: must be a positive number of days, got {days}")
     if horizon is not None and not horizon > 0:
         fail(f"horizon: must be a positive number of projects per arm, got {horizon}")
     if horizon is not None and not sequential:
@@ -112,21 +147,25 @@ def proportions(
     result = stats.decide(
         control_counts,
         treatments,
-        margin=margin,
+        margin=parsed_margin,
         alpha=alpha,
         sequential=sequential,
         horizon=horizon,
         weights=weight_values,
+        mde=_relative_mde(effect, control_counts),
+        power=target_power,
+        days_elapsed=days,
     )
-    # the same level as the decision: alpha / k with k treatments
-    extras = {
-        arm: _margin_tests(control_counts, counts, margin, alpha / len(treatments))
-        for arm, counts in treatments.items()
-    }
     if as_json:
-        print_json(_proportions_json(result, extras))
+        print_json(_proportions_json(result))
         return
-    _print_proportions(result, extras)
+    _print_proportions(result)
+
+
+def _relative_mde(effect: stats.Margin, control: tuple[int, int]) -> float:
+    """The power check's change as a fraction of the control rate ('1pts' at 3% = 33%)."""
+    size = -effect.value
+    return size if effect.scale == stats.RELATIVE else size / max(control[0] / control[1], 1e-4)
 
 
 def _parse_weights(text: str | None, arms: int) -> list[float] | None:
@@ -143,23 +182,16 @@ def _parse_weights(text: str | None, arms: int) -> list[float] | None:
     return values
 
 
-def _margin_tests(
-    control: tuple[int, int], treatment: tuple[int, int], margin: float | None, alpha: float
-) -> dict[str, Any]:
+def _margin_json(margin: stats.Margin | None) -> dict[str, Any] | None:
     if margin is None:
-        return {}
-    out: dict[str, Any] = {
-        "non_inferiority": stats.non_inferiority(*control, *treatment, margin, alpha)
-    }
-    if margin != 0:
-        out["equivalence"] = stats.equivalence(*control, *treatment, margin, alpha)
-    return out
+        return None
+    return {"value": margin.value, "scale": margin.scale, "label": margin.label}
 
 
-def _proportions_json(result: stats.ExperimentDecision, extras: dict[str, Any]) -> Any:
+def _proportions_json(result: stats.ExperimentDecision) -> Any:
     body: dict[str, Any] = {
         "alpha": result.alpha,
-        "margin": result.margin,
+        "margin": _margin_json(result.margin),
         "sequential": result.sequential,
         "control": result.control,
         "srm": result.srm,
@@ -170,16 +202,36 @@ def _proportions_json(result: stats.ExperimentDecision, extras: dict[str, Any]) 
         body["treatments"][arm] = {
             "decision": decision.decision,
             "notes": list(decision.notes),
-            "p_value_adjusted": decision.p_value,
+            "scale": decision.scale,
             "decision_interval": list(decision.interval),
+            "decision_interval_label": decision.interval_label,
+            "difference_interval": list(decision.difference_interval),
+            "ratio_interval": list(decision.ratio_interval),
+            "p_value_adjusted": decision.p_value,
+            "p_value_label": _p_label(result),
+            "power": decision.power,
             "comparison": decision.comparison,
             "sequential": decision.sequential,
-            **extras[arm],
         }
     return _json_ready(body)
 
 
-def _print_proportions(result: stats.ExperimentDecision, extras: dict[str, Any]) -> None:
+def _p_label(result: stats.ExperimentDecision) -> str:
+    kind = "always-valid p (mixture SPRT)" if result.sequential else "p (pooled z, two-sided)"
+    return kind + (", Holm-adjusted" if len(result.treatments) > 1 else "")
+
+
+def _pts_label(value: float) -> str:
+    return "n/a" if not math.isfinite(value) else f"{100 * value:+.2f} pts"
+
+
+def _ratio_pct(value: float) -> str:
+    if value is None or math.isnan(value):
+        return "n/a"
+    return "∞" if math.isinf(value) else f"{100 * value:.1f}%"
+
+
+def _print_proportions(result: stats.ExperimentDecision) -> None:
     arms = [("control", result.control)] + [
         (arm, d.comparison.treatment) for arm, d in result.treatments.items()
     ]
@@ -198,51 +250,37 @@ def _print_proportions(result: stats.ExperimentDecision, extras: dict[str, Any])
         ["arm", "exports/starts", "rate", f"{level} CI (Wilson)"],
     )
     names = list(result.treatments)
-    k = len(names)
     rows: list[dict[str, str]] = []
 
     def add(label: str, values: list[str]) -> None:
         rows.append({"": label, **dict(zip(names, values, strict=True))})
 
     decisions = list(result.treatments.values())
-    comps = [d.comparison for d in decisions]
-    add("difference", [f"{100 * c.difference:+.2f} pts" if math.isfinite(c.difference)
-                       else "n/a" for c in comps])  # fmt: skip
-    add(
-        f"{level} CI (pts)",
-        [_interval(c.difference_ci_low, c.difference_ci_high, _pts) for c in comps],
-    )
-    add("ratio treatment/control", [_pct(c.ratio, 1) for c in comps])
-    add(
-        f"{level} CI of ratio",
-        [_interval(c.ratio_ci_low, c.ratio_ci_high, lambda v: _pct(v, 1)) for c in comps],
-    )
-    add("p-value", [_num(c.p_value) for c in comps])
-    if result.sequential:
-        seqs = [d.sequential for d in decisions]
-        seq_level = f"{100 * (1 - result.alpha / k):g}%"
-        add(f"always-valid {seq_level} CI (pts)", [
-            _interval(s.difference_ci_low, s.difference_ci_high, _pts) if s else "n/a"
-            for s in seqs
-        ])  # fmt: skip
-        add(f"always-valid {seq_level} CI of ratio", [
-            _interval(s.ratio_ci_low, s.ratio_ci_high, lambda v: _pct(v, 1)) if s else "n/a"
-            for s in seqs
-        ])  # fmt: skip
-        add("always-valid p", [_num(s.p_value) if s else "n/a" for s in seqs])
-    if k > 1:
-        add("p-value (Holm)" if not result.sequential else "always-valid p (Holm)",
-            [_num(d.p_value) for d in decisions])  # fmt: skip
-        add(f"CI decided on (alpha/{k}, pts)", [_interval(*d.interval, _pts) for d in decisions])
-    if result.margin is not None and not result.sequential:
-        ni = [extras[arm].get("non_inferiority") for arm in names]
-        eq = [extras[arm].get("equivalence") for arm in names]
-        add(f"non-inferior at {100 * result.margin:+.2f} pts",
-            [f"{'yes' if r.non_inferior else 'no'} (p = {_num(r.p_value)})" if r else "n/a"
-             for r in ni])  # fmt: skip
-        add(f"equivalent within +-{100 * abs(result.margin):.2f} pts",
-            [f"{'yes' if r.equivalent else 'no'} (TOST p = {_num(r.p_value)})" if r else "n/a"
-             for r in eq])  # fmt: skip
+    k = len(names)
+    kind = "always-valid " if result.sequential else ""
+    ci = f"{kind}{100 * (1 - result.alpha / k):.4g}% CI"
+    add("difference (pts)", [_pts_label(d.comparison.difference) for d in decisions])
+    add(f"{ci} of the difference (pts, Newcombe)",
+        [_interval(*d.difference_interval, _pts) for d in decisions])  # fmt: skip
+    add("ratio treatment/control (%)", [_ratio_pct(d.comparison.ratio) for d in decisions])
+    add(f"{ci} of the ratio (%, MOVER-R)",
+        [_interval(*d.ratio_interval, _ratio_pct) for d in decisions])  # fmt: skip
+    add(_p_label(result), [_num(d.p_value) for d in decisions])
+    margin = result.margin
+    if margin is not None:
+        if margin.scale == stats.RELATIVE:
+            ni_label = f"non-inferior at {margin.label} (lower bound > {_ratio_pct(margin.bound)})"
+        else:
+            ni_label = f"non-inferior at {margin.label} (lower bound > {_pts(margin.bound)})"
+        add(ni_label, ["yes" if d.interval[0] > margin.bound else "no" for d in decisions])
+        low, high = margin.equivalence_bounds
+        add(f"equivalent within ±{abs(margin.value) * 100:.4g}"
+            + ("%" if margin.scale == stats.RELATIVE else " pts"),
+            ["yes" if low < d.interval[0] and d.interval[1] < high else "no"
+             for d in decisions])  # fmt: skip
+    add("decided on", [d.interval_label for d in decisions])
+    add("power reached", [_power_text(d.power) for d in decisions])
+    add("projects per arm still needed", [_needed_text(d) for d in decisions])
     add("decision", [d.decision for d in decisions])
     print_table("Treatment versus control", rows, ["", *names])
     if result.srm is not None:
@@ -251,6 +289,12 @@ def _print_proportions(result: stats.ExperimentDecision, extras: dict[str, Any])
             console.print(f"[bold red]SRM:[/] {srm.message}", highlight=False)
         else:
             console.print(f"SRM check: p = {_num(srm.p_value)} (no mismatch)", highlight=False)
+    if margin is not None:
+        console.print(
+            f"Margin {margin.label}: non-inferiority is one-sided at alpha/2 = "
+            f"{result.alpha / 2 / k:g}, read from the two-sided {ci} above.",
+            highlight=False,
+        )
     for arm, d in result.treatments.items():
         for note in d.notes:
             console.print(f"{arm}: {note}", highlight=False)
@@ -258,29 +302,56 @@ def _print_proportions(result: stats.ExperimentDecision, extras: dict[str, Any])
         console.print(note, highlight=False)
 
 
+def _power_text(check: stats.PowerCheck | None) -> str:
+    if check is None:
+        return "n/a"
+    what = "margin" if check.kind == "non-inferiority" else "change"
+    return f"{100 * check.power:.1f}% ({what} {check.effect_label})"
+
+
+def _needed_text(decision: stats.TreatmentDecision) -> str:
+    check = decision.power
+    if check is None:
+        return "n/a"
+    if decision.decision in (stats.TREATMENT_BETTER, stats.TREATMENT_WORSE):
+        return "0 (decided)"
+    if not check.more_per_arm:
+        return "0"
+    days = f" (about {check.days_more:.0f} days)" if check.days_more is not None else ""
+    return f"{check.more_per_arm}{days}"
+
+
 @stats_app.command("power")
 def power(
     baseline: float = typer.Option(..., "--baseline", help="Control completion rate, e.g. 0.93."),
-    mde: float | None = typer.Option(
-        None, "--mde", help="Minimum detectable absolute difference, e.g. 0.01 = one point."
-    ),
-    margin: float | None = typer.Option(
+    mde: str | None = typer.Option(
         None,
-        "--margin",
-        help="Plan a non-inferiority test instead: margin < 0 on the difference (e.g. -0.01).",
+        "--mde",
+        help="Change to detect: '5%' (relative; a bare number is a relative fraction) or "
+        "'1pts' (absolute); a minus sign for a drop.",
+    ),
+    margin: str | None = typer.Option(
+        None, "--margin", help="Plan a non-inferiority test instead. " + MARGIN_HELP
     ),
     expected: float = typer.Option(
-        0.0, "--expected", help="With --margin: the true difference you expect (default 0)."
+        0.0,
+        "--expected",
+        help="With an absolute --margin and a fixed design: the true difference you expect.",
     ),
     alpha: float = typer.Option(stats.DEFAULT_ALPHA, "--alpha", help="Two-sided level."),
     target_power: float = typer.Option(0.8, "--power", help="Wanted power, e.g. 0.8."),
     ratio: float = typer.Option(1.0, "--ratio", help="Treatment size / control size."),
+    sequential: bool = typer.Option(
+        False,
+        "--sequential",
+        help="Size the always-valid sequential test (what experiments decide with by default).",
+    ),
     daily_projects: float | None = typer.Option(
         None, "--daily-projects", help="Projects per day, all arms together: days needed."
     ),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Projects per arm needed to detect a difference of MDE (or to show non-inferiority)."""
+    """Projects per arm for the deciding test to detect MDE (or to show non-inferiority)."""
     _check_alpha(alpha)
     for name, value in (("baseline", baseline), ("power", target_power)):
         if not 0 < value < 1:
@@ -291,27 +362,43 @@ def power(
         fail(f"ratio: must be a positive number, got {ratio}")
     if daily_projects is not None and not daily_projects > 0:
         fail(f"daily-projects: must be positive, got {daily_projects}")
+    design = "sequential design" if sequential else "fixed horizon"
     if mde is not None:
-        if mde == 0 or not math.isfinite(mde):
-            fail(f"mde: must be a non-zero absolute difference, got {mde}")
-        if not 0 < baseline + mde < 1:
-            fail(f"mde: baseline + mde = {baseline + mde:g} is not a rate between 0 and 1")
-        plan = stats.sample_size(baseline, mde, alpha, target_power, ratio, daily_projects)
-        title = f"Sample size to detect {100 * mde:+.2f} pts"
+        value, scale, label = _signed_effect(mde)
+        if value == 0:
+            fail(f"mde: must be a non-zero change, got {mde}")
+        absolute = value if scale == stats.ABSOLUTE else baseline * value
+        if not 0 < baseline + absolute < 1:
+            fail(f"mde: baseline + mde = {baseline + absolute:g} is not a rate between 0 and 1")
+        plan = stats.plan(
+            baseline, value, scale=scale, alpha=alpha, power=target_power,
+            ratio=ratio, sequential=sequential, daily_projects=daily_projects,
+        )  # fmt: skip
+        title = f"Sample size to detect {label} ({design})"
     else:
-        assert margin is not None
-        if not math.isfinite(margin) or margin >= 0:
+        parsed = _margin(margin)
+        assert parsed is not None
+        if parsed.value == 0:
             fail(f"margin: must be below 0 (how much worse is acceptable), got {margin}")
-        if not expected > margin:
-            fail(f"expected: {expected} must be above the margin {margin}")
-        if not 0 < baseline + expected < 1:
-            fail(f"expected: baseline + expected = {baseline + expected:g} is not a rate in (0, 1)")
-        plan = stats.non_inferiority_sample_size(
-            baseline, margin, expected, alpha, target_power, ratio, daily_projects
-        )
-        title = f"Sample size to show non-inferiority at {100 * margin:+.2f} pts"
+        if expected != 0:
+            if parsed.scale != stats.ABSOLUTE or sequential:
+                fail("expected: only with an absolute margin ('-1pts') and a fixed design")
+            if not expected > parsed.value:
+                fail(f"expected: {expected} must be above the margin {parsed.value}")
+            if not 0 < baseline + expected < 1:
+                fail(f"expected: baseline + expected = {baseline + expected:g} is not a rate")
+            plan = stats.non_inferiority_sample_size(
+                baseline, parsed.value, expected, alpha, target_power, ratio, daily_projects
+            )
+        else:
+            plan = stats.plan(
+                baseline, parsed.value, scale=parsed.scale, kind="non-inferiority", alpha=alpha,
+                power=target_power, ratio=ratio, sequential=sequential,
+                daily_projects=daily_projects,
+            )  # fmt: skip
+        title = f"Sample size to show non-inferiority at {parsed.label} ({design})"
     if as_json:
-        print_json(_json_ready(plan))
+        print_json({**_json_ready(plan), "sequential": sequential, "title": title})
         return
     row = {
         "baseline": _pct(plan.baseline),
@@ -325,6 +412,15 @@ def power(
         row["days"] = str(plan.days_needed)
         columns.append("days")
     print_table(f"{title} (alpha {alpha:g}, power {target_power:g})", [row], columns)
+
+
+def _signed_effect(text: str) -> tuple[float, str, str]:
+    """'5%' / '-5%' / 0.05 relative, '1pts' absolute -> (signed value, scale, label)."""
+    raw = text.strip()
+    parsed = _effect("mde", raw.lstrip("+-"))
+    value = parsed.value if raw.startswith("-") else -parsed.value
+    unit = "% relative" if parsed.scale == stats.RELATIVE else " pts"
+    return value, parsed.scale, f"{100 * value:+.4g}{unit}"
 
 
 def register(app: typer.Typer) -> None:

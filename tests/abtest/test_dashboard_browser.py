@@ -95,8 +95,10 @@ def test_dashboard_in_headless_chromium(server_url):
             assert panel.locator("tr.arm .rate").first.inner_text().endswith("%")
             assert panel.locator(".decision").inner_text() in {
                 "inconclusive", "non-inferior", "equivalent", "treatment worse",
-                "treatment better",
+                "treatment better", "underpowered",
             }  # fmt: skip
+            assert panel.locator("ul.power li").count() == 1
+            assert panel.locator("table.guardrails tr").count() == 3
             badge = panel.locator(".badge.srm")
             assert badge.inner_text() == "SRM ok"
             assert "srm-ok" in badge.get_attribute("class")

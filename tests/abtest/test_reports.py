@@ -39,24 +39,31 @@ def run(engine, as_of=LAST_DAY, key="exp"):
         return reporting.run_report(session, key, as_of)
 
 
+CLOSED = LAST_DAY + timedelta(days=2)  # every project's 24 h export window has closed
+
+
 def test_report_numbers_and_shape(engine, seeded):
     _, truth = seeded
-    report, stored = run(engine)
+    report, stored = run(engine, CLOSED)
     json.dumps(report, allow_nan=False)  # strictly JSON: no NaN or infinity
     arms = {a["name"]: (a["exports"], a["starts"]) for a in report["arms"]}
     assert arms == truth
+    assert all(a["pending"] == 0 for a in report["arms"])
     (exports_c, starts_c), (exports_t, starts_t) = truth["control"], truth["treatment"]
     expected = stats.compare(exports_c, starts_c, exports_t, starts_t, 0.05)
     (comparison,) = report["comparisons"]
     assert comparison["difference"] == pytest.approx(expected.difference, abs=1e-12)
-    assert comparison["p_value"] == pytest.approx(expected.p_value, abs=1e-12)
     assert comparison["decision"] in stats.DECISIONS
-    assert comparison["sequential"]["looks"] == 4
-    # The always-valid interval is wider than the fixed-horizon one.
+    assert comparison["scale"] == "relative" and report["margin"]["label"] == "-5% relative"
+    assert comparison["decision_interval"] == comparison["sequential"]["ratio_ci"]
+    assert "always-valid" in comparison["decision_interval_label"]
+    assert comparison["sequential"]["looks"] == 1
+    # The always-valid interval is wider than the fixed-horizon one (Newcombe at z = 1.96).
+    low, high = stats.newcombe_difference(exports_c, starts_c, exports_t, starts_t, 1.96)
     seq_low, seq_high = comparison["sequential"]["difference_ci"]
-    assert seq_low < comparison["difference_ci"][0] and seq_high > comparison["difference_ci"][1]
+    assert seq_low < low and seq_high > high
     assert report["decision"] == comparison["decision"] == stored.decision
-    assert report["as_of"] == LAST_DAY.isoformat() and not report["srm"]["flagged"]
+    assert report["as_of"] == CLOSED.isoformat() and not report["srm"]["flagged"]
     assert [t["day"] for t in report["timeline"]][-1] == LAST_DAY.isoformat()
     last = report["timeline"][-1]
     assert last["arms"]["control"]["starts"] == starts_c
@@ -72,7 +79,43 @@ def test_report_numbers_and_shape(engine, seeded):
     )
     assert platform_starts == starts_c + starts_t
     (power,) = report["power"]
-    assert 0 <= power["power_reached"] <= 1 and power["mde"] == -0.05
+    assert 0 <= power["power_reached"] <= 1 and power["effect"] == -0.05
+    assert power["kind"] == "non-inferiority"
+    labels = report["labels"]
+    assert "pts" in labels["difference"] and "%" in labels["ratio"]
+    assert "mixture SPRT" in labels["p_value"] and "alpha/2" in labels["non_inferiority"]
+
+
+def test_young_projects_are_pending_until_their_window_closes(engine, seeded):
+    _, truth = seeded
+    report, _ = run(engine, LAST_DAY)  # the last two start days are still in their window
+    pending = {a["name"]: a["pending"] for a in report["arms"]}
+    starts = {a["name"]: a["starts"] for a in report["arms"]}
+    assert sum(pending.values()) > 0
+    for arm, (_, total) in truth.items():
+        assert starts[arm] + pending[arm] == total
+    assert any("pending" in note for note in report["notes"])
+    assert "pending" in reports.render_markdown(report)
+
+
+def test_reading_twice_gives_identical_numbers(engine, seeded):
+    first, _ = run(engine, LAST_DAY - timedelta(days=1))
+    again, _ = run(engine, LAST_DAY - timedelta(days=1))  # now with a stored previous report
+    third, _ = run(engine, LAST_DAY)
+    fourth, _ = run(engine, LAST_DAY)
+    for a, b in ((first, again), (third, fourth)):
+        for part in ("arms", "comparisons", "power", "srm", "horizon", "timeline", "decision"):
+            assert a[part] == b[part], part
+        assert not [c for c in b["callouts"] if c["kind"] == "decision_changed"]
+    assert first["horizon"] == third["horizon"]
+
+
+def test_no_report_for_a_period_before_the_start(engine, seeded):
+    before = (DAY0 - timedelta(days=2)).date()
+    with pytest.raises(Invalid, match="before the experiment started"):
+        run(engine, before)
+    stored = reporting.run_all(engine, as_of=before)
+    assert stored == [] and stored_count(engine) == 0
 
 
 def test_rerunning_a_period_updates_instead_of_duplicating(engine, seeded):
@@ -156,11 +199,12 @@ def test_bad_requests_change_nothing(engine, seeded):
 
 def test_results_frame(engine, seeded):
     _, truth = seeded
-    frame = reporting.results_frame(engine, "exp", LAST_DAY)
+    frame = reporting.results_frame(engine, "exp", CLOSED)
     assert list(frame["arm"]) == ["control", "treatment"]
     assert frame.set_index("arm").loc["treatment", "starts"] == truth["treatment"][1]
     assert frame["decision"].iloc[1] in stats.DECISIONS
-    timeline = reporting.timeline_frame(engine, "exp", LAST_DAY)
+    assert list(frame["pending"]) == [0, 0] and frame["scale"].iloc[1] == "relative"
+    timeline = reporting.timeline_frame(engine, "exp", CLOSED)
     assert len(timeline) == 8 and set(timeline["arm"]) == {"control", "treatment"}
 
 
@@ -250,3 +294,71 @@ def test_scheduler_uses_the_cron_setting(cli):
     assert fields["hour"] == "5" and fields["minute"] == "30" and fields["day_of_week"] == "1"
     result = cli("scheduler", "--once", env={"ABTEST_REPORT_CRON": "every day"})
     assert result.exit_code == 1 and "ABTEST_REPORT_CRON" in result.output
+
+
+def test_ramp_is_checked_per_allocation_period_and_stratified(engine):
+    """A healthy ramp 0.8/0.2 -> 0.5/0.5 with a rising rate: no SRM, no pooled 'winner'."""
+    import random
+
+    from abtest import services
+    from abtest.tables import AllocationPeriod
+
+    seeded = create_experiment(
+        engine, key="ramp", arms=(("control", 0.8), ("treatment", 0.2)), settings={"margin": None}
+    )
+    rng = random.Random(3)
+    rows, assigned = [], []
+    for day, (share, rate) in enumerate([(0.2, 0.3)] * 3 + [(0.5, 0.7)] * 3):
+        for i in range(300):
+            project = f"r{day}-{i}"
+            arm = "treatment" if rng.random() < share else "control"
+            at = DAY0 + timedelta(days=day, minutes=i)
+            assigned.append(assignment(seeded, project, arm, at))
+            rows.append(event(seeded, "start", project, arm, at))
+            if rng.random() < rate:
+                rows.append(event(seeded, "export", project, arm, at + timedelta(minutes=5)))
+    insert(engine, rows, assigned)
+    with db.session_scope(engine) as session:
+        services.update_arm_weights(session, "ramp", {"control": 0.5, "treatment": 0.5})
+        periods = session.scalars(
+            select(AllocationPeriod)
+            .where(AllocationPeriod.experiment_id == seeded.experiment_id)
+            .order_by(AllocationPeriod.version)
+        ).all()
+        assert [p.version for p in periods] == [0, 1]  # recorded at the start and the change
+        periods[0].started_at, periods[1].started_at = DAY0, DAY0 + timedelta(days=3)
+    report, _ = run(engine, (DAY0 + timedelta(days=8)).date(), key="ramp")
+    assert not report["srm"]["flagged"] and len(report["srm"]["periods"]) == 2
+    assert any("stratified" in note for note in report["notes"])
+    (comparison,) = report["comparisons"]
+    assert comparison["decision"] not in ("treatment better", "srm — do not trust")
+    # pooled, the same counts look like a broken split and a better treatment
+    pooled = stats.decide(
+        (report["arms"][0]["exports"], report["arms"][0]["starts"]),
+        [(report["arms"][1]["exports"], report["arms"][1]["starts"])],
+        weights=[0.5, 0.5],
+    )
+    assert pooled.srm.flagged
+    assert "would read: treatment better" in pooled.treatments["treatment"].notes[0]
+
+
+@SQLITE_ONLY
+@pytest.mark.parametrize("kind", ["empty", "zero-start arm", "zero exports"])
+def test_degenerate_experiments_render_in_every_format(engine, kind):
+    seeded = create_experiment(engine, key="odd")
+    if kind == "zero-start arm":
+        insert(engine, [event(seeded, "start", f"z{i}", "control", DAY0) for i in range(5)])
+    if kind == "zero exports":
+        insert(engine, [event(seeded, "start", f"z{i}", ("control", "treatment")[i % 2], DAY0)
+                        for i in range(10)])  # fmt: skip
+    report, _ = run(engine, CLOSED, key="odd")
+    json.dumps(report, allow_nan=False)
+    assert report["comparisons"][0]["decision"] in stats.DECISIONS
+    for fmt in ("md", "html", "json"):
+        assert reports.render(report, fmt)
+    result = runner.invoke(
+        app, ["report", "odd", "--as-of", CLOSED.isoformat(), "--format", "md"],
+        env={"ABTEST_DATABASE_URL": str(engine.url), "COLUMNS": "120"},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "Decision:" in result.output

@@ -31,12 +31,17 @@ def test_list_experiments(client, seeded):
 
 def test_results_with_segments(client, seeded):
     _, truth = seeded
-    response = client.get("/v1/experiments/exp/results", params={"as_of": "2026-11-03"})
+    # data on Nov 1-3: every 24 h export window has closed by the end of Nov 5
+    response = client.get("/v1/experiments/exp/results", params={"as_of": "2026-11-05"})
     assert response.status_code == 200, response.text
     body = response.json()
     assert {a["name"]: (a["exports"], a["starts"]) for a in body["arms"]} == truth
     assert body["comparisons"][0]["decision"] in stats.DECISIONS
-    assert body["margin"] == -0.03 and body["srm"]["flagged"] is False
+    assert body["margin"] == {"value": -0.03, "scale": "relative", "label": "-3% relative"}
+    assert body["srm"]["flagged"] is False
+    again = client.get("/v1/experiments/exp/results", params={"as_of": "2026-11-05"}).json()
+    for part in ("arms", "comparisons", "power", "srm", "horizon", "timeline"):
+        assert again[part] == body[part]
     assert set(body["segments"]) == {"platform", "country", "popularity"}
     only = client.get("/v1/experiments/exp/results", params={"segments": "country"}).json()
     assert set(only["segments"]) == {"country", "popularity"}
@@ -81,3 +86,50 @@ def test_dashboard_lists_experiments_and_panels(client, seeded):
     rate = truth["control"][0] / truth["control"][1]
     assert f"{100 * rate:.2f}%" in html
     assert "SRM ok" in " ".join(html.split())
+
+
+def _empty_and_degenerate(engine):
+    """Experiments with no projects, a zero-start arm and zero-export arms."""
+    from tests.online_data import DAY0, assignment, event, insert
+
+    create_experiment(engine, key="empty")
+    one_sided = create_experiment(engine, key="one-sided")
+    rows = [event(one_sided, "start", f"o{i}", "control", DAY0) for i in range(30)]
+    insert(engine, rows, [assignment(one_sided, f"o{i}", "control") for i in range(30)])
+    nothing = create_experiment(engine, key="no-exports")
+    rows = [
+        event(nothing, "start", f"n{i}", "control" if i % 2 else "treatment", DAY0)
+        for i in range(40)
+    ]
+    insert(engine, rows)
+
+
+@pytest.mark.parametrize("key", ["empty", "one-sided", "no-exports"])
+def test_degenerate_experiments_render_in_the_api(client, seeded, key):
+    engine, _ = seeded
+    _empty_and_degenerate(engine)
+    response = client.get(f"/v1/experiments/{key}/results")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    (comparison,) = body["comparisons"]
+    # 30 starts all in control at weights 0.5/0.5: the SRM check rightly overrides
+    expected = {"empty": "insufficient data", "one-sided": "srm — do not trust"}
+    if key in expected:
+        assert comparison["decision"] == expected[key]
+        if key == "one-sided":
+            assert "insufficient data" in comparison["notes"][0]
+    else:  # 0% in both arms: nothing can be excluded with 20 projects an arm
+        assert comparison["decision"] == "underpowered"
+        assert comparison["difference_ci"][0] is not None
+    html = client.get("/dashboard")
+    assert html.status_code == 200, html.text
+    assert f'data-key="{key}"' in html.text
+
+
+def test_dashboard_shows_what_the_report_shows(client, seeded):
+    response = client.get("/dashboard")
+    html = " ".join(response.text.split())
+    for needle in ("Guardrails", "Segments", "Power (the deciding test", "pts", "% of control",
+                   "Decided on:", "export window", "pending"):  # fmt: skip
+        assert needle in html, needle
+    assert "p (adjusted)" not in html

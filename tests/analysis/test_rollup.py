@@ -201,3 +201,49 @@ def test_periods_the_rollup_cannot_answer_fall_back_to_the_event_scan(engine, se
 def test_bad_attribute_is_refused(engine, seeded):
     with engine.connect() as connection, pytest.raises(ValueError, match="plain identifier"):
         rollup.project_counts(connection, seeded.experiment_id, None, ("x'; drop",))
+
+
+def test_attribution_window_stop_and_pending_agree_on_both_paths(engine, seeded):
+    """Export 1 h after the start: counted; 30 h after: not; start after the stop: left out;
+    start less than 24 h before the cut-off: pending. Event scan and rollup agree."""
+    from analysis.queries import Attribution, experiments
+
+    d = DAY0
+    insert(
+        engine,
+        [
+            event(seeded, "start", "quick", "control", d),
+            event(seeded, "export", "quick", "control", d + timedelta(hours=1)),
+            event(seeded, "start", "late", "treatment", d),
+            event(seeded, "export", "late", "treatment", d + timedelta(hours=30)),
+            event(seeded, "start", "after-stop", "control", d + timedelta(days=2, hours=1)),
+            event(seeded, "start", "young", "treatment", d + timedelta(days=2, minutes=10)),
+            event(seeded, "export", "young", "treatment", d + timedelta(days=2, minutes=20)),
+        ],
+    )
+    stopped = d + timedelta(days=2, minutes=30)
+    with engine.begin() as connection:
+        connection.execute(
+            sa.update(experiments)
+            .where(experiments.c.id == seeded.experiment_id)
+            .values(stopped_at=stopped)
+        )
+    refresh(engine, seeded)
+    until = d + timedelta(days=3)
+    mature = until - timedelta(hours=24)
+    with engine.connect() as connection:
+        scan = queries.project_counts(
+            connection, seeded.experiment_id, until, ATTRIBUTES,
+            attribution=Attribution(24.0, stopped, mature),
+        )  # fmt: skip
+        rolled = rollup.project_counts(
+            connection, seeded.experiment_id, until, ATTRIBUTES, mature_before=mature
+        )
+    for result in (scan, rolled):
+        per_arm = {}
+        for day in result.daily:
+            starts, exports = per_arm.get(day.arm_id, (0, 0))
+            per_arm[day.arm_id] = (starts + day.starts, exports + day.exports)
+        assert per_arm == {seeded.arm_ids["control"]: (1, 1), seeded.arm_ids["treatment"]: (1, 0)}
+        assert result.pending == {seeded.arm_ids["treatment"]: 1}
+    assert scan.daily == rolled.daily and scan.segments == rolled.segments

@@ -18,6 +18,7 @@ from analysis.stats import (
     non_inferiority_sample_size,
     sample_size,
     sequential_bounds,
+    sequential_intervals,
     wilson_interval,
     z_test_p_value,
 )
@@ -162,8 +163,7 @@ def test_vectorised_core_is_what_the_public_api_computes():
     starts = rng.poisson(DAILY_PER_ARM, size=(2, 40, DAYS))
     exports = rng.binomial(starts, BASELINE)
     xc, nc, xt, nt = (np.cumsum(a, axis=-1) for a in (exports[0], starts[0], exports[1], starts[1]))
-    diff, var = difference_stats(xc, nc, xt, nt)
-    low, high, p = sequential_bounds(diff, var, np.minimum(nc, nt), DAYS * DAILY_PER_ARM, ALPHA)
+    low, high, _, _, p = sequential_intervals(xc, nc, xt, nt, DAYS * DAILY_PER_ARM, ALPHA)
     naive = fixed_horizon_significant(xc, nc, xt, nt, ALPHA)
     for i in range(40):
         path = sequential_path(exports[0, i], starts[0, i], exports[1, i], starts[1, i],
