@@ -329,6 +329,14 @@ def _validate_settings(settings: dict[str, Any]) -> dict[str, Any]:
     merged = {**DEFAULT_TEST_SETTINGS, **settings}
     if not 0 < float(merged["alpha"]) < 0.5:
         raise Invalid("settings.alpha", "must be between 0 and 0.5")
+    if isinstance(merged["margin"], int | float) and not isinstance(merged["margin"], bool):
+        # A bare number meant absolute points before margins became relative by default;
+        # guessing either way could flip a verdict, so the unit must be spelled out.
+        raise Invalid(
+            "settings.margin",
+            f"give the unit: '{100 * merged['margin']:g}pts' (absolute points) or "
+            f"'{100 * merged['margin']:g}%' (relative)",
+        )
     try:
         if merged["margin"] is not None:  # None: superiority only, no margin
             stats.parse_margin(merged["margin"])

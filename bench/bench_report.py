@@ -99,7 +99,7 @@ def generate(engine: sa.Engine, projects: int) -> queries.ExperimentInfo:
                 services.ArmSpec("control", "teacher", 0.5, control=True),
                 services.ArmSpec("treatment", "student", 0.5),
             ],
-            settings={"margin": -0.01},
+            settings={"margin": "-1pts"},
         )
         experiment = services.create_experiment(session, spec)
         services.start_experiment(session, KEY)

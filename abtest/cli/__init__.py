@@ -15,6 +15,7 @@ from abtest.cli import (
     serving_cmds,
     variants,
 )
+from abtest.settings import get_settings
 
 app = typer.Typer(
     name="abtest",
@@ -23,6 +24,14 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+@app.callback()
+def _read_settings_afresh() -> None:
+    """Each invocation reads its own environment (an in-process caller may have changed it)."""
+    get_settings.cache_clear()
+
+
 core.register(app)
 app.add_typer(variants.app, name="variants")
 app.add_typer(experiments.app, name="experiments")

@@ -3,6 +3,8 @@
 - `allocation_periods` records the weights of a started experiment from each weight change on
   (one row at the start, one per change), so the analysis checks the sample ratio per period and
   estimates the effect stratified by period instead of pooling periods with different splits.
+- A stored numeric `settings.margin` meant absolute points; margins are now relative unless
+  written in points, so numbers are rewritten as "Npts" strings with the same meaning.
 
 Revision ID: 0007_decisions
 Revises: 0005_routing_hot_path
@@ -16,12 +18,26 @@ from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
 
 revision: str = "0007_decisions"
-down_revision: str | None = "0005_routing_hot_path"
+down_revision: str | None = "0006_gate_integrity"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
+def _margins_as_points() -> None:
+    experiments = sa.table("experiments", sa.column("id"), sa.column("settings", sa.JSON()))
+    connection = op.get_bind()
+    for row in connection.execute(sa.select(experiments.c.id, experiments.c.settings)):
+        settings = dict(row.settings or {})
+        margin = settings.get("margin")
+        if isinstance(margin, int | float) and not isinstance(margin, bool):
+            settings["margin"] = f"{100 * margin:g}pts"
+            connection.execute(
+                experiments.update().where(experiments.c.id == row.id).values(settings=settings)
+            )
+
+
 def upgrade() -> None:
+    _margins_as_points()
     op.create_table(
         "allocation_periods",
         sa.Column("id", sa.Integer(), nullable=False),

@@ -51,7 +51,7 @@ def _free_port() -> int:
 @pytest.fixture
 def server_url(settings):
     engine = db.get_engine(settings.database_url)
-    balanced = create_experiment(engine, key="student-vs-teacher", settings={"margin": -0.05})
+    balanced = create_experiment(engine, key="student-vs-teacher", settings={"margin": "-5%"})
     simulate(engine, balanced, {"control": 0.9, "treatment": 0.88}, 60, 3)
     skewed = create_experiment(engine, key="broken-split")
     simulate(

@@ -62,6 +62,10 @@ def test_bad_decision_settings_name_the_field(engine, settings, field):
         assert session.scalar(select(Experiment).where(Experiment.key == "bad")) is None
 
 
-def test_margin_strings_and_numbers_are_accepted(engine):
-    for i, margin in enumerate(("-2%", "-1pts", -0.02, None)):
+def test_margin_strings_are_accepted_and_bare_numbers_refused(engine):
+    for i, margin in enumerate(("-2%", "-1pts", None)):
         create_experiment(engine, key=f"m{i}", settings={"margin": margin})
+    # A bare number meant points before margins became relative: it must name its unit.
+    with pytest.raises(Invalid, match="'-2pts' .* or '-2%'") as info:
+        create_experiment(engine, key="bare", settings={"margin": -0.02})
+    assert info.value.field == "settings.margin"

@@ -41,3 +41,41 @@ def test_database_behind_head_is_refused(empty_engine):
 
 def test_single_head():
     assert db.head_revision()
+
+
+def test_stored_numeric_margins_keep_their_meaning_in_points(empty_engine):
+    """Before 0007 a numeric margin was absolute; the upgrade spells it as points."""
+    db.upgrade(empty_engine, "0006_gate_integrity")
+    columns = ("key", "seed", "status", "coverage", "namespace_start", "namespace_end")
+    experiments = sa.table(
+        "experiments",
+        *map(sa.column, columns),
+        sa.column("settings", sa.JSON()),
+        sa.column("description"),
+        sa.column("created_at"),
+    )
+    with empty_engine.begin() as connection:
+        for key, settings in (
+            ("old", {"margin": -0.01, "alpha": 0.05}),
+            ("text", {"margin": "-2%"}),
+        ):
+            connection.execute(
+                experiments.insert().values(
+                    key=key,
+                    seed=key,
+                    status="draft",
+                    coverage=1.0,
+                    namespace_start=0.0,
+                    namespace_end=1.0,
+                    settings=settings,
+                    description="",
+                    created_at=sa.func.now(),
+                )
+            )
+    db.upgrade(empty_engine)
+    with empty_engine.connect() as connection:
+        stored = dict(
+            connection.execute(sa.select(experiments.c.key, experiments.c.settings)).all()
+        )
+    assert stored["old"] == {"margin": "-1pts", "alpha": 0.05}
+    assert stored["text"] == {"margin": "-2%"}

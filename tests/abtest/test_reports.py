@@ -24,7 +24,7 @@ runner = CliRunner()
 
 @pytest.fixture
 def seeded(engine):
-    seeded = create_experiment(engine, settings={"margin": -0.05})
+    seeded = create_experiment(engine, settings={"margin": "-5%"})
     truth = simulate(engine, seeded, {"control": 0.9, "treatment": 0.9}, 80, 4, seed=5)
     return seeded, truth
 

@@ -12,7 +12,7 @@ from tests.online_data import create_experiment, simulate
 @pytest.fixture
 def seeded(settings):
     engine = db.get_engine(settings.database_url)
-    seeded = create_experiment(engine, settings={"margin": -0.03})
+    seeded = create_experiment(engine, settings={"margin": "-3%"})
     truth = simulate(engine, seeded, {"control": 0.85, "treatment": 0.8}, 60, 3, seed=2)
     return engine, truth
 
