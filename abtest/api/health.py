@@ -25,7 +25,9 @@ def readyz(state: AppState = Depends(app_state)) -> JSONResponse:
     instance is reported not ready so that a load balancer prefers healthy ones.
     """
     router = state.extras.get("router")
-    spool_depth = router.spool.depth if router is not None and router.spool is not None else 0
+    spool = router.spool if router is not None else None
+    spool_depth = spool.depth if spool is not None else 0
+    dead_letters = spool.dead_letters if spool is not None else 0
     try:
         with state.engine.connect() as connection:
             connection.execute(text("SELECT 1"))
@@ -37,6 +39,9 @@ def readyz(state: AppState = Depends(app_state)) -> JSONResponse:
                 "status": "unavailable",
                 "detail": [{"loc": ["database"], "msg": reason, "type": "Unavailable"}],
                 "spool_depth": spool_depth,
+                "dead_letters": dead_letters,
             },
         )
-    return JSONResponse({"status": "ready", "spool_depth": spool_depth})
+    return JSONResponse(
+        {"status": "ready", "spool_depth": spool_depth, "dead_letters": dead_letters}
+    )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -15,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from abtest.api.deps import AppState, app_state, authorize, request_api_key, require_role
 from abtest.errors import Conflict, Invalid, NotFound, ServiceError
 from abtest.runtime import get_router
+from routing.events import json_problem
 from routing.router import Router, RoutingError
 
 router = APIRouter(tags=["serving"])
@@ -26,19 +26,15 @@ LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 
 
 def _no_nul(value: Any, path: str = "value") -> Any:
-    """PostgreSQL cannot store NUL characters in text or JSON: refuse them up front."""
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise ValueError(f"{path} contains a NUL character")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _no_nul(key, path)
-            _no_nul(item, f"{path}.{key}")
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            _no_nul(item, f"{path}.{index}")
-    elif isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"{path} must be a finite number")
+    """Refuse up front what PostgreSQL cannot store (NUL characters, lone surrogates,
+    NaN/Infinity, JSON nested too deep), so that a request is either stored (or spooled) or a
+    422 naming the field: never a 500, never a spooled row that replay cannot store."""
+    if isinstance(value, list) and value and isinstance(value[0], BaseModel):
+        return value  # nested models check their own fields
+    found = json_problem(value, path)
+    if found is not None:
+        where, reason = found
+        raise ValueError(reason if where == path else f"{where.removeprefix(path + '.')} {reason}")
     return value
 
 

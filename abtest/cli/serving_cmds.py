@@ -120,7 +120,7 @@ def spool_replay(
     engine = common.engine()
     spool = EventSpool(settings.spool_dir)
     writer = EventWriter(engine, TABLES, spool)
-    before = spool.depth
+    before, dead_before = spool.depth, spool.dead_letters
     try:
         replayed = replay_spool(writer, spool)
         fixed = writer.reconcile_all() if reconcile else 0
@@ -130,20 +130,49 @@ def spool_replay(
         raise
     finally:
         spool.close()
+    buried = spool.dead_letters - dead_before
     common.console.print(
-        f"replayed {replayed} of {before} spooled entries into the database; "
+        f"replayed {replayed - buried} of {before} spooled entries into the database; "
         f"reconciled {fixed} orphan events"
     )
+    if buried:
+        common.err_console.print(
+            f"[yellow]warning:[/] the database refused {buried} entries: moved to the dead "
+            "letters (`abtest spool dead-letters`)"
+        )
 
 
 @spool_app.command("status")
-def spool_status() -> None:
-    """How many entries wait in the spool."""
+def spool_status(as_json: bool = common.JSON_OPTION) -> None:
+    """How many entries wait in the spool, and how many the database refused (dead letters)."""
     from routing.events import EventSpool
 
     spool = EventSpool(common.settings().spool_dir)
-    common.console.print(f"{spool.depth} entries in {spool.path}")
+    status = {"path": str(spool.path), "depth": spool.depth, "dead_letters": spool.dead_letters}
     spool.close()
+    if as_json:
+        common.print_json(status)
+        return
+    common.console.print(
+        f"{status['depth']} entries in {status['path']}; {status['dead_letters']} dead letters"
+    )
+
+
+@spool_app.command("dead-letters")
+def spool_dead_letters(
+    limit: int = typer.Option(100, min=1, help="At most this many, oldest first."),
+    as_json: bool = common.JSON_OPTION,
+) -> None:
+    """Spooled entries the database refused at replay, with its error (kept, never lost)."""
+    from routing.events import EventSpool
+
+    spool = EventSpool(common.settings().spool_dir)
+    letters = spool.dead_letter_entries(limit)
+    spool.close()
+    if as_json:
+        common.print_json(letters)
+    else:
+        common.print_table("dead letters", letters, ["id", "kind", "failed_at", "error"])
 
 
 def register(app: typer.Typer) -> None:
