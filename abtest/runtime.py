@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine
 
 from abtest.arms import build_variant_arm
+from abtest.db import bounded_postgres
 from abtest.settings import Settings
 from abtest.tables import Assignment, Event, Experiment, ExperimentArm, Variant
 from models.arms.base import Arm
@@ -106,13 +107,17 @@ def build_router(
     spool = EventSpool(settings.spool_dir)
     writer = EventWriter(engine, TABLES, spool)
     catalog = ExperimentCatalog(lambda: load_experiments(engine, TABLES), 1.0, executor)
+    bounded = bounded_postgres(settings.db_connect_timeout_s, settings.db_statement_timeout_s)
     gateway = (
         PostgresGateway(
             writer,
             executor,
+            connect_timeout_s=settings.db_connect_timeout_s,
             max_in_flight=settings.commit_in_flight,
             max_batch=settings.commit_batch_size,
             eager_batch=settings.commit_eager_batch or None,
+            connection_class=bounded.async_connection_class,
+            connect_params={k: v for k, v in bounded.params.items() if k != "connect_timeout"},
         )
         if writer.postgres
         else DatabaseGateway(writer, executor)
@@ -132,7 +137,9 @@ def build_router(
         arm_provider(settings, arms, response_cache(settings)),
         writer,
         spool=spool,
-        config=RouterConfig(timeout_s=settings.arm_timeout_s),
+        config=RouterConfig(
+            timeout_s=settings.arm_timeout_s, deadline_s=settings.request_deadline_s
+        ),
         metrics=metrics,
         executor=executor,
         event_sink=gateway.write_event,
@@ -146,7 +153,7 @@ def get_router(state: AppState) -> Router:
     """The app's router, built on first use."""
     router = state.extras.get("router")
     if router is None:
-        router = build_router(state.settings, state.engine, state.extras.get("arms"))
+        router = build_router(state.settings, state.fast_engine, state.extras.get("arms"))
         state.extras["router"] = router
     return router
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -15,21 +16,44 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from abtest import db
 from abtest.settings import Settings
+from routing.events import is_unavailable
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class AppState:
     settings: Settings
-    engine: Engine
+    engine: Engine  # admin and results requests
     sessions: sessionmaker[Session]
     extras: dict[str, Any] = field(default_factory=dict)
+    serving_engine: Engine | None = None  # routing, events, auth, readiness: tighter bounds
 
     @classmethod
     def build(cls, settings: Settings, *, check_migrated: bool = True) -> AppState:
-        engine = db.get_engine(settings.database_url)
+        """The app's engines (bounded: a down or hung PostgreSQL fails fast, see
+        `db.make_engine`). The migration check needs the database: when it is unreachable
+        the app starts anyway, degraded (events are spooled), and says so in the log."""
+        url = settings.database_url
+        engine = db.get_engine(
+            url, settings.db_connect_timeout_s, settings.db_admin_statement_timeout_s
+        )
+        serving = db.get_engine(url, settings.db_connect_timeout_s, settings.db_statement_timeout_s)
         if check_migrated:
-            db.ensure_migrated(engine)
-        return cls(settings, engine, db.session_factory(engine))
+            try:
+                db.ensure_migrated(serving)
+            except db.DatabaseNotMigrated:
+                raise
+            except Exception as exc:
+                if not is_unavailable(exc):
+                    raise
+                log.warning("database unreachable at start (%s): serving degraded", exc)
+        return cls(settings, engine, db.session_factory(engine), serving_engine=serving)
+
+    @property
+    def fast_engine(self) -> Engine:
+        """The serving path's engine."""
+        return self.serving_engine or self.engine
 
     @asynccontextmanager
     async def lifespan(self, _app: FastAPI) -> AsyncIterator[None]:
@@ -114,7 +138,7 @@ def _role_lookup(state: AppState, cache: Any, key: str) -> asyncio.Task[str | No
         return task
 
     def lookup() -> str | None:
-        with db.session_scope(state.engine) as session:
+        with db.session_scope(state.fast_engine) as session:
             return auth.role_of(session, key)
 
     async def refresh() -> str | None:

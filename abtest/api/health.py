@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
@@ -17,8 +19,13 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+def _ping(state: AppState) -> None:
+    with state.fast_engine.connect() as connection:
+        connection.execute(text("SELECT 1"))
+
+
 @router.get("/readyz")
-def readyz(state: AppState = Depends(app_state)) -> JSONResponse:
+async def readyz(state: AppState = Depends(app_state)) -> JSONResponse:
     """The database answers (503 naming what is down); reports the local spool's depth.
 
     While the database is down the router still answers projects and spools events, but the
@@ -28,11 +35,13 @@ def readyz(state: AppState = Depends(app_state)) -> JSONResponse:
     spool = router.spool if router is not None else None
     spool_depth = spool.depth if spool is not None else 0
     dead_letters = spool.dead_letters if spool is not None else 0
-    try:
-        with state.engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
+    bound = state.settings.db_connect_timeout_s
+    try:  # bounded: a hung database makes this instance not ready, not a hung probe
+        await asyncio.wait_for(asyncio.to_thread(_ping, state), bound)
     except Exception as exc:  # noqa: BLE001 - any failure means not ready
         reason = f"database unreachable: {type(exc).__name__}"
+        if isinstance(exc, TimeoutError):
+            reason = f"database unreachable: no answer within {bound}s"
         return JSONResponse(
             status_code=503,
             content={
