@@ -176,6 +176,10 @@ async def serving_lifespan(state: AppState) -> AsyncIterator[None]:
             await replayer
         await router.replay()
         await close_router(router)
+        roles_redis = state.extras.pop("roles_redis", None)  # bound to this event loop
+        if roles_redis is not None:
+            with contextlib.suppress(Exception):
+                await roles_redis.aclose()
         if state.extras.get("router") is router:
             del state.extras["router"]  # a restarted app builds a fresh one
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
@@ -19,6 +21,7 @@ from abtest.settings import Settings
 from routing.events import is_unavailable
 
 log = logging.getLogger(__name__)
+ROLE_REDIS_TTL_S = 7 * 24 * 3600
 
 
 @dataclass
@@ -106,11 +109,7 @@ async def authorize(state: AppState, key: str | None, roles: tuple[str, ...]) ->
             f"missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>' "
             f"for a key with role {needed}",
         )
-    cache = state.extras.get("role_cache")
-    if cache is None:
-        from abtest import auth
-
-        cache = state.extras["role_cache"] = auth.RoleCache()
+    cache = role_cache(state)
     status, role = cache.peek(key)
     if status != "fresh":
         lookup = _role_lookup(state, cache, key)
@@ -127,9 +126,73 @@ async def authorize(state: AppState, key: str | None, roles: tuple[str, ...]) ->
     return role
 
 
+def role_cache(state: AppState) -> Any:
+    """The app's `auth.RoleCache` (its snapshot of valid keys lives next to the spool)."""
+    cache = state.extras.get("role_cache")
+    if cache is None:
+        from abtest import auth
+
+        snapshot = Path(state.settings.spool_dir) / "roles.json"
+        cache = state.extras["role_cache"] = auth.RoleCache(snapshot=snapshot)
+    return cache
+
+
+def _roles_redis(state: AppState) -> Any:
+    """A Redis client for the shared role cache, or None without Redis."""
+    if not state.settings.redis_url:
+        return None
+    client = state.extras.get("roles_redis")
+    if client is None:
+        from abtest.runtime import redis_client
+
+        client = state.extras["roles_redis"] = redis_client(state.settings.redis_url)
+    return client
+
+
+def _redis_role_key(state: AppState, digest: str) -> str:
+    return f"{state.settings.redis_prefix}role:{digest}"
+
+
+async def _share_role(state: AppState, digest: str, role: str | None) -> None:
+    """Tell the other servers (and a restarted one) what the database said about a key."""
+    client = _roles_redis(state)
+    if client is None:
+        return
+    with contextlib.suppress(Exception):  # Redis down: the database stays the authority
+        if role is None:
+            await client.delete(_redis_role_key(state, digest))
+        else:
+            await client.set(_redis_role_key(state, digest), role, ex=ROLE_REDIS_TTL_S)
+
+
+async def _role_without_database(state: AppState, cache: Any, key: str, digest: str) -> str:
+    """While the database cannot be asked: Redis, then the last known role; else 503."""
+    client = _roles_redis(state)
+    if client is not None:
+        with contextlib.suppress(Exception):
+            shared = await client.get(_redis_role_key(state, digest))
+            if shared:
+                return shared.decode() if isinstance(shared, bytes) else str(shared)
+    known = cache.last_known(key)
+    if known is not None:
+        return known
+    raise HTTPException(
+        status_code=503,
+        detail=[
+            {
+                "loc": ["header", "Authorization"],
+                "msg": "this API key cannot be checked now: the database is unreachable; retry",
+                "type": "Unavailable",
+            }
+        ],
+        headers={"Retry-After": "1"},
+    )
+
+
 def _role_lookup(state: AppState, cache: Any, key: str) -> asyncio.Task[str | None]:
     """The one database lookup of `key`'s role in flight (started if there is none); it
-    refreshes the cache when done."""
+    refreshes the cache when done. When the database is unreachable (or hung past its
+    timeouts) the role comes from Redis or the last known roles (`_role_without_database`)."""
     from abtest import auth
 
     digest = auth.hash_key(key)
@@ -143,8 +206,14 @@ def _role_lookup(state: AppState, cache: Any, key: str) -> asyncio.Task[str | No
 
     async def refresh() -> str | None:
         try:
-            role = await run_in_threadpool(lookup)
+            try:
+                role = await run_in_threadpool(lookup)
+            except Exception as exc:
+                if not is_unavailable(exc):
+                    raise
+                return await _role_without_database(state, cache, key, digest)
             cache.put(key, role)
+            await _share_role(state, digest, role)
             return role
         finally:
             cache.pending.pop(digest, None)
