@@ -17,8 +17,11 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator, Mapping
+import os
+import pickle
+from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
@@ -29,8 +32,8 @@ from abtest.settings import Settings
 from abtest.tables import Assignment, Event, Experiment, ExperimentArm, Variant
 from models.arms.base import Arm
 from models.cache import CachedArm, ResponseCache
-from routing.assignment import ArmDef, CachedStore, LruCache, RedisCache
-from routing.events import EventSpool, EventWriter, RoutingTables
+from routing.assignment import ArmDef, CachedStore, ExperimentDef, LruCache, RedisCache
+from routing.events import EventSpool, EventWriter, RoutingTables, is_unavailable
 from routing.metrics import RouterMetrics
 from routing.pg_gateway import PostgresGateway
 from routing.router import ExperimentCatalog, Router, RouterConfig
@@ -99,6 +102,36 @@ def _variant_view(arm: ArmDef) -> _VariantView:
     return _VariantView(arm)
 
 
+def remembered(
+    load: Callable[[], list[ExperimentDef]], directory: Path
+) -> Callable[[], list[ExperimentDef]]:
+    """`load`, whose last answer is kept in `directory/experiments.pickle`: when the database
+    is unreachable at start (no experiments in memory yet), the server routes with the
+    experiments it last saw and spools their events, instead of refusing every request."""
+    path = Path(directory) / "experiments.pickle"
+    last: list[bytes] = []
+
+    def load_or_recall() -> list[ExperimentDef]:
+        try:
+            experiments = load()
+        except Exception as exc:
+            if not is_unavailable(exc) or not path.exists():
+                raise
+            log.warning("database unreachable: routing with the experiments saved in %s", path)
+            return pickle.loads(path.read_bytes())  # noqa: S301 - written by this server
+        data = pickle.dumps(experiments)
+        if not last or last[0] != data:
+            with contextlib.suppress(OSError):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                partial = path.with_suffix(".tmp")
+                partial.write_bytes(data)
+                os.replace(partial, path)
+            last[:] = [data]
+        return experiments
+
+    return load_or_recall
+
+
 def build_router(
     settings: Settings, engine: Engine, arms: Mapping[str, Arm] | None = None
 ) -> Router:
@@ -106,7 +139,9 @@ def build_router(
     executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="abtest-db")
     spool = EventSpool(settings.spool_dir)
     writer = EventWriter(engine, TABLES, spool)
-    catalog = ExperimentCatalog(lambda: load_experiments(engine, TABLES), 1.0, executor)
+    catalog = ExperimentCatalog(
+        remembered(lambda: load_experiments(engine, TABLES), settings.spool_dir), 1.0, executor
+    )
     bounded = bounded_postgres(settings.db_connect_timeout_s, settings.db_statement_timeout_s)
     gateway = (
         PostgresGateway(

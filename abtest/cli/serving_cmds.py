@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import typer
 
@@ -26,8 +27,6 @@ def serve(
     """Start the API (routing, events, admin, results) with uvicorn."""
     import uvicorn
 
-    from abtest import auth as keys
-    from abtest import db
     from abtest.api import create_app
 
     base = common.settings()
@@ -37,21 +36,18 @@ def serve(
         else (base.auth_enabled if "ABTEST_AUTH_ENABLED" in os.environ else True)
     )
     settings = base.model_copy(update={"auth_enabled": enabled})
-    engine = common.engine()
-    if settings.bootstrap_api_key is not None:
-        with db.session_scope(engine) as session:
-            if keys.ensure_bootstrap_key(session, settings.bootstrap_api_key.get_secret_value()):
-                common.console.print(
-                    "created the bootstrap engineer key from ABTEST_BOOTSTRAP_API_KEY"
-                )
-    if enabled:
-        with db.session_scope(engine) as session:
-            if not keys.list_keys(session):
-                common.err_console.print(
-                    "[yellow]warning:[/] auth is on and no API key exists: create one with "
-                    "`abtest keys create NAME --role app`"
-                )
-    else:
+    try:
+        _check_keys(settings, enabled)
+    except Exception as exc:
+        from routing.events import is_unavailable
+
+        if not is_unavailable(exc):
+            raise
+        common.err_console.print(
+            "[yellow]warning:[/] the database is unreachable: starting degraded (events are "
+            "spooled, API keys checked against Redis and the last known keys)"
+        )
+    if not enabled:
         common.err_console.print("[yellow]warning:[/] auth is OFF: every endpoint is open")
     if workers == 1:
         uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
@@ -65,6 +61,33 @@ def serve(
             workers=workers,
             log_level=log_level,
         )
+
+
+def _check_keys(settings: Any, enabled: bool) -> None:
+    """Create the bootstrap key if configured; warn when auth is on and no key exists."""
+    from abtest import auth as keys
+    from abtest import db
+
+    engine = db.get_engine(
+        settings.database_url, settings.db_connect_timeout_s, settings.db_statement_timeout_s
+    )
+    try:
+        db.ensure_migrated(engine)
+    except db.DatabaseNotMigrated as exc:
+        common.fail(str(exc), 2)
+    if settings.bootstrap_api_key is not None:
+        with db.session_scope(engine) as session:
+            if keys.ensure_bootstrap_key(session, settings.bootstrap_api_key.get_secret_value()):
+                common.console.print(
+                    "created the bootstrap engineer key from ABTEST_BOOTSTRAP_API_KEY"
+                )
+    if enabled:
+        with db.session_scope(engine) as session:
+            if not keys.list_keys(session):
+                common.err_console.print(
+                    "[yellow]warning:[/] auth is on and no API key exists: create one with "
+                    "`abtest keys create NAME --role app`"
+                )
 
 
 @keys_app.command("create")

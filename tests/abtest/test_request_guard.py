@@ -80,15 +80,18 @@ def _raw(c, path, text, key):
     return c.post(path, content=text.encode("utf-8"), headers=headers)
 
 
+EXPORT = '"client_event_id": "a", "type": "export", "project_id": "p"'
+
+
 @pytest.mark.parametrize(
     "event",
     [
-        '{"client_event_id": "a", "type": "export", "project_id": "p", "latency_ms": NaN}',
-        '{"client_event_id": "a", "type": "export", "project_id": "p", "latency_ms": Infinity}',
-        '{"client_event_id": "a", "type": "export", "project_id": "p", "attributes": {"x": NaN}}',
-        '{"client_event_id": "a", "type": "export", "project_id": "p", "attributes": {"k": "\\ud83d"}}',
+        "{" + EXPORT + ', "latency_ms": NaN}',
+        "{" + EXPORT + ', "latency_ms": Infinity}',
+        "{" + EXPORT + ', "attributes": {"x": NaN}}',
+        "{" + EXPORT + ', "attributes": {"k": "\\ud83d"}}',
         '{"client_event_id": "\\ud83d", "type": "export", "project_id": "p"}',
-        '{"client_event_id": "a", "type": "export", "project_id": "p", "intent": "a\\u0000b"}',
+        "{" + EXPORT + ', "intent": "a\\u0000b"}',
     ],
 )
 def test_unstorable_batch_values_are_422(setup, event):
