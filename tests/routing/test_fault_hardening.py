@@ -115,19 +115,22 @@ def test_poison_during_an_outage_loses_nothing_and_is_reported(pg, tmp_path, mon
     engine.dispose()
 
 
-def _pids(postgres) -> list[int]:
-    with open(os.path.join(postgres.data, "postmaster.pid")) as handle:
+def _stop_all(server) -> list[int]:
+    """SIGSTOP the postmaster first (it forks no backend after that), then its children."""
+    with open(os.path.join(server.data, "postmaster.pid")) as handle:
         main = int(handle.readline())
+    os.kill(main, signal.SIGSTOP)
     children = subprocess.run(["pgrep", "-P", str(main)], capture_output=True, text=True)
-    return [main, *map(int, children.stdout.split())]
+    pids = [int(pid) for pid in children.stdout.split()]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    return [main, *pids]
 
 
 @contextlib.contextmanager
-def hung(postgres):
+def hung(server):
     """Every PostgreSQL process stopped (SIGSTOP): connections accept, nothing answers."""
-    pids = _pids(postgres)
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
+    pids = _stop_all(server)
     try:
         yield
     finally:
