@@ -162,6 +162,8 @@ class UnstorableEvent(ValueError):
 
 def text_problem(value: str) -> str | None:
     """Why PostgreSQL would refuse `value` as text or inside JSON, or None."""
+    if "\x00" not in value and value.isascii():
+        return None
     if "\x00" in value:
         return "contains a NUL character"
     try:
@@ -820,9 +822,8 @@ class EventWriter:
         path of the request's group commit (SQLite; on PostgreSQL only batches holding an event
         without an experiment, `routing.pg_gateway` writes the others in one statement). When
         the database is unreachable both are spooled: the assignments come back as None
-        (unconfirmed) and the events as spooled."""
-        for row in rows:
-            check_storable(row)
+        (unconfirmed) and the events as spooled. The rows were checked by the router
+        (`check_storable`); the spool checks them again before it takes them."""
         try:
             references = batch_references(assignments, rows)
             if self.references_unchecked(references):  # before anything is written

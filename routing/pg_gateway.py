@@ -35,7 +35,6 @@ from routing.events import (
     WriteResult,
     _rows_json,
     batch_references,
-    check_storable,
     first_assignment_ctes,
     is_unavailable,
     json_text,
@@ -140,8 +139,6 @@ class PostgresGateway(DatabaseGateway):
                 self._executor, self.writer.write_together, assignments, rows
             )
             return item_outcomes(items, stored, result)
-        for row in rows:
-            check_storable(row)
         references = batch_references(assignments, rows)
         try:
             if self.writer.references_unchecked(references):  # no foreign keys: check once
