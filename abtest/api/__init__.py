@@ -53,7 +53,8 @@ def create_app(settings: Settings | None = None, *, check_migrated: bool = True)
 
     @app.exception_handler(ServiceError)
     async def _service_error(_request: Request, exc: ServiceError) -> JSONResponse:
-        return JSONResponse(status_code=exc.status, content={"detail": exc.as_detail()})
+        detail = safe_errors(exc.as_detail())  # a name from the path is echoed, but short
+        return JSONResponse(status_code=exc.status, content={"detail": detail})
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -157,3 +157,11 @@ def test_docs_are_off_with_auth_unless_public(setup):
         assert c.get("/openapi.json").status_code == 200
     with client(settings, auth_enabled=False) as c:
         assert c.get("/openapi.json").status_code == 200
+
+
+def test_a_long_name_in_the_path_is_not_echoed_in_full(setup):
+    settings, keys = setup
+    with client(settings) as c:
+        response = c.get("/v1/variants/" + "n" * 20_000, headers={"X-API-Key": keys["analyst"]})
+    assert response.status_code in (404, 422)
+    assert len(response.content) < 1000
