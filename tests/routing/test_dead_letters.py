@@ -92,3 +92,29 @@ def test_replay_buries_a_poison_row_and_stores_every_other(postgres_url, tmp_pat
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM events")).scalar() == 28
     engine.dispose()
+
+
+def test_spool_replay_cli_buries_poison_and_reports_it(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from abtest.cli import app as cli
+
+    url = f"sqlite:///{tmp_path / 'abtest.db'}"
+    engine = db.make_engine(url)
+    db.upgrade(engine)
+    exp_id, control, _ = make_experiment(engine, "cli")
+    spool = EventSpool(tmp_path / "spool")
+    rows = [export(f"ev{i}", f"p{i}", exp_id, control) for i in range(4)]
+    rows[1] = export("ev1", "p1", exp_id, control, intent="a\x00b")
+    _force_spool(spool, rows)
+    spool.close()
+    monkeypatch.setenv("ABTEST_DATABASE_URL", url)
+    monkeypatch.setenv("ABTEST_SPOOL_DIR", str(tmp_path / "spool"))
+    runner = CliRunner()
+    replayed = runner.invoke(cli, ["spool", "replay"])
+    assert replayed.exit_code == 0, replayed.output
+    assert "replayed 3 of 4" in replayed.output and "refused 1" in replayed.output
+    status = runner.invoke(cli, ["spool", "status"])
+    assert "0 entries" in status.output and "1 dead letters" in status.output
+    assert set(stored(engine)) == {"ev0", "ev2", "ev3"}
+    engine.dispose()
