@@ -159,6 +159,14 @@ class RoleCache:
             self._last_known[digest] = role
             self._write_snapshot()
 
+    def put_stale(self, key: str, role: str) -> None:
+        """Answer `role` for `key` from now on, as stale (each use starts one background
+        lookup): what the database could not confirm (it is unreachable) is never fresh."""
+        digest = hash_key(key)
+        if digest not in self._valid and len(self._valid) >= self.maxsize:
+            self._valid.pop(next(iter(self._valid)))
+        self._valid[digest] = (role, float("-inf"))
+
     def last_known(self, key: str) -> str | None:
         """The role `key` had when last checked (this process, or the snapshot), however old:
         what a server answers while the database cannot be asked."""

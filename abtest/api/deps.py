@@ -211,7 +211,9 @@ def _role_lookup(state: AppState, cache: Any, key: str) -> asyncio.Task[str | No
             except Exception as exc:
                 if not is_unavailable(exc):
                     raise
-                return await _role_without_database(state, cache, key, digest)
+                role = await _role_without_database(state, cache, key, digest)
+                cache.put_stale(key, role)  # the next requests do not wait for the database
+                return role
             cache.put(key, role)
             await _share_role(state, digest, role)
             return role

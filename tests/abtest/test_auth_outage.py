@@ -85,6 +85,8 @@ def test_a_restarted_server_knows_valid_keys_while_the_database_is_down(
             c.post("/v1/projects", json=PROJECT, headers={"X-API-Key": f"abt_flood{i:040d}"})
         again = c.post("/v1/projects", json={**PROJECT, "project_id": "p3"}, headers=headers)
         assert again.status_code == 200
+        cache = c.app.state.abtest.extras["role_cache"]
+        assert cache.peek(app_key) == ("stale", "app")  # answered without waiting, re-checked
 
 
 def test_redis_shares_roles_with_a_server_that_never_saw_the_key(
