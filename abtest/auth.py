@@ -8,10 +8,14 @@ turns that on unless it is explicitly disabled.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
@@ -102,26 +106,100 @@ class RoleCache:
     at once). Any API-key change bumps the catalog generation and every server clears this
     cache within about a quarter second (`abtest.generation`), so a revoked key stops working
     everywhere within a second.
+
+    Valid keys and refused ones live apart: refused keys (unknown or revoked) go to a bounded
+    LRU of their own, so a flood of random keys evicts only other refused keys, never a valid
+    one. The valid keys seen (their hashes and roles, as the database stores them) are also
+    kept in `snapshot` (a JSON file), so that a server restarted while the database is down
+    still knows them (`last_known`).
     """
 
-    def __init__(self, ttl_s: float = 5.0, maxsize: int = 10_000) -> None:
+    def __init__(
+        self,
+        ttl_s: float = 5.0,
+        maxsize: int = 10_000,
+        refused_maxsize: int = 10_000,
+        snapshot: Path | None = None,
+    ) -> None:
         self.ttl_s = ttl_s
         self.maxsize = maxsize
-        self._data: dict[str, tuple[str | None, float]] = {}
+        self.refused_maxsize = refused_maxsize
+        self.snapshot = snapshot
+        self._valid: dict[str, tuple[str, float]] = {}  # hash -> (role, fresh until)
+        self._refused: OrderedDict[str, float] = OrderedDict()  # hash -> fresh until
+        self._last_known: dict[str, str] = self._read_snapshot()
         self.pending: dict[str, Any] = {}  # key hash -> the lookup in flight (an asyncio task)
 
     def peek(self, key: str) -> tuple[str, str | None]:
         """("fresh" | "stale" | "missing", role)."""
-        entry = self._data.get(hash_key(key))
-        if entry is None:
-            return "missing", None
-        return ("fresh" if entry[1] >= time.monotonic() else "stale"), entry[0]
+        digest = hash_key(key)
+        entry = self._valid.get(digest)
+        if entry is not None:
+            return ("fresh" if entry[1] >= time.monotonic() else "stale"), entry[0]
+        refused = self._refused.get(digest)
+        if refused is not None:
+            return ("fresh" if refused >= time.monotonic() else "stale"), None
+        return "missing", None
 
     def clear(self) -> None:
-        """Forget every role (API keys changed somewhere: `abtest.generation`)."""
-        self._data.clear()
+        """Forget every cached answer (API keys changed somewhere: `abtest.generation`); the
+        last known roles stay for an outage, and a refused lookup drops a key from them."""
+        self._valid.clear()
+        self._refused.clear()
 
     def put(self, key: str, role: str | None) -> None:
-        if len(self._data) >= self.maxsize:
-            self._data.clear()
-        self._data[hash_key(key)] = (role, time.monotonic() + self.ttl_s)
+        digest = hash_key(key)
+        until = time.monotonic() + self.ttl_s
+        if role is None:
+            self._valid.pop(digest, None)
+            self._refused[digest] = until
+            self._refused.move_to_end(digest)
+            while len(self._refused) > self.refused_maxsize:
+                self._refused.popitem(last=False)  # the oldest refused key, never a valid one
+            if self._last_known.pop(digest, None) is not None:
+                self._write_snapshot()
+            return
+        self._refused.pop(digest, None)
+        if digest not in self._valid and len(self._valid) >= self.maxsize:
+            self._valid.pop(next(iter(self._valid)))
+        self._valid[digest] = (role, until)
+        if self._last_known.get(digest) != role:
+            self._last_known[digest] = role
+            self._write_snapshot()
+
+    def put_stale(self, key: str, role: str) -> None:
+        """Answer `role` for `key` from now on, as stale (each use starts one background
+        lookup): what the database could not confirm (it is unreachable) is never fresh."""
+        digest = hash_key(key)
+        if digest not in self._valid and len(self._valid) >= self.maxsize:
+            self._valid.pop(next(iter(self._valid)))
+        self._valid[digest] = (role, float("-inf"))
+
+    def last_known(self, key: str) -> str | None:
+        """The role `key` had when last checked (this process, or the snapshot), however old:
+        what a server answers while the database cannot be asked."""
+        digest = hash_key(key)
+        entry = self._valid.get(digest)
+        return entry[0] if entry is not None else self._last_known.get(digest)
+
+    def _read_snapshot(self) -> dict[str, str]:
+        if self.snapshot is None or not self.snapshot.exists():
+            return {}
+        try:
+            data = json.loads(self.snapshot.read_text())
+        except (OSError, ValueError):
+            return {}
+        return (
+            {k: v for k, v in data.items() if isinstance(v, str)} if isinstance(data, dict) else {}
+        )
+
+    def _write_snapshot(self) -> None:
+        if self.snapshot is None:
+            return
+        try:
+            self.snapshot.parent.mkdir(parents=True, exist_ok=True)
+            partial = self.snapshot.with_suffix(".tmp")
+            partial.write_text(json.dumps(self._last_known))
+            os.replace(partial, self.snapshot)
+        except OSError:  # a read-only disk loses only the restart-during-outage case
+            pass

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -35,7 +36,17 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str, **kwargs: object) -> Engine:
+def make_engine(
+    url: str,
+    *,
+    connect_timeout_s: int | None = None,
+    statement_timeout_s: float | None = None,
+    **kwargs: object,
+) -> Engine:
+    """An engine; on PostgreSQL optionally bounded (`bounded_postgres`): a server that does
+    not accept connections in `connect_timeout_s` or does not answer a statement in
+    `statement_timeout_s` (plus one second, client side, for a hung server) raises an
+    OperationalError (`routing.events.is_unavailable`) instead of blocking the caller."""
     url = normalize_url(url)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False}, **kwargs)
@@ -44,12 +55,77 @@ def make_engine(url: str, **kwargs: object) -> Engine:
     kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
-    return create_engine(url, **kwargs)
+    if connect_timeout_s is None and statement_timeout_s is None:
+        return create_engine(url, **kwargs)
+    if connect_timeout_s is not None:
+        kwargs.setdefault("pool_timeout", connect_timeout_s)  # a pool held by a hung server
+    engine = create_engine(url, **kwargs)
+    bounded = bounded_postgres(connect_timeout_s, statement_timeout_s)
+
+    @event.listens_for(engine, "do_connect")
+    def _connect(_dialect, _record, cargs, cparams):  # noqa: ANN001, ANN202
+        cparams.update(bounded.params)
+        return bounded.connection_class.connect(*cargs, **cparams)
+
+    return engine
 
 
 @lru_cache(maxsize=8)
-def get_engine(url: str) -> Engine:
-    return make_engine(url)
+def get_engine(
+    url: str, connect_timeout_s: int | None = None, statement_timeout_s: float | None = None
+) -> Engine:
+    return make_engine(
+        url, connect_timeout_s=connect_timeout_s, statement_timeout_s=statement_timeout_s
+    )
+
+
+class BoundedPostgres:
+    """psycopg connection classes and libpq parameters for bounded waits (see make_engine)."""
+
+    def __init__(self, connect_timeout_s: int | None, statement_timeout_s: float | None) -> None:
+        import psycopg
+
+        self.params: dict[str, Any] = {}
+        if connect_timeout_s is not None:
+            self.params["connect_timeout"] = max(2, int(connect_timeout_s))  # libpq: >= 2
+        answer_s = None
+        if statement_timeout_s is not None:
+            self.params["options"] = f"-c statement_timeout={int(statement_timeout_s * 1000)}"
+            answer_s = statement_timeout_s + 1.0  # the server's own timeout fires first
+        self.answer_timeout_s = answer_s
+        wait_timeout = getattr(psycopg.errors, "_WaitTimeout", psycopg.OperationalError)
+
+        def no_answer(connection: Any, exc: BaseException) -> psycopg.OperationalError:
+            connection.pgconn.finish()  # mid-statement: the connection cannot be reused
+            return psycopg.OperationalError(
+                f"PostgreSQL did not answer within {answer_s:g}s (hung or unreachable)"
+            )
+
+        class Connection(psycopg.Connection):
+            def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+                try:
+                    return super().wait(gen, interval, timeout if timeout else answer_s)
+                except wait_timeout as exc:
+                    raise no_answer(self, exc) from exc
+
+        class AsyncConnection(psycopg.AsyncConnection):
+            async def wait(
+                self, gen: Any, interval: float = 0.1, timeout: float | None = None
+            ) -> Any:
+                try:
+                    return await super().wait(gen, interval, timeout if timeout else answer_s)
+                except wait_timeout as exc:
+                    raise no_answer(self, exc) from exc
+
+        self.connection_class = Connection
+        self.async_connection_class = AsyncConnection
+
+
+@lru_cache(maxsize=16)
+def bounded_postgres(
+    connect_timeout_s: int | None, statement_timeout_s: float | None
+) -> BoundedPostgres:
+    return BoundedPostgres(connect_timeout_s, statement_timeout_s)
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -18,20 +18,24 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator, Mapping
+import os
+import pickle
+from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
 from abtest import generation
 from abtest.arms import build_variant_arm
+from abtest.db import bounded_postgres
 from abtest.settings import Settings
 from abtest.tables import Assignment, Event, Experiment, ExperimentArm, Variant
 from models.arms.base import Arm
 from models.cache import CachedArm, ResponseCache
-from routing.assignment import ArmDef, CachedStore, LruCache, RedisCache
-from routing.events import EventSpool, EventWriter, RoutingTables
+from routing.assignment import ArmDef, CachedStore, ExperimentDef, LruCache, RedisCache
+from routing.events import EventSpool, EventWriter, RoutingTables, is_unavailable
 from routing.metrics import RouterMetrics
 from routing.pg_gateway import PostgresGateway
 from routing.router import ExperimentCatalog, Router, RouterConfig
@@ -100,6 +104,36 @@ def _variant_view(arm: ArmDef) -> _VariantView:
     return _VariantView(arm)
 
 
+def remembered(
+    load: Callable[[], list[ExperimentDef]], directory: Path
+) -> Callable[[], list[ExperimentDef]]:
+    """`load`, whose last answer is kept in `directory/experiments.pickle`: when the database
+    is unreachable at start (no experiments in memory yet), the server routes with the
+    experiments it last saw and spools their events, instead of refusing every request."""
+    path = Path(directory) / "experiments.pickle"
+    last: list[bytes] = []
+
+    def load_or_recall() -> list[ExperimentDef]:
+        try:
+            experiments = load()
+        except Exception as exc:
+            if not is_unavailable(exc) or not path.exists():
+                raise
+            log.warning("database unreachable: routing with the experiments saved in %s", path)
+            return pickle.loads(path.read_bytes())  # noqa: S301 - written by this server
+        data = pickle.dumps(experiments)
+        if not last or last[0] != data:
+            with contextlib.suppress(OSError):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                partial = path.with_suffix(".tmp")
+                partial.write_bytes(data)
+                os.replace(partial, path)
+            last[:] = [data]
+        return experiments
+
+    return load_or_recall
+
+
 def build_router(
     settings: Settings, engine: Engine, arms: Mapping[str, Arm] | None = None
 ) -> Router:
@@ -108,18 +142,22 @@ def build_router(
     spool = EventSpool(settings.spool_dir)
     writer = EventWriter(engine, TABLES, spool)
     catalog = ExperimentCatalog(
-        lambda: load_experiments(engine, TABLES),
+        remembered(lambda: load_experiments(engine, TABLES), settings.spool_dir),
         1.0,
         executor,
         load_champion=lambda: load_champion(engine, TABLES),
     )
+    bounded = bounded_postgres(settings.db_connect_timeout_s, settings.db_statement_timeout_s)
     gateway = (
         PostgresGateway(
             writer,
             executor,
+            connect_timeout_s=settings.db_connect_timeout_s,
             max_in_flight=settings.commit_in_flight,
             max_batch=settings.commit_batch_size,
             eager_batch=settings.commit_eager_batch or None,
+            connection_class=bounded.async_connection_class,
+            connect_params={k: v for k, v in bounded.params.items() if k != "connect_timeout"},
         )
         if writer.postgres
         else DatabaseGateway(writer, executor)
@@ -139,7 +177,9 @@ def build_router(
         arm_provider(settings, arms, response_cache(settings)),
         writer,
         spool=spool,
-        config=RouterConfig(timeout_s=settings.arm_timeout_s),
+        config=RouterConfig(
+            timeout_s=settings.arm_timeout_s, deadline_s=settings.request_deadline_s
+        ),
         metrics=metrics,
         executor=executor,
         event_sink=gateway.write_event,
@@ -153,7 +193,7 @@ def get_router(state: AppState) -> Router:
     """The app's router, built on first use."""
     router = state.extras.get("router")
     if router is None:
-        router = build_router(state.settings, state.engine, state.extras.get("arms"))
+        router = build_router(state.settings, state.fast_engine, state.extras.get("arms"))
         state.extras["router"] = router
     return router
 
@@ -180,6 +220,10 @@ async def serving_lifespan(state: AppState) -> AsyncIterator[None]:
                 await task
         await router.replay()
         await close_router(router)
+        roles_redis = state.extras.pop("roles_redis", None)  # bound to this event loop
+        if roles_redis is not None:
+            with contextlib.suppress(Exception):
+                await roles_redis.aclose()
         if state.extras.get("router") is router:
             del state.extras["router"]  # a restarted app builds a fresh one
 

@@ -70,6 +70,41 @@ class Settings(BaseSettings):
         description="Comma-separated hosts (or http(s) URL prefixes) that a variant's base_url "
         "may point at; '*' allows any.",
     )
+    db_connect_timeout_s: int = Field(
+        default=2, ge=2, le=60, description="PostgreSQL connect timeout of the server's engines."
+    )
+    db_statement_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=600,
+        description="Statement timeout on the serving path (routing, events, auth, readiness); "
+        "past it (plus 1 s for a hung server) events are spooled.",
+    )
+    db_admin_statement_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="Statement timeout of the API's other requests (admin, results).",
+    )
+    request_deadline_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="One deadline for an arm call and its fallback; unset: 1.5 x arm_timeout_s.",
+    )
+    max_body_bytes: int = Field(
+        default=1 << 20, ge=1024, description="Largest request body (413 past it), but batches."
+    )
+    max_batch_body_bytes: int = Field(
+        default=16 << 20, ge=1024, description="Largest body of POST /v1/events:batch."
+    )
+    metrics_public: bool = Field(
+        default=False,
+        description="Serve /metrics without an API key (it names experiments and variants).",
+    )
+    docs_public: bool | None = Field(
+        default=None,
+        description="Serve /docs, /redoc and /openapi.json; unset: only while auth is off.",
+    )
     report_cron: str = "0 6 * * *"
     log_level: str = "INFO"
 

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import inspect
 import json
+import math
 import sqlite3
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
@@ -118,10 +119,18 @@ def row_from_json(text: str) -> dict[str, Any]:
 
 
 def is_unavailable(exc: BaseException) -> bool:
-    """Whether `exc` means the database cannot be reached (spool), not that the data is bad."""
+    """Whether `exc` means the database cannot be reached (spool), not that the data is bad:
+    refused or lost connections, connect and statement timeouts, an exhausted pool."""
     if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
         return True
-    if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError | sa.exc.DisconnectionError):
+    if isinstance(
+        exc,
+        sa.exc.OperationalError
+        | sa.exc.InterfaceError
+        | sa.exc.DisconnectionError
+        | sa.exc.TimeoutError
+        | TimeoutError,
+    ):
         return True
     try:
         import psycopg
@@ -130,12 +139,116 @@ def is_unavailable(exc: BaseException) -> bool:
     return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
 
 
+# --- what the database can store ------------------------------------------------------------
+
+MAX_JSON_DEPTH = 64  # nesting PostgreSQL's jsonb parser takes without hitting its stack limit
+MAX_KEY_CHARS = 1000  # client_event_id and project_id are indexed (btree entries < ~2.7 KB)
+_INFS = (math.inf, -math.inf)
+_TEXT_COLUMNS = ("client_event_id", "type", "project_id", "served_by", "error", "intent")
+_INT4_COLUMNS = ("experiment_id", "arm_id", "tokens")
+_FLOAT_COLUMNS = ("latency_ms", "cost_usd")
+
+
+class UnstorableEvent(ValueError):
+    """A value the database would refuse (NUL, a lone surrogate, NaN/Infinity, a too-large
+    number or key, JSON nested too deep). `field` names it, `reason` says why. Refused at
+    ingest, so that the spool only ever holds rows that replay can store."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+def text_problem(value: str) -> str | None:
+    """Why PostgreSQL would refuse `value` as text or inside JSON, or None."""
+    if "\x00" not in value and value.isascii():
+        return None
+    if "\x00" in value:
+        return "contains a NUL character"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "contains a lone surrogate (not valid Unicode)"
+    return None
+
+
+def json_problem(value: Any, path: str, depth: int = 0) -> tuple[str, str] | None:
+    """(path, reason) of the first part of a JSON value that jsonb would refuse, or None."""
+    if depth > MAX_JSON_DEPTH:
+        return path, f"is nested deeper than {MAX_JSON_DEPTH} levels"
+    if isinstance(value, str):
+        problem = text_problem(value)
+        return (path, problem) if problem else None
+    if isinstance(value, bool) or value is None or isinstance(value, int | datetime):
+        return None  # (a datetime is written as ISO text)
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (path, "must be a finite number")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str):
+                problem = text_problem(key)
+                if problem:
+                    return path, f"key {problem}"
+            elif not isinstance(key, bool | int | float | None) or key != key or key in _INFS:
+                return path, f"has a key {key!r} that is not text"  # (numbers become text)
+            found = json_problem(item, f"{path}.{key}", depth + 1)
+            if found:
+                return found
+        return None
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            found = json_problem(item, f"{path}.{index}", depth + 1)
+            if found:
+                return found
+        return None
+    return path, f"{type(value).__name__} is not a JSON value"
+
+
+def check_storable(row: dict[str, Any]) -> None:
+    """Raise UnstorableEvent unless every column of an event row can be stored."""
+    for name in _TEXT_COLUMNS:
+        value = row.get(name)
+        if isinstance(value, str):
+            problem = text_problem(value)
+            if problem:
+                raise UnstorableEvent(name, problem)
+    for name in ("client_event_id", "project_id"):
+        value = row.get(name)
+        if not isinstance(value, str) or not value:
+            raise UnstorableEvent(name, "must be a non-empty string")
+        if len(value) > MAX_KEY_CHARS:
+            raise UnstorableEvent(name, f"must be at most {MAX_KEY_CHARS} characters")
+    for name in _INT4_COLUMNS:
+        value = row.get(name)
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value not in _INT4
+        ):
+            raise UnstorableEvent(name, f"{value!r} is not a 32-bit integer")
+    for name in _FLOAT_COLUMNS:
+        value = row.get(name)
+        if value is not None and (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            raise UnstorableEvent(name, "must be a finite number")
+    for name in _JSON_COLUMNS:
+        found = json_problem(row.get(name), name)
+        if found:
+            raise UnstorableEvent(*found)
+
+
 # --- the spool ------------------------------------------------------------------------------
 
 
 class EventSpool:
     """An append-only local queue in a SQLite file; `append` returns once the rows are fsynced.
 
+    Only storable rows are accepted (`check_storable`). Entries that the database still
+    refuses at replay (a bug, or a row spooled by an older version) are moved one by one to
+    the file's `dead_letters` table with the error, so that they never hold back the rest;
+    `dead_letters` counts them and `dead_letter_entries` lists them.
     The file is created on the first append, so a healthy server never writes to disk here.
     """
 
@@ -144,9 +257,10 @@ class EventSpool:
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._depth = 0
+        self._dead = 0
         if self.path.exists():
             self._open()
-            self._depth = self._count()
+            self._depth, self._dead = self._count()
 
     def _open(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -158,16 +272,28 @@ class EventSpool:
                 "CREATE TABLE IF NOT EXISTS spool ("
                 "id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, payload TEXT NOT NULL)"
             )
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS dead_letters ("
+                "id INTEGER PRIMARY KEY AUTOINCREMENT, spool_id INTEGER NOT NULL, "
+                "kind TEXT NOT NULL, payload TEXT NOT NULL, error TEXT NOT NULL, "
+                "failed_at TEXT NOT NULL)"
+            )
             self._conn = conn
         return self._conn
 
-    def _count(self) -> int:
+    def _count(self) -> tuple[int, int]:
         with self._lock:
             conn = self._open()
-            return int(conn.execute("SELECT count(*) FROM spool").fetchone()[0])
+            depth = int(conn.execute("SELECT count(*) FROM spool").fetchone()[0])
+            dead = int(conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0])
+            return depth, dead
 
     def append(self, kind: str, rows: Sequence[dict[str, Any]]) -> None:
-        """Durably append rows (kind 'event' or 'assignment')."""
+        """Durably append rows (kind 'event' or 'assignment'); UnstorableEvent (nothing
+        appended) when an event row holds a value the database would refuse."""
+        if kind == "event":
+            for row in rows:
+                check_storable(row)
         payloads = [(kind, row_to_json(row)) for row in rows]
         with self._lock:
             conn = self._open()
@@ -195,15 +321,61 @@ class EventSpool:
             conn.execute("DELETE FROM spool WHERE id <= ?", (last_id,))
             self._depth = int(conn.execute("SELECT count(*) FROM spool").fetchone()[0])
 
+    def bury(self, spool_id: int, kind: str, row: dict[str, Any], error: str) -> None:
+        """Move one spooled entry to the dead letters (one transaction, fsynced)."""
+        with self._lock:
+            conn = self._open()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(
+                    "INSERT INTO dead_letters (spool_id, kind, payload, error, failed_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (spool_id, kind, _payload_text(row), error[:2000], utcnow().isoformat()),
+                )
+                conn.execute("DELETE FROM spool WHERE id = ?", (spool_id,))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            self._dead += 1
+            self._depth = int(conn.execute("SELECT count(*) FROM spool").fetchone()[0])
+
+    def dead_letter_entries(self, limit: int = 1000) -> list[dict[str, Any]]:
+        """The dead letters, oldest first: id, spool_id, kind, payload (JSON text), error."""
+        with self._lock:
+            if self._conn is None:
+                return []
+            rows = self._conn.execute(
+                "SELECT id, spool_id, kind, payload, error, failed_at FROM dead_letters "
+                "ORDER BY id LIMIT ?",
+                (limit,),
+            ).fetchall()
+        names = ("id", "spool_id", "kind", "payload", "error", "failed_at")
+        return [dict(zip(names, row, strict=True)) for row in rows]
+
     @property
     def depth(self) -> int:
         return self._depth
+
+    @property
+    def dead_letters(self) -> int:
+        return self._dead
 
     def close(self) -> None:
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+
+def _payload_text(row: dict[str, Any]) -> str:
+    """A dead letter's row as JSON text that SQLite and any reader can take (a lone surrogate
+    or NUL is written as its \\u escape)."""
+    return json.dumps(
+        {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()},
+        ensure_ascii=True,
+        default=repr,
+    )
 
 
 # --- database writes --------------------------------------------------------------------------
@@ -254,9 +426,13 @@ class EventWriter:
     # events ----------------------------------------------------------------------------------
 
     def write(self, rows: Sequence[dict[str, Any]]) -> WriteResult:
-        """Store rows once each; when the database is unreachable spool them (durably)."""
+        """Store rows once each; when the database is unreachable spool them (durably).
+        UnstorableEvent, before anything is written, when a row holds what the database would
+        refuse."""
         if not rows:
             return WriteResult()
+        for row in rows:
+            check_storable(row)
         try:
             new_ids = self.insert(rows)
         except Exception as exc:
@@ -646,7 +822,8 @@ class EventWriter:
         path of the request's group commit (SQLite; on PostgreSQL only batches holding an event
         without an experiment, `routing.pg_gateway` writes the others in one statement). When
         the database is unreachable both are spooled: the assignments come back as None
-        (unconfirmed) and the events as spooled."""
+        (unconfirmed) and the events as spooled. The rows were checked by the router
+        (`check_storable`); the spool checks them again before it takes them."""
         try:
             references = batch_references(assignments, rows)
             if self.references_unchecked(references):  # before anything is written
@@ -932,30 +1109,70 @@ def copy_events(
 
 
 def replay_spool(writer: EventWriter, spool: EventSpool, limit: int = 5000) -> int:
-    """Move spooled rows into the database (idempotent); returns how many were replayed.
+    """Move spooled rows into the database (idempotent); returns how many were replayed
+    (dead letters included).
 
-    Raises the database error when it is still unreachable; the spool is then unchanged.
+    Raises the database error when it is still unreachable; the spool is then unchanged. When
+    the database refuses a chunk for its data, the chunk is replayed entry by entry and each
+    entry it still refuses goes to the spool's dead letters: one bad row never holds back the
+    rows behind it.
     """
     replayed = 0
     while True:
         entries = spool.peek(limit)
         if not entries:
             return replayed
-        assignments = [row for _, kind, row in entries if kind == "assignment"]
-        events = [row for _, kind, row in entries if kind == "event"]
-        if assignments:
-            stored = writer.first_assignments(
+        try:
+            _replay_entries(writer, entries, {})
+        except Exception as exc:
+            if is_unavailable(exc):
+                raise
+            stored: dict[tuple[int, str], tuple[int, str]] = {}
+            for entry in entries:
+                _replay_one(writer, spool, entry, stored)
+        spool.remove_through(entries[-1][0])
+        replayed += len(entries)
+
+
+def _replay_entries(
+    writer: EventWriter,
+    entries: Sequence[tuple[int, str, dict[str, Any]]],
+    stored: dict[tuple[int, str], tuple[int, str]],
+) -> None:
+    """Replay entries in one go; `stored` collects the stored assignments (and is read by the
+    start events, which count in the arm that won, not the one they were spooled with)."""
+    assignments = [row for _, kind, row in entries if kind == "assignment"]
+    events = [row for _, kind, row in entries if kind == "event"]
+    if assignments:
+        stored.update(
+            writer.first_assignments(
                 [
                     (r["experiment_id"], r["project_id"], r["arm_id"], r["source"])
                     for r in assignments
                 ]
             )
-            # a start spooled with its proposed arm counts in the arm that won
-            events = list(_starts_take_stored_arms(events, stored))
-        if events:
-            writer.insert(events)
-        spool.remove_through(entries[-1][0])
-        replayed += len(entries)
+        )
+    events = list(_starts_take_stored_arms(events, stored))
+    if events:
+        for row in events:
+            check_storable(row)
+        writer.insert(events)
+
+
+def _replay_one(
+    writer: EventWriter,
+    spool: EventSpool,
+    entry: tuple[int, str, dict[str, Any]],
+    stored: dict[tuple[int, str], tuple[int, str]],
+) -> None:
+    """Replay one entry; bury it in the dead letters when the database refuses its data."""
+    try:
+        _replay_entries(writer, [entry], stored)
+    except Exception as exc:
+        if is_unavailable(exc):
+            raise
+        spool_id, kind, row = entry
+        spool.bury(spool_id, kind, row, f"{type(exc).__name__}: {exc}")
 
 
 # --- group commit -----------------------------------------------------------------------------

@@ -57,6 +57,12 @@ class RouterMetrics:
         self.spool_depth = Gauge(
             "abtest_spool_depth", "Events and assignments waiting in the local spool", registry=r
         )
+        self.dead_letters = Gauge(
+            "abtest_dead_letters",
+            "Spooled entries the database refused at replay, kept in the spool's dead letters "
+            "(`abtest spool dead-letters`)",
+            registry=r,
+        )
         self.assignment_conflicts = Counter(
             "abtest_assignment_conflicts",
             "New assignments that found the project already stored in another arm (a concurrent "
@@ -85,8 +91,12 @@ class RouterMetrics:
             self._children[key] = children
         return children
 
-    def watch_spool(self, depth: Callable[[], float]) -> None:
+    def watch_spool(
+        self, depth: Callable[[], float], dead_letters: Callable[[], float] | None = None
+    ) -> None:
         self.spool_depth.set_function(depth)
+        if dead_letters is not None:
+            self.dead_letters.set_function(dead_letters)
 
     def watch_assignment_cache(
         self, hits: Callable[[], float], misses: Callable[[], float]

@@ -83,8 +83,15 @@ class PostgresGateway(DatabaseGateway):
         max_in_flight: int = 3,
         max_batch: int = 64,
         eager_batch: int | None = None,
+        connection_class: Any = None,
+        connect_params: dict[str, Any] | None = None,
     ) -> None:
+        """`connection_class` (a psycopg.AsyncConnection subclass) and `connect_params` (libpq
+        parameters such as a statement_timeout in `options`) bound each wait on a hung server
+        (abtest.db.BoundedPostgres): the batch then fails as unreachable and is spooled."""
         self.writer = writer
+        self._connection_class = connection_class
+        self._connect_params = dict(connect_params or {})
         self._executor = executor
         self._conninfo = conninfo(writer.engine)
         self._connect_timeout_s = connect_timeout_s
@@ -114,9 +121,9 @@ class PostgresGateway(DatabaseGateway):
             connection = self._idle.pop()
             if not connection.closed:
                 return connection
-        return await psycopg.AsyncConnection.connect(
-            self._conninfo, autocommit=True, connect_timeout=self._connect_timeout_s
-        )
+        params = {"connect_timeout": self._connect_timeout_s, **self._connect_params}
+        connection_class = self._connection_class or psycopg.AsyncConnection
+        return await connection_class.connect(self._conninfo, autocommit=True, **params)
 
     async def close(self) -> None:
         idle, self._idle = self._idle, []

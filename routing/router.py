@@ -1,9 +1,12 @@
 """The production path: assign a project, call its arm with a timeout, fall back, log events.
 
-`Router.handle_project` never lets an arm failure reach the user: on an error, a timeout or an
-unusable answer it serves the experiment's control arm and records the fallback, while the
-project keeps counting in its assigned arm (intention to treat). A circuit breaker per arm skips
-an arm that keeps failing and lets a probe through again after `reset_after_s`.
+`Router.handle_project` serves the experiment's control arm when the assigned arm fails (an
+error, a timeout or an unusable answer) and records the fallback, while the project keeps
+counting in its assigned arm (intention to treat). One deadline per request
+(`RouterConfig.deadline_s`) covers the arm and its fallback; when no arm can answer in it the
+request is a 503 (nothing is logged: nothing was served). A circuit breaker per experiment arm
+counts transport failures and timeouts only (`models.arms.base.is_transport_failure`): an
+intent an arm cannot answer is that arm's quality problem, not an outage, and never opens it.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from models.arms.base import Arm, Prediction
+from models.arms.base import Arm, Prediction, is_transport_failure
 from models.tools import ToolConfig
 from routing.assignment import (
     ArmDef,
@@ -36,8 +39,12 @@ from routing.events import (
     EventSpool,
     EventWriter,
     GroupCommit,
+    UnstorableEvent,
     WriteResult,
+    check_storable,
+    json_problem,
     replay_spool,
+    text_problem,
     utcnow,
 )
 from routing.metrics import RouterMetrics
@@ -300,7 +307,29 @@ def _check_text(value: Any, name: str, limit: int) -> str:
         raise RoutingError(name, "must be a non-empty string")
     if len(value) > limit:
         raise RoutingError(name, f"must be at most {limit} characters, got {len(value)}")
+    problem = text_problem(value)
+    if problem:
+        raise RoutingError(name, problem)
     return value
+
+
+def _check_json(value: Any, name: str) -> None:
+    found = json_problem(value, name)
+    if found is not None:
+        raise RoutingError(*found)
+
+
+def _storable_start(row: dict[str, Any]) -> dict[str, Any]:
+    """The start row, storable: what the request sent was checked already, so a problem is in
+    the arm's output (text a model produced), which is then dropped and named in `error`."""
+    try:
+        check_storable(row)
+    except UnstorableEvent as exc:
+        if not exc.field.startswith("output"):
+            raise RoutingError(exc.field, exc.reason) from None
+        note = f"output not stored: {exc.field} {exc.reason}"
+        row = {**row, "output": None, "error": f"{row['error']}; {note}" if row["error"] else note}
+    return row
 
 
 def _as_utc(value: datetime | None) -> datetime:
@@ -334,10 +363,15 @@ FirstSink = Callable[
 
 @dataclass
 class RouterConfig:
-    timeout_s: float = 10.0
+    timeout_s: float = 10.0  # one arm call (an arm's own `timeout_s` wins)
     failure_threshold: int = 5
     reset_after_s: float = 30.0
     max_batch_events: int = 10_000
+    deadline_s: float | None = None  # arm + fallback together; None: 1.5 x timeout_s
+
+    @property
+    def request_deadline_s(self) -> float:
+        return self.deadline_s if self.deadline_s is not None else 1.5 * self.timeout_s
 
 
 class Router:
@@ -372,12 +406,13 @@ class Router:
         self._first_sink = first_sink
         self.close_hooks: list[Callable[[], Awaitable[None]]] = []  # awaited by the app at exit
         if spool is not None:
-            self.metrics.watch_spool(lambda: spool.depth)
+            self.metrics.watch_spool(lambda: spool.depth, lambda: spool.dead_letters)
 
     # arms -------------------------------------------------------------------------------------
 
-    def breaker(self, arm: ArmDef) -> CircuitBreaker:
-        key = arm.variant or arm.name
+    def breaker(self, arm: ArmDef, experiment: str = "") -> CircuitBreaker:
+        """The circuit breaker of one arm of one experiment."""
+        key = f"{experiment}/{arm.name}"
         breaker = self.breakers.get(key)
         if breaker is None:
             breaker = CircuitBreaker(
@@ -407,42 +442,63 @@ class Router:
                 except Exception:  # noqa: BLE001,S112 - the first request falls back and reports it
                     continue
 
-    async def _call(self, arm: ArmDef, intent: str) -> tuple[Prediction | None, str | None]:
-        """One guarded call: (prediction, None) or (None, reason)."""
+    async def _call(
+        self, experiment: str, arm: ArmDef, intent: str, deadline: float
+    ) -> tuple[Prediction | None, str | None]:
+        """One guarded call, bounded by the arm's timeout and the request's `deadline` (a
+        `time.monotonic()` instant): (prediction, None) or (None, reason)."""
         label = arm.variant or arm.name
-        breaker = self.breaker(arm)
+        breaker = self.breaker(arm, experiment)
         if not breaker.allow():
             self.metrics.arm_errors.labels(label, "circuit_open").inc()
-            return None, f"circuit open for {label}"
-        timeout = arm.timeout_s or self.config.timeout_s
+            return None, f"circuit open for {experiment}/{arm.name}"
+        timeout = min(arm.timeout_s or self.config.timeout_s, deadline - time.monotonic())
+        if timeout <= 0:
+            self.metrics.arm_errors.labels(label, "deadline").inc()
+            return None, f"{label} not tried: the request's deadline has passed"
+        transport = False
         try:
             model = self.arm_instance(arm)
             prediction = await within(model.predict(intent), timeout)
             problem = unusable_reason(prediction)
         except TimeoutError:
-            prediction, problem, kind = None, f"{label} timed out after {timeout:g}s", "timeout"
+            prediction, problem, kind = None, f"{label} timed out after {timeout:.3g}s", "timeout"
+            transport = True
         except Exception as exc:  # noqa: BLE001 - any arm failure becomes a fallback
             prediction, problem, kind = None, f"{label}: {type(exc).__name__}: {exc}", "error"
+            transport = is_transport_failure(exc)
         else:
             kind = "unusable"
-        if problem is None:
+        if transport:
+            breaker.record_failure()
+        else:  # the arm was reached: whatever it answered, it is not an outage
             breaker.record_success()
+        if problem is None:
             return prediction, None
-        breaker.record_failure()
         self.metrics.arm_errors.labels(label, kind).inc()
         return None, problem[:2000]
 
     async def _answer(self, experiment: ExperimentDef, arm: ArmDef, intent: str) -> _Answer:
-        prediction, problem = await self._call(arm, intent)
+        """The assigned arm's answer, else the control's, within one deadline; RoutingError
+        (503) when neither answers."""
+        deadline = time.monotonic() + self.config.request_deadline_s
+        prediction, problem = await self._call(experiment.key, arm, intent, deadline)
         if prediction is not None:
             return _Answer(prediction, arm.variant or arm.name, False)
         control = experiment.control
         if arm.name == control.name:
-            return _Answer(None, None, True, problem, "control_failed")
-        fallback, control_problem = await self._call(control, intent)
+            self._unanswered(experiment.key, arm.name, "control_failed")
+            raise RoutingError("arm", f"no arm could answer: {problem}", 503)
+        fallback, control_problem = await self._call(experiment.key, control, intent, deadline)
         if fallback is not None:
             return _Answer(fallback, control.variant or control.name, True, problem, "arm_failed")
-        return _Answer(None, None, True, f"{problem}; control: {control_problem}", "both_failed")
+        self._unanswered(experiment.key, arm.name, "both_failed")
+        raise RoutingError(
+            "arm", f"no arm could answer: {problem}; control: {control_problem}", 503
+        )
+
+    def _unanswered(self, experiment: str, arm: str, reason: str) -> None:
+        self.metrics.fallbacks.labels(experiment, arm, reason).inc()
 
     # projects ----------------------------------------------------------------------------------
 
@@ -459,6 +515,7 @@ class Router:
         _check_text(intent, "intent", 10_000)
         if client_event_id is not None:
             _check_text(client_event_id, "client_event_id", MAX_EVENT_ID)
+        _check_json(attributes, "attributes")
         # no key: the single running experiment, else (none running) the champion
         experiment = await self.catalog.resolve(
             experiment_key, running_only=experiment_key is not None
@@ -498,6 +555,7 @@ class Router:
                 "output": prediction.to_output() if prediction is not None else None,
                 "attributes": dict(attributes) if attributes else None,
             }
+            row = _storable_start(row)
             if first is None:
                 outcome = await self._record(row)
             else:
@@ -536,7 +594,8 @@ class Router:
                 409,
             )
         started = time.perf_counter()
-        prediction, problem = await self._call(champion, intent)
+        deadline = time.monotonic() + self.config.request_deadline_s
+        prediction, problem = await self._call(CHAMPION_LABEL, champion, intent, deadline)
         latency_ms = (time.perf_counter() - started) * 1000
         answer = _Answer(
             prediction,
@@ -546,16 +605,18 @@ class Router:
             "champion_failed" if prediction is None else None,
         )
         self._observe(CHAMPION_LABEL, champion.name, False, latency_ms, answer)
+        if prediction is None:  # nothing else can answer outside an experiment
+            raise RoutingError("arm", f"the champion could not answer: {problem}", 503)
         return RoutedProject(
             project_id=project_id,
             experiment=None,
             arm=champion.name,
             variant=champion.variant,
-            config=prediction.config if prediction is not None else ToolConfig(),
+            config=prediction.config,
             latency_ms=latency_ms,
-            fallback=answer.fallback,
+            fallback=False,
             served_by=answer.served_by,
-            cache_hit=bool(prediction is not None and prediction.cache_hit),
+            cache_hit=prediction.cache_hit,
             in_experiment=False,
             event_id=None,
             error=problem,
@@ -749,7 +810,7 @@ class Router:
         attributes = dict(event.get("attributes") or {}) or None
         if event.get("kept_tools") is not None:
             attributes = {**(attributes or {}), "kept_tools": list(event["kept_tools"])}
-        return EventRecord(
+        row = EventRecord(
             client_event_id=event["client_event_id"],
             type=event_type,
             project_id=event["project_id"],
@@ -765,6 +826,11 @@ class Router:
             intent=event.get("intent"),
             attributes=attributes,
         ).to_row()
+        try:
+            check_storable(row)
+        except UnstorableEvent as exc:
+            raise RoutingError(f"{where}.{exc.field}", exc.reason) from None
+        return row
 
     # spool -------------------------------------------------------------------------------------
 

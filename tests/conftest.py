@@ -8,6 +8,7 @@ the test; elsewhere it is skipped with the reason.
 
 from __future__ import annotations
 
+import functools
 import os
 import uuid
 from collections.abc import Iterator
@@ -48,7 +49,33 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _postgres_admin_engine() -> Engine:
+    _ensure_admin_database()
     return sa.create_engine(db.normalize_url(POSTGRES_URL), isolation_level="AUTOCOMMIT")
+
+
+@functools.cache
+def _ensure_admin_database() -> None:
+    """Create the database of ABTEST_TEST_POSTGRES_URL (default `test`) when the server is up
+    but it does not exist yet: a fresh server needs nothing created by hand. Every test then
+    creates and drops its own database from there."""
+    url = sa.make_url(db.normalize_url(POSTGRES_URL))
+    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect():
+            return
+    except sa.exc.OperationalError as exc:
+        if "does not exist" not in str(exc):
+            return  # server down: the test using it skips (or fails under CI) with the reason
+    finally:
+        engine.dispose()
+    server = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with server.connect() as connection:
+            connection.execute(sa.text(f'CREATE DATABASE "{url.database}"'))
+    except sa.exc.DBAPIError:
+        pass  # created meanwhile by a parallel run, or not allowed: the tests report it
+    finally:
+        server.dispose()
 
 
 @pytest.fixture

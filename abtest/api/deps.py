@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
@@ -15,21 +18,45 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from abtest import db
 from abtest.settings import Settings
+from routing.events import is_unavailable
+
+log = logging.getLogger(__name__)
+ROLE_REDIS_TTL_S = 7 * 24 * 3600
 
 
 @dataclass
 class AppState:
     settings: Settings
-    engine: Engine
+    engine: Engine  # admin and results requests
     sessions: sessionmaker[Session]
     extras: dict[str, Any] = field(default_factory=dict)
+    serving_engine: Engine | None = None  # routing, events, auth, readiness: tighter bounds
 
     @classmethod
     def build(cls, settings: Settings, *, check_migrated: bool = True) -> AppState:
-        engine = db.get_engine(settings.database_url)
+        """The app's engines (bounded: a down or hung PostgreSQL fails fast, see
+        `db.make_engine`). The migration check needs the database: when it is unreachable
+        the app starts anyway, degraded (events are spooled), and says so in the log."""
+        url = settings.database_url
+        engine = db.get_engine(
+            url, settings.db_connect_timeout_s, settings.db_admin_statement_timeout_s
+        )
+        serving = db.get_engine(url, settings.db_connect_timeout_s, settings.db_statement_timeout_s)
         if check_migrated:
-            db.ensure_migrated(engine)
-        return cls(settings, engine, db.session_factory(engine))
+            try:
+                db.ensure_migrated(serving)
+            except db.DatabaseNotMigrated:
+                raise
+            except Exception as exc:
+                if not is_unavailable(exc):
+                    raise
+                log.warning("database unreachable at start (%s): serving degraded", exc)
+        return cls(settings, engine, db.session_factory(engine), serving_engine=serving)
+
+    @property
+    def fast_engine(self) -> Engine:
+        """The serving path's engine."""
+        return self.serving_engine or self.engine
 
     @asynccontextmanager
     async def lifespan(self, _app: FastAPI) -> AsyncIterator[None]:
@@ -98,11 +125,7 @@ async def authorize(state: AppState, key: str | None, roles: tuple[str, ...]) ->
             f"missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>' "
             f"for a key with role {needed}",
         )
-    cache = state.extras.get("role_cache")
-    if cache is None:
-        from abtest import auth
-
-        cache = state.extras["role_cache"] = auth.RoleCache()
+    cache = role_cache(state)
     status, role = cache.peek(key)
     if status != "fresh":
         lookup = _role_lookup(state, cache, key)
@@ -119,9 +142,73 @@ async def authorize(state: AppState, key: str | None, roles: tuple[str, ...]) ->
     return role
 
 
+def role_cache(state: AppState) -> Any:
+    """The app's `auth.RoleCache` (its snapshot of valid keys lives next to the spool)."""
+    cache = state.extras.get("role_cache")
+    if cache is None:
+        from abtest import auth
+
+        snapshot = Path(state.settings.spool_dir) / "roles.json"
+        cache = state.extras["role_cache"] = auth.RoleCache(snapshot=snapshot)
+    return cache
+
+
+def _roles_redis(state: AppState) -> Any:
+    """A Redis client for the shared role cache, or None without Redis."""
+    if not state.settings.redis_url:
+        return None
+    client = state.extras.get("roles_redis")
+    if client is None:
+        from abtest.runtime import redis_client
+
+        client = state.extras["roles_redis"] = redis_client(state.settings.redis_url)
+    return client
+
+
+def _redis_role_key(state: AppState, digest: str) -> str:
+    return f"{state.settings.redis_prefix}role:{digest}"
+
+
+async def _share_role(state: AppState, digest: str, role: str | None) -> None:
+    """Tell the other servers (and a restarted one) what the database said about a key."""
+    client = _roles_redis(state)
+    if client is None:
+        return
+    with contextlib.suppress(Exception):  # Redis down: the database stays the authority
+        if role is None:
+            await client.delete(_redis_role_key(state, digest))
+        else:
+            await client.set(_redis_role_key(state, digest), role, ex=ROLE_REDIS_TTL_S)
+
+
+async def _role_without_database(state: AppState, cache: Any, key: str, digest: str) -> str:
+    """While the database cannot be asked: Redis, then the last known role; else 503."""
+    client = _roles_redis(state)
+    if client is not None:
+        with contextlib.suppress(Exception):
+            shared = await client.get(_redis_role_key(state, digest))
+            if shared:
+                return shared.decode() if isinstance(shared, bytes) else str(shared)
+    known = cache.last_known(key)
+    if known is not None:
+        return known
+    raise HTTPException(
+        status_code=503,
+        detail=[
+            {
+                "loc": ["header", "Authorization"],
+                "msg": "this API key cannot be checked now: the database is unreachable; retry",
+                "type": "Unavailable",
+            }
+        ],
+        headers={"Retry-After": "1"},
+    )
+
+
 def _role_lookup(state: AppState, cache: Any, key: str) -> asyncio.Task[str | None]:
     """The one database lookup of `key`'s role in flight (started if there is none); it
-    refreshes the cache when done."""
+    refreshes the cache when done. When the database is unreachable (or hung past its
+    timeouts) the role comes from Redis or the last known roles (`_role_without_database`)."""
     from abtest import auth
 
     digest = auth.hash_key(key)
@@ -130,13 +217,21 @@ def _role_lookup(state: AppState, cache: Any, key: str) -> asyncio.Task[str | No
         return task
 
     def lookup() -> str | None:
-        with db.session_scope(state.engine) as session:
+        with db.session_scope(state.fast_engine) as session:
             return auth.role_of(session, key)
 
     async def refresh() -> str | None:
         try:
-            role = await run_in_threadpool(lookup)
+            try:
+                role = await run_in_threadpool(lookup)
+            except Exception as exc:
+                if not is_unavailable(exc):
+                    raise
+                role = await _role_without_database(state, cache, key, digest)
+                cache.put_stale(key, role)  # the next requests do not wait for the database
+                return role
             cache.put(key, role)
+            await _share_role(state, digest, role)
             return role
         finally:
             cache.pending.pop(digest, None)

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import math
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
-from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from abtest.api.deps import AppState, app_state, authorize, request_api_key, require_role
+from abtest.api.guard import safe_errors
 from abtest.errors import Conflict, Invalid, NotFound, ServiceError
 from abtest.runtime import get_router
+from routing.events import json_problem
 from routing.router import Router, RoutingError
 
 router = APIRouter(tags=["serving"])
@@ -26,19 +26,15 @@ LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 
 
 def _no_nul(value: Any, path: str = "value") -> Any:
-    """PostgreSQL cannot store NUL characters in text or JSON: refuse them up front."""
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise ValueError(f"{path} contains a NUL character")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _no_nul(key, path)
-            _no_nul(item, f"{path}.{key}")
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            _no_nul(item, f"{path}.{index}")
-    elif isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"{path} must be a finite number")
+    """Refuse up front what PostgreSQL cannot store (NUL characters, lone surrogates,
+    NaN/Infinity, JSON nested too deep), so that a request is either stored (or spooled) or a
+    422 naming the field: never a 500, never a spooled row that replay cannot store."""
+    if isinstance(value, list) and value and isinstance(value[0], BaseModel):
+        return value  # nested models check their own fields
+    found = json_problem(value, path)
+    if found is not None:
+        where, reason = found
+        raise ValueError(reason if where == path else f"{where.removeprefix(path + '.')} {reason}")
     return value
 
 
@@ -122,21 +118,10 @@ def _http_error(exc: RoutingError) -> Exception:
 
 
 def _body_errors(exc: ValidationError) -> list[dict[str, Any]]:
-    """pydantic errors in FastAPI's shape: loc starts with "body"."""
-    errors = []
-    for error in exc.errors(include_url=False, include_context=False):
-        given = error.get("input")
-        if isinstance(given, bytes):  # an undecodable body: echo it readably
-            given = given.decode("utf-8", "replace")
-        errors.append(
-            {
-                "type": error["type"],
-                "loc": ["body", *error["loc"]],
-                "msg": error["msg"],
-                "input": given,
-            }
-        )
-    return errors
+    """pydantic errors in FastAPI's shape (loc starts with "body"), never echoing large or
+    unencodable input (`guard.safe_errors`)."""
+    errors = exc.errors(include_url=False, include_context=False)
+    return safe_errors({**error, "loc": ["body", *error["loc"]]} for error in errors)
 
 
 @router.post(
@@ -177,7 +162,7 @@ async def serve_project(
     try:
         body = ProjectIn.model_validate_json(raw_body)
     except ValidationError as exc:
-        return 422, {"detail": jsonable_encoder(_body_errors(exc))}, None
+        return 422, {"detail": _body_errors(exc)}, None
     try:
         routed = await get_router(state).handle_project(
             body.project_id,
@@ -232,7 +217,12 @@ async def post_events(body: EventBatchIn, request: Request) -> dict[str, int]:
 
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
-    """Prometheus metrics: latency per arm, fallbacks, arm errors, cache hits, spool depth."""
+    """Prometheus metrics: latency per arm, fallbacks, arm errors, cache hits, spool depth.
+    They name experiments and variants: an engineer or analyst key is needed unless
+    `metrics_public` is set."""
+    state = app_state(request)
+    if not state.settings.metrics_public:
+        await authorize(state, request_api_key(request), ("engineer", "analyst"))
     return Response(
         generate_latest(_router(request).metrics.registry), media_type=CONTENT_TYPE_LATEST
     )

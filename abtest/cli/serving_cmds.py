@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import typer
 
@@ -26,8 +27,6 @@ def serve(
     """Start the API (routing, events, admin, results) with uvicorn."""
     import uvicorn
 
-    from abtest import auth as keys
-    from abtest import db
     from abtest.api import create_app
 
     base = common.settings()
@@ -37,21 +36,18 @@ def serve(
         else (base.auth_enabled if "ABTEST_AUTH_ENABLED" in os.environ else True)
     )
     settings = base.model_copy(update={"auth_enabled": enabled})
-    engine = common.engine()
-    if settings.bootstrap_api_key is not None:
-        with db.session_scope(engine) as session:
-            if keys.ensure_bootstrap_key(session, settings.bootstrap_api_key.get_secret_value()):
-                common.console.print(
-                    "created the bootstrap engineer key from ABTEST_BOOTSTRAP_API_KEY"
-                )
-    if enabled:
-        with db.session_scope(engine) as session:
-            if not keys.list_keys(session):
-                common.err_console.print(
-                    "[yellow]warning:[/] auth is on and no API key exists: create one with "
-                    "`abtest keys create NAME --role app`"
-                )
-    else:
+    try:
+        _check_keys(settings, enabled)
+    except Exception as exc:
+        from routing.events import is_unavailable
+
+        if not is_unavailable(exc):
+            raise
+        common.err_console.print(
+            "[yellow]warning:[/] the database is unreachable: starting degraded (events are "
+            "spooled, API keys checked against Redis and the last known keys)"
+        )
+    if not enabled:
         common.err_console.print("[yellow]warning:[/] auth is OFF: every endpoint is open")
     if workers == 1:
         uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
@@ -65,6 +61,33 @@ def serve(
             workers=workers,
             log_level=log_level,
         )
+
+
+def _check_keys(settings: Any, enabled: bool) -> None:
+    """Create the bootstrap key if configured; warn when auth is on and no key exists."""
+    from abtest import auth as keys
+    from abtest import db
+
+    engine = db.get_engine(
+        settings.database_url, settings.db_connect_timeout_s, settings.db_statement_timeout_s
+    )
+    try:
+        db.ensure_migrated(engine)
+    except db.DatabaseNotMigrated as exc:
+        common.fail(str(exc), 2)
+    if settings.bootstrap_api_key is not None:
+        with db.session_scope(engine) as session:
+            if keys.ensure_bootstrap_key(session, settings.bootstrap_api_key.get_secret_value()):
+                common.console.print(
+                    "created the bootstrap engineer key from ABTEST_BOOTSTRAP_API_KEY"
+                )
+    if enabled:
+        with db.session_scope(engine) as session:
+            if not keys.list_keys(session):
+                common.err_console.print(
+                    "[yellow]warning:[/] auth is on and no API key exists: create one with "
+                    "`abtest keys create NAME --role app`"
+                )
 
 
 @keys_app.command("create")
@@ -120,7 +143,7 @@ def spool_replay(
     engine = common.engine()
     spool = EventSpool(settings.spool_dir)
     writer = EventWriter(engine, TABLES, spool)
-    before = spool.depth
+    before, dead_before = spool.depth, spool.dead_letters
     try:
         replayed = replay_spool(writer, spool)
         fixed = writer.reconcile_all() if reconcile else 0
@@ -130,20 +153,49 @@ def spool_replay(
         raise
     finally:
         spool.close()
+    buried = spool.dead_letters - dead_before
     common.console.print(
-        f"replayed {replayed} of {before} spooled entries into the database; "
+        f"replayed {replayed - buried} of {before} spooled entries into the database; "
         f"reconciled {fixed} orphan events"
     )
+    if buried:
+        common.err_console.print(
+            f"[yellow]warning:[/] the database refused {buried} entries: moved to the dead "
+            "letters (`abtest spool dead-letters`)"
+        )
 
 
 @spool_app.command("status")
-def spool_status() -> None:
-    """How many entries wait in the spool."""
+def spool_status(as_json: bool = common.JSON_OPTION) -> None:
+    """How many entries wait in the spool, and how many the database refused (dead letters)."""
     from routing.events import EventSpool
 
     spool = EventSpool(common.settings().spool_dir)
-    common.console.print(f"{spool.depth} entries in {spool.path}")
+    status = {"path": str(spool.path), "depth": spool.depth, "dead_letters": spool.dead_letters}
     spool.close()
+    if as_json:
+        common.print_json(status)
+        return
+    common.console.print(
+        f"{status['depth']} entries in {status['path']}; {status['dead_letters']} dead letters"
+    )
+
+
+@spool_app.command("dead-letters")
+def spool_dead_letters(
+    limit: int = typer.Option(100, min=1, help="At most this many, oldest first."),
+    as_json: bool = common.JSON_OPTION,
+) -> None:
+    """Spooled entries the database refused at replay, with its error (kept, never lost)."""
+    from routing.events import EventSpool
+
+    spool = EventSpool(common.settings().spool_dir)
+    letters = spool.dead_letter_entries(limit)
+    spool.close()
+    if as_json:
+        common.print_json(letters)
+    else:
+        common.print_table("dead letters", letters, ["id", "kind", "failed_at", "error"])
 
 
 def register(app: typer.Typer) -> None:

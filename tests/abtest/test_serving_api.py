@@ -248,7 +248,9 @@ def test_metrics_and_readyz(client):
     assert "abtest_arm_latency_seconds_bucket" in text and 'experiment="e1"' in text
     assert "abtest_spool_depth 0.0" in text and "abtest_events_total" in text
     assert 'abtest_assignment_cache_lookups{result="miss"} 1.0' in text
-    assert client.get("/readyz").json() == {"status": "ready", "spool_depth": 0}
+    assert "abtest_dead_letters 0.0" in text
+    ready = client.get("/readyz").json()
+    assert ready == {"status": "ready", "spool_depth": 0, "dead_letters": 0}
 
 
 def test_keys_cli(settings, monkeypatch):

@@ -12,7 +12,6 @@ from prometheus_client import generate_latest
 
 from abtest import auth, db, services
 from abtest.api import create_app
-from abtest.api.fastlane import MAX_BODY
 from abtest.runtime import build_router, close_router
 from models.arms.base import Prediction
 from models.tools import Filter, ToolConfig
@@ -225,7 +224,8 @@ def test_other_requests_go_through_fastapi_and_big_bodies_get_413(settings, engi
         exported = client.post("/v1/projects/p/export", json={})
         assert exported.status_code == 200, exported.text
         huge = client.post(
-            "/v1/projects", json={"project_id": "p", "intent": "x" * (MAX_BODY + 10)}
+            "/v1/projects",
+            json={"project_id": "p", "intent": "x" * (settings.max_body_bytes + 10)},
         )
         assert huge.status_code == 413 and huge.json()["detail"][0]["loc"] == ["body"]
     assert stored(engine, "assignments", "p") == []

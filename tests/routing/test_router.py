@@ -122,23 +122,75 @@ def test_failures_fall_back_to_control_within_the_timeout(student):
     assert metrics == 1
 
 
-def test_control_failure_answers_an_empty_configuration():
+def test_control_failure_is_a_503_and_logs_nothing():
     teacher = FakeArm("teacher", error=ArmError("down"))
     router, writer = make_router(FakeArm("s"), teacher, [exp(weights=(1.0, 0.0))])
-    routed = run(router.handle_project("p1", "warm"))
-    assert routed.fallback and routed.served_by is None and routed.config == ToolConfig()
-    assert "down" in routed.error and writer.rows[routed.event_id]["output"] is None
+    with pytest.raises(RoutingError) as caught:
+        run(router.handle_project("p1", "warm"))
+    assert caught.value.status == 503 and "down" in caught.value.reason
+    assert writer.rows == {}  # nothing was served: no start event
 
 
-def test_both_failing_reports_both():
-    router, _ = make_router(FakeArm("s", error=ArmError("x")), FakeArm("t", error=ArmError("y")))
-    routed = run(router.handle_project("p1", "warm"))
-    assert routed.served_by is None and "x" in routed.error and "y" in routed.error
+def test_both_failing_is_a_503_naming_both():
+    router, writer = make_router(
+        FakeArm("s", error=ArmError("x")), FakeArm("t", error=ArmError("y"))
+    )
+    with pytest.raises(RoutingError) as caught:
+        run(router.handle_project("p1", "warm"))
+    assert caught.value.status == 503 and caught.value.field == "arm"
+    assert "x" in caught.value.reason and "y" in caught.value.reason
+    assert writer.rows == {}
+
+
+def test_one_deadline_covers_the_arm_and_its_fallback():
+    """A hanging arm and a slow control: the request ends by the deadline, not 2x the timeout."""
+    slow_teacher = FakeArm("teacher", hang=True)
+    router, _ = make_router(FakeArm("student", hang=True), slow_teacher, timeout_s=0.2)
+    started = time.perf_counter()
+    with pytest.raises(RoutingError) as caught:
+        run(router.handle_project("p1", "warm"))
+    elapsed = time.perf_counter() - started
+    assert caught.value.status == 503
+    assert elapsed < router.config.request_deadline_s + 0.15 < 2 * 0.2 + 0.15
+
+
+def test_answers_an_arm_cannot_give_never_open_its_breaker():
+    """12 intents the student cannot answer (ArmError without a transport cause, or parse
+    failures) are its quality problem: later requests still reach it."""
+    student = FakeArm("student", STUDENT, error=ArmError("no recorded answer"))
+    router, _ = make_router(student)
+
+    async def many(n, prefix):
+        return [await router.handle_project(f"{prefix}{i}", "??") for i in range(n)]
+
+    results = run(many(12, "bad"))
+    assert student.calls == 12 and all(r.fallback for r in results)
+    student.error, student.parse_failures = None, ("filter",)
+    run(many(12, "unparsed"))
+    assert student.calls == 24
+    student.parse_failures = ()
+    ok = run(many(1, "good"))[0]
+    assert not ok.fallback and ok.served_by == "student"
+    assert router.breaker(router.catalog._experiments[0].arm("student"), "e1").state == "closed"
+
+
+def test_breakers_are_per_experiment_arm():
+    student = FakeArm("student", error=ConnectionError("refused"))
+    router, _ = make_router(student, experiments=[exp("e1", id=1), exp("e2", id=2)])
+
+    async def many(n, key):
+        return [await router.handle_project(f"{key}-{i}", "w", None, key) for i in range(n)]
+
+    run(many(5, "e1"))
+    assert student.calls == 3  # e1/student opened after 3 transport failures
+    run(many(1, "e2"))
+    assert student.calls == 4  # e2/student has its own breaker, still closed
 
 
 def test_circuit_breaker_opens_and_half_opens():
     now = [0.0]
     student = FakeArm("student", error=ArmError("flaky"))
+    student.error.__cause__ = ConnectionError("connection refused")
     router, _ = make_router(student, clock=lambda: now[0])
 
     async def many(n, prefix):
@@ -152,7 +204,7 @@ def test_circuit_breaker_opens_and_half_opens():
     student.config = STUDENT
     probe = run(many(1, "b"))[0]
     assert not probe.fallback and student.calls == 4
-    assert router.breaker(router.catalog._experiments[0].arm("student")).state == "closed"
+    assert router.breaker(router.catalog._experiments[0].arm("student"), "e1").state == "closed"
 
 
 def test_circuit_breaker_states():
