@@ -17,9 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import logging
 import os
-import pickle
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,8 +34,16 @@ from abtest.settings import Settings
 from abtest.tables import Assignment, Event, Experiment, ExperimentArm, Variant
 from models.arms.base import Arm
 from models.cache import CachedArm, ResponseCache
-from routing.assignment import ArmDef, CachedStore, ExperimentDef, LruCache, RedisCache
-from routing.events import EventSpool, EventWriter, RoutingTables, is_unavailable
+from routing.assignment import (
+    ArmDef,
+    CachedStore,
+    ExperimentDef,
+    LruCache,
+    RedisCache,
+    experiments_from_json,
+    experiments_to_json,
+)
+from routing.events import EventSpool, EventWriter, RoutingTables, is_unavailable, json_text
 from routing.metrics import RouterMetrics
 from routing.pg_gateway import PostgresGateway
 from routing.router import ExperimentCatalog, Router, RouterConfig
@@ -107,10 +115,11 @@ def _variant_view(arm: ArmDef) -> _VariantView:
 def remembered(
     load: Callable[[], list[ExperimentDef]], directory: Path
 ) -> Callable[[], list[ExperimentDef]]:
-    """`load`, whose last answer is kept in `directory/experiments.pickle`: when the database
+    """`load`, whose last answer is kept in `directory/experiments.json`: when the database
     is unreachable at start (no experiments in memory yet), the server routes with the
-    experiments it last saw and spools their events, instead of refusing every request."""
-    path = Path(directory) / "experiments.pickle"
+    experiments it last saw and spools their events, instead of refusing every request.
+    JSON, not pickle: a file in the spool folder must never be able to run code."""
+    path = Path(directory) / "experiments.json"
     last: list[bytes] = []
 
     def load_or_recall() -> list[ExperimentDef]:
@@ -120,8 +129,14 @@ def remembered(
             if not is_unavailable(exc) or not path.exists():
                 raise
             log.warning("database unreachable: routing with the experiments saved in %s", path)
-            return pickle.loads(path.read_bytes())  # noqa: S301 - written by this server
-        data = pickle.dumps(experiments)
+            try:
+                return experiments_from_json(json.loads(path.read_bytes()))
+            except (OSError, ValueError, KeyError, TypeError):
+                log.warning(
+                    "%s is unreadable: nothing to route with while the database is down", path
+                )
+                raise exc from None
+        data = json_text(experiments_to_json(experiments)).encode()
         if not last or last[0] != data:
             with contextlib.suppress(OSError):
                 path.parent.mkdir(parents=True, exist_ok=True)

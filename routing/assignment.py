@@ -92,6 +92,33 @@ class ExperimentDef:
         return name in self._by_name  # type: ignore[attr-defined]
 
 
+def experiments_to_json(experiments: Sequence[ExperimentDef]) -> list[dict[str, Any]]:
+    """Plain JSON data for `experiments_from_json` (what a server remembers across restarts)."""
+    return [
+        {
+            **{k: v for k, v in vars(e).items() if not k.startswith("_")},
+            "arms": [{**vars(arm), "variant_config": dict(arm.variant_config)} for arm in e.arms],
+            "namespace": vars(e.namespace) if e.namespace is not None else None,
+            "overrides": dict(e.overrides),
+        }
+        for e in experiments
+    ]
+
+
+def experiments_from_json(data: Sequence[Mapping[str, Any]]) -> list[ExperimentDef]:
+    """The experiments `experiments_to_json` wrote (a KeyError/TypeError/ValueError if not)."""
+    return [
+        ExperimentDef(
+            **{
+                **item,
+                "arms": tuple(ArmDef(**arm) for arm in item["arms"]),
+                "namespace": Namespace(**item["namespace"]) if item["namespace"] else None,
+            }
+        )
+        for item in data
+    ]
+
+
 @dataclass(frozen=True)
 class Decision:
     """The outcome of assignment.
