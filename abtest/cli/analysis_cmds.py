@@ -202,7 +202,7 @@ def _print_proportions(result: stats.ExperimentDecision, extras: dict[str, Any])
     rows: list[dict[str, str]] = []
 
     def add(label: str, values: list[str]) -> None:
-        rows.append({"": label, **dict(zip(names, values, strict=True))})
+        rows.append({"measure": label, **dict(zip(names, values, strict=True))})
 
     decisions = list(result.treatments.values())
     comps = [d.comparison for d in decisions]
@@ -244,7 +244,7 @@ def _print_proportions(result: stats.ExperimentDecision, extras: dict[str, Any])
             [f"{'yes' if r.equivalent else 'no'} (TOST p = {_num(r.p_value)})" if r else "n/a"
              for r in eq])  # fmt: skip
     add("decision", [d.decision for d in decisions])
-    print_table("Treatment versus control", rows, ["", *names])
+    print_table("Treatment versus control", rows, ["measure", *names])
     if result.srm is not None:
         srm = result.srm
         if srm.flagged:

@@ -5,15 +5,15 @@ from __future__ import annotations
 import typer
 
 from abtest import db
-from abtest.cli.common import console, engine, settings
+from abtest.cli.common import JSON_OPTION, console, engine, print_json, print_table, settings
 
 db_app = typer.Typer(help="Database migrations.")
 
 
 @db_app.command("upgrade")
 def upgrade(revision: str = typer.Argument("head")) -> None:
-    """Migrate the database to the latest (or the given) revision."""
-    eng = engine(check_migrated=False)
+    """Migrate the database to the latest (or the given) revision (creates a SQLite file)."""
+    eng = engine(check_migrated=False, create=True)
     db.upgrade(eng, revision)
     typer.echo(f"database at {db.current_revision(eng)}")
 
@@ -47,6 +47,24 @@ def demo(
     run_demo(projects=projects, database=database, seed=seed, console=console)
 
 
+def doctor(
+    as_json: bool = JSON_OPTION,
+    timeout_s: float = typer.Option(3.0, "--timeout", help="Seconds per network check."),
+) -> None:
+    """Check settings, database, migrations, Redis, the teacher endpoint and model files;
+    print what is wrong and how to fix it (exit 1 when a check fails)."""
+    from abtest.doctor import FAIL, run_checks
+
+    checks = run_checks(timeout_s)
+    if as_json:
+        print_json([c.as_dict() for c in checks])
+    else:
+        print_table("abtest doctor", [c.as_dict() for c in checks], ["name", "status", "detail"])
+    if any(c.status == FAIL for c in checks):
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(db_app, name="db")
     app.command("demo")(demo)
+    app.command("doctor")(doctor)

@@ -44,8 +44,9 @@ def test_proportions_table_with_margin():
     assert "93.00%" in result.stdout and "94.50%" in result.stdout
     assert "non-inferior at -3.00 pts" in result.stdout
     assert "yes (p =" in result.stdout
-    decision_row = next(line for line in result.stdout.splitlines() if "│ decision" in line)
-    assert "non-inferior" in decision_row
+    # piped (not a terminal): one `column: value` line per field, the decision under its row
+    block = next(b for b in result.stdout.split("\n\n") if "measure  : decision" in b)
+    assert "treatment: non-inferior" in block
 
 
 def test_proportions_several_treatments_sequential_and_srm():
