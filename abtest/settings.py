@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     bootstrap_api_key: SecretStr | None = Field(
         default=None, description="Created as an engineer key on `abtest serve` if no key exists."
     )
+    session_secret: SecretStr | None = Field(
+        default=None,
+        description="Signs dashboard session cookies; unset: random per process "
+        "(sign-ins end on restart).",
+    )
     spool_dir: Path = Path("./abtest-spool")
     cache_ttl_s: int = Field(default=24 * 3600, gt=0)
     commit_batch_size: int = Field(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 
 import typer
 
@@ -57,6 +58,8 @@ def serve(
         uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
     else:  # each worker builds its own app from the environment
         os.environ["ABTEST_AUTH_ENABLED"] = "true" if enabled else "false"
+        # one cookie-signing secret for every worker, so a sign-in holds on any of them
+        os.environ.setdefault("ABTEST_SESSION_SECRET", secrets.token_urlsafe(32))
         uvicorn.run(
             "abtest.api:create_app",
             factory=True,
