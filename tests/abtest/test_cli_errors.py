@@ -181,3 +181,20 @@ def test_doctor_table_piped_is_vertical_and_uncut(cli):
     assert "name  : database" in result.stdout
     detail = next(line for line in result.stdout.splitlines() if "abtest db upgrade" in line)
     assert detail.endswith("at your database")  # not cut at 80 columns, not wrapped
+
+
+def test_train_register_is_checked_before_training(cli, tmp_path):
+    """`--register` takes the variant name; a taken name or an unmigrated database stops the
+    command at once (not after minutes of training), and nothing is written."""
+    out = tmp_path / "student"
+    missing = cli("train", "--bundled", "--embedding", "--out", str(out), "--register")
+    assert missing.exit_code == 2 and "requires an argument" in missing.output
+    unmigrated = cli("train", "--bundled", "--embedding", "--out", str(out), "--register", "s")
+    assert unmigrated.exit_code == 2 and "abtest db upgrade" in unmigrated.output
+    assert cli("db", "upgrade").exit_code == 0
+    assert cli("variants", "register", "taken", "--kind", "knn_student").exit_code == 0
+    taken = cli("train", "--bundled", "--embedding", "--out", str(out), "--register", "taken")
+    assert taken.exit_code == 1 and "already exists" in taken.output
+    bad = cli("train", "--bundled", "--embedding", "--out", str(out), "--register", "a b")
+    assert bad.exit_code == 1 and "not a valid name" in bad.output
+    assert not out.exists()
