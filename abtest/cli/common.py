@@ -17,7 +17,7 @@ from abtest import db
 from abtest.errors import ServiceError
 from abtest.settings import Settings, SettingsError, get_settings
 
-console = Console()
+console = Console(soft_wrap=True)  # long lines are not cut at 80 columns when piped
 err_console = Console(stderr=True)
 
 JSON_OPTION = typer.Option(False, "--json", help="Print JSON for scripts instead of a table.")
