@@ -9,8 +9,10 @@ from typing import Any
 
 import typer
 
-from abtest.cli.common import JSON_OPTION, console, fail, print_json, print_table
-from analysis import stats
+from abtest.cli.common import JSON_OPTION, LazyModule, console, fail, print_json, print_table
+
+stats: Any = LazyModule("analysis.stats")
+DEFAULT_ALPHA = 0.05  # analysis.stats.DEFAULT_ALPHA, without importing scipy to show --help
 
 stats_app = typer.Typer(
     help="Calculator for completion rates: compare arms, plan sample sizes.",
@@ -79,7 +81,7 @@ def proportions(
         help="Non-inferiority margin on the difference, <= 0 (e.g. -0.01 = one point worse); "
         "equivalence uses +-|margin|.",
     ),
-    alpha: float = typer.Option(stats.DEFAULT_ALPHA, "--alpha", help="Two-sided level."),
+    alpha: float = typer.Option(DEFAULT_ALPHA, "--alpha", help="Two-sided level."),
     sequential: bool = typer.Option(
         False, "--sequential", help="Always-valid (mixture SPRT) intervals and p-values."
     ),
@@ -272,7 +274,7 @@ def power(
     expected: float = typer.Option(
         0.0, "--expected", help="With --margin: the true difference you expect (default 0)."
     ),
-    alpha: float = typer.Option(stats.DEFAULT_ALPHA, "--alpha", help="Two-sided level."),
+    alpha: float = typer.Option(DEFAULT_ALPHA, "--alpha", help="Two-sided level."),
     target_power: float = typer.Option(0.8, "--power", help="Wanted power, e.g. 0.8."),
     ratio: float = typer.Option(1.0, "--ratio", help="Treatment size / control size."),
     daily_projects: float | None = typer.Option(

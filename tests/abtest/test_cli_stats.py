@@ -168,3 +168,19 @@ def test_power_bad_input_is_a_clear_error(args, needle):
     assert result.exit_code != 0
     assert needle in result.output
     assert "Traceback" not in result.output
+
+
+def test_the_cli_imports_no_statistics_stack_until_a_command_needs_it():
+    """Every command pays the CLI's import time: scipy, statsmodels and pandas load lazily."""
+    import subprocess
+    import sys
+
+    from abtest.cli import analysis_cmds
+    from analysis import stats
+
+    assert analysis_cmds.DEFAULT_ALPHA == stats.DEFAULT_ALPHA
+    code = "import sys, abtest.cli; print(sorted({'scipy', 'statsmodels', 'pandas'} & set(sys.modules)))"
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert loaded.stdout.strip() == "[]"
