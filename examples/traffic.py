@@ -16,6 +16,7 @@ import json
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -51,7 +52,8 @@ def one_user(client: httpx.Client, project: Any, draw: float) -> dict[str, Any]:
         raise SystemExit(f"POST /v1/projects answered {answer.status_code}: {answer.text}")
     routed = answer.json()
     served = ToolConfig.from_record(routed["tools"])
-    p_export = export_probability(agreement(served, project.record.teacher), routed["latency_ms"] / 1000)
+    quality = agreement(served, project.record.teacher)
+    p_export = export_probability(quality, routed["latency_ms"] / 1000)
     exported = bool(draw < p_export)
     if exported:
         done = client.post(f"/v1/projects/{project.project_id}/export", json={})
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(args.seed)
     projects = draw_projects(load_split("test"), args.projects, rng)
     projects = [
-        type(p)(f"{args.prefix}-{args.seed}-{p.project_id}", p.record, p.attributes) for p in projects
+        replace(p, project_id=f"{args.prefix}-{args.seed}-{p.project_id}") for p in projects
     ]
     draws = rng.random(len(projects))
     headers = {"Authorization": f"Bearer {args.key}"} if args.key else {}
@@ -73,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         httpx.Client(base_url=args.url, headers=headers, timeout=30) as client,
         ThreadPoolExecutor(args.concurrency) as pool,
     ):
-        outcomes = list(pool.map(lambda pair: one_user(client, *pair), zip(projects, draws)))
+        outcomes = list(
+            pool.map(lambda pair: one_user(client, *pair), zip(projects, draws, strict=True))
+        )
     per_arm: dict[str, dict[str, int]] = {}
     for outcome in outcomes:
         counts = per_arm.setdefault(str(outcome["arm"]), {"projects": 0, "exports": 0})

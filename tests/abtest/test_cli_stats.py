@@ -179,7 +179,8 @@ def test_the_cli_imports_no_statistics_stack_until_a_command_needs_it():
     from analysis import stats
 
     assert analysis_cmds.DEFAULT_ALPHA == stats.DEFAULT_ALPHA
-    code = "import sys, abtest.cli; print(sorted({'scipy', 'statsmodels', 'pandas'} & set(sys.modules)))"
+    heavy = "{'scipy', 'statsmodels', 'pandas'}"
+    code = f"import sys, abtest.cli; print(sorted({heavy} & set(sys.modules)))"
     loaded = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
