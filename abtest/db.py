@@ -77,9 +77,16 @@ def check_can_open(url: str, *, create: bool) -> None:
     path = sqlite_path(url)
     if path is not None:
         if not create and not path.exists():
+            demo = Path("abtest-demo.db")
+            hint = (
+                f" (`abtest demo` wrote {demo}: export {URL_VARIABLE}=sqlite:///{demo.resolve()})"
+                if demo.exists() and path.resolve() != demo.resolve()
+                else ""
+            )
             raise DatabaseUnavailable(
                 f"the database file {path} does not exist ({URL_VARIABLE}={url}): "
                 f"run `abtest db upgrade` to create it, or point {URL_VARIABLE} at your database"
+                + hint
             )
         if create and not path.parent.exists():
             raise DatabaseUnavailable(

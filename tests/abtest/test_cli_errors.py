@@ -198,3 +198,10 @@ def test_train_register_is_checked_before_training(cli, tmp_path):
     bad = cli("train", "--bundled", "--embedding", "--out", str(out), "--register", "a b")
     assert bad.exit_code == 1 and "not a valid name" in bad.output
     assert not out.exists()
+
+
+def test_after_the_demo_a_missing_database_points_at_the_demo_database(tmp_path):
+    (tmp_path / "abtest-demo.db").write_bytes(b"")
+    line = _one_line_error(_abtest("variants", "list", cwd=tmp_path))
+    assert f"export ABTEST_DATABASE_URL=sqlite:///{tmp_path / 'abtest-demo.db'}" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["abtest-demo.db"]
