@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, is_dataclass
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -280,9 +281,14 @@ def power(
     daily_projects: float | None = typer.Option(
         None, "--daily-projects", help="Projects per day, all arms together: days needed."
     ),
+    plot: Path | None = typer.Option(
+        None, "--plot", help="Also write an HTML page with the power curve to this file."
+    ),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Projects per arm needed to detect a difference of MDE (or to show non-inferiority)."""
+    if plot is not None and not plot.parent.is_dir():
+        fail(f"plot: the directory {plot.parent} does not exist")
     _check_alpha(alpha)
     for name, value in (("baseline", baseline), ("power", target_power)):
         if not 0 < value < 1:
@@ -312,6 +318,8 @@ def power(
             baseline, margin, expected, alpha, target_power, ratio, daily_projects
         )
         title = f"Sample size to show non-inferiority at {100 * margin:+.2f} pts"
+    if plot is not None:
+        plot.write_text(_power_html(plan, title, margin is not None), encoding="utf-8")
     if as_json:
         print_json(_json_ready(plan))
         return
@@ -327,6 +335,24 @@ def power(
         row["days"] = str(plan.days_needed)
         columns.append("days")
     print_table(f"{title} (alpha {alpha:g}, power {target_power:g})", [row], columns)
+    if plot is not None:
+        console.print(f"power curve: {plot}")
+
+
+def _power_html(plan: Any, title: str, non_inferiority: bool) -> str:
+    from analysis import plots
+
+    curve = plots.power_curve(plan, non_inferiority)
+    rows = [
+        ("baseline", _pct(plan.baseline)),
+        ("treatment rate", _pct(plan.treatment_rate)),
+        ("alpha / power", f"{plan.alpha:g} / {plan.power:g}"),
+        ("projects per arm (control, treatment)", f"{plan.control}, {plan.treatment}"),
+    ]
+    if plan.days_needed is not None:
+        rows.append(("days", str(plan.days_needed)))
+    png = plots.power_curve_png(curve, title)
+    return plots.html_page(title, rows, png, "power curve")
 
 
 def register(app: typer.Typer) -> None:

@@ -126,9 +126,14 @@ def gate(
         None, "--test-set", help="Test set (default: the bundled test split, the current one)."
     ),
     actor: str = typer.Option("cli", "--actor", help="Who runs the gate (stored)."),
+    html_out: Path = typer.Option(
+        None, "--html", help="Also write an HTML report: per-tool scores with intervals vs floors."
+    ),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Evaluate a variant against the champion and store the gate run; exit 1 when it fails."""
+    if html_out is not None and not html_out.parent.is_dir():
+        fail(f"--html: the directory {html_out.parent} does not exist")
     try:
         policy = load_policy(policy_file) if policy_file is not None else GatePolicy()
     except PolicyError as exc:
@@ -138,6 +143,8 @@ def gate(
             s, name, actor, policy, test_set, progress=not as_json, settings=settings()
         )
         summary = gating.gate_run_summary(run)
+    if html_out is not None:
+        html_out.write_text(gate_html(name, summary), encoding="utf-8")
     if as_json:
         print_json(summary)
     else:
@@ -150,8 +157,30 @@ def gate(
             f"gate run #{summary['id']} for {name}: {state} "
             f"(policy {summary['policy_version']}, test set {summary['test_set_hash'][:12]})"
         )
+        if html_out is not None:
+            typer.echo(f"HTML report with the per-tool scores plot: {html_out}")
     if not summary["passed"]:
         raise typer.Exit(1)
+
+
+def gate_html(name: str, summary: dict[str, Any]) -> str:
+    """The gate run as a page: verdict, criteria, and the scores-vs-floors plot."""
+    from analysis import plots
+
+    bars = plots.gate_score_bars(summary["metrics"])
+    state = "PASSED" if summary["passed"] else "FAILED"
+    title = f"gate run #{summary['id']} for {name}: {state}"
+    rows = [("policy", str(summary["policy_version"])), ("test set", summary["test_set_hash"])]
+    rows += [
+        (f"{b.name} (interval)", f"{plots.fmt(b.estimate)} [{plots.fmt(b.low)}, "
+         f"{plots.fmt(b.high)}], floor {plots.fmt(b.floor)}")
+        for b in bars
+    ]  # fmt: skip
+    for criterion in summary["metrics"]["verdict"]["criteria"]:
+        mark = "pass" if criterion["passed"] else "FAIL"
+        rows.append((f"{mark}: {criterion['name']}", criterion["message"]))
+    png = plots.gate_scores_png(bars, f"{name}: scores with bootstrap intervals vs floors")
+    return plots.html_page(title, rows, png, f"per-tool scores of {name}")
 
 
 def register(app: typer.Typer) -> None:
