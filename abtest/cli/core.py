@@ -11,26 +11,40 @@ db_app = typer.Typer(help="Database migrations.")
 
 
 @db_app.command("upgrade")
-def upgrade(revision: str = typer.Argument("head")) -> None:
+def upgrade(revision: str = typer.Argument("head"), as_json: bool = JSON_OPTION) -> None:
     """Migrate the database to the latest (or the given) revision (creates a SQLite file)."""
     eng = engine(check_migrated=False, create=True)
     db.upgrade(eng, revision)
-    typer.echo(f"database at {db.current_revision(eng)}")
+    _print_revision(db.current_revision(eng), as_json)
 
 
 @db_app.command("downgrade")
-def downgrade(revision: str = typer.Argument(..., help="Target revision, or 'base'.")) -> None:
+def downgrade(
+    revision: str = typer.Argument(..., help="Target revision, or 'base'."),
+    as_json: bool = JSON_OPTION,
+) -> None:
     """Migrate down to a revision."""
     eng = engine(check_migrated=False)
     db.downgrade(eng, revision)
-    typer.echo(f"database at {db.current_revision(eng) or 'base'}")
+    _print_revision(db.current_revision(eng), as_json)
+
+
+def _print_revision(revision: str | None, as_json: bool) -> None:
+    if as_json:
+        print_json({"current": revision, "head": db.head_revision()})
+    else:
+        typer.echo(f"database at {revision or 'base'}")
 
 
 @db_app.command("current")
-def current() -> None:
+def current(as_json: bool = JSON_OPTION) -> None:
     """Print the current and latest revision."""
     eng = engine(check_migrated=False)
-    typer.echo(f"current: {db.current_revision(eng) or 'none'}  head: {db.head_revision()}")
+    revision, head = db.current_revision(eng), db.head_revision()
+    if as_json:
+        print_json({"current": revision, "head": head, "up_to_date": revision == head})
+    else:
+        typer.echo(f"current: {revision or 'none'}  head: {head}")
 
 
 def demo(

@@ -74,12 +74,17 @@ def serve(
 def keys_create(
     name: str = typer.Argument(..., help="A name for the key (who or what uses it)."),
     role: str = typer.Option(..., "--role", "-r", help="app, engineer or analyst."),
+    as_json: bool = common.JSON_OPTION,
 ) -> None:
-    """Create a key; it is printed once and only its SHA-256 hash is stored."""
+    """Create a key; it is printed once (the last line) and only its SHA-256 hash is stored."""
     from abtest import auth
 
     with common.session() as session:
         row, plaintext = auth.create_key(session, name, role)
+        summary = auth.key_summary(row)
+    if as_json:
+        common.print_json({**summary, "key": plaintext})
+        return
     common.console.print(
         f"created {row.role} key {row.name!r}; store it now, it is not shown again:"
     )
@@ -100,13 +105,18 @@ def keys_list(as_json: bool = common.JSON_OPTION) -> None:
 
 
 @keys_app.command("revoke")
-def keys_revoke(name: str = typer.Argument(..., help="The key's name.")) -> None:
+def keys_revoke(
+    name: str = typer.Argument(..., help="The key's name."), as_json: bool = common.JSON_OPTION
+) -> None:
     """Revoke a key (running servers stop accepting it within seconds)."""
     from abtest import auth
 
     with common.session() as session:
-        auth.revoke_key(session, name)
-    common.console.print(f"revoked API key {name!r}")
+        summary = auth.key_summary(auth.revoke_key(session, name))
+    if as_json:
+        common.print_json(summary)
+    else:
+        common.console.print(f"revoked API key {name!r}")
 
 
 @spool_app.command("replay")
@@ -114,6 +124,7 @@ def spool_replay(
     reconcile: bool = typer.Option(
         True, help="Afterwards give orphan exports the arm of their project's assignment."
     ),
+    as_json: bool = common.JSON_OPTION,
 ) -> None:
     """Move events spooled while the database was down into the database (idempotent)."""
     from abtest.runtime import TABLES
@@ -133,6 +144,9 @@ def spool_replay(
         raise
     finally:
         spool.close()
+    if as_json:
+        common.print_json({"replayed": replayed, "spooled_before": before, "reconciled": fixed})
+        return
     common.console.print(
         f"replayed {replayed} of {before} spooled entries into the database; "
         f"reconciled {fixed} orphan events"
@@ -140,12 +154,15 @@ def spool_replay(
 
 
 @spool_app.command("status")
-def spool_status() -> None:
+def spool_status(as_json: bool = common.JSON_OPTION) -> None:
     """How many entries wait in the spool."""
     from routing.events import EventSpool
 
     spool = EventSpool(common.settings().spool_dir)
-    common.console.print(f"{spool.depth} entries in {spool.path}")
+    if as_json:
+        common.print_json({"entries": spool.depth, "path": str(spool.path)})
+    else:
+        common.console.print(f"{spool.depth} entries in {spool.path}")
     spool.close()
 
 

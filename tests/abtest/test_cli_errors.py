@@ -205,3 +205,24 @@ def test_after_the_demo_a_missing_database_points_at_the_demo_database(tmp_path)
     line = _one_line_error(_abtest("variants", "list", cwd=tmp_path))
     assert f"export ABTEST_DATABASE_URL=sqlite:///{tmp_path / 'abtest-demo.db'}" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["abtest-demo.db"]
+
+
+def test_commands_a_script_reads_answer_json(cli):
+    def as_json(*args):
+        result = cli(*args, "--json")
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    upgraded = as_json("db", "upgrade")
+    assert upgraded["current"] == upgraded["head"]
+    assert as_json("db", "current")["up_to_date"] is True
+    created = as_json("keys", "create", "ci", "--role", "app")
+    assert created["role"] == "app" and created["key"].startswith("abt_")
+    assert as_json("keys", "revoke", "ci")["revoked_at"] is not None
+    cli("variants", "register", "teacher", "--kind", "teacher")
+    cli("variants", "register", "rec", "--kind", "recorded")
+    arms = ("--arm", "control=teacher:0.5*", "--arm", "t=rec:0.5")
+    assert cli("experiments", "create", "e", *arms).exit_code == 0
+    assert as_json("experiments", "start", "e")["status"] == "running"
+    assert as_json("experiments", "stop", "e")["status"] == "stopped"
+    assert as_json("spool", "status")["entries"] == 0
