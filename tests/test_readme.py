@@ -132,3 +132,26 @@ def test_readme_walkthrough_runs_as_written(database_url, tmp_path):
     assert "Decision:" in output
     assert "shipped control: teacher is the champion" in output
     assert "Traceback" not in output
+
+
+def test_readme_settings_table_lists_exactly_the_real_variables():
+    from abtest.settings import variable_names
+
+    table = README.read_text(encoding="utf-8").split("### Settings", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"`((?:ABTEST|OPENAI)_[A-Z0-9_]+)`", table))
+    assert listed == set(variable_names())
+
+
+def test_readme_and_serve_help_agree_on_the_auth_default():
+    import typer.main
+
+    from abtest.cli import app
+
+    row = next(
+        line for line in README.read_text(encoding="utf-8").splitlines()
+        if line.startswith("| `ABTEST_AUTH_ENABLED`")
+    )  # fmt: skip
+    assert "`true` in `abtest serve`" in row
+    serve = typer.main.get_command(app).commands["serve"]
+    (auth,) = [p for p in serve.params if p.name == "auth"]
+    assert "Default: on, unless ABTEST_AUTH_ENABLED=false" in auth.help
