@@ -48,7 +48,9 @@ def current(as_json: bool = JSON_OPTION) -> None:
 
 
 def demo(
-    projects: int = typer.Option(3000, "--projects", min=10, help="Simulated projects to route."),
+    projects: int = typer.Option(
+        3000, "--projects", min=28, help="Simulated projects to route (over 14 days)."
+    ),
     database: str = typer.Option(
         "abtest-demo.db", "--database", help="SQLite file to create (replaced if it exists)."
     ),
