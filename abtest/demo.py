@@ -247,7 +247,7 @@ async def simulate(
             raise RuntimeError(f"no arm could answer {project.project_id}: {routed.error}")
         quality = agreement(routed.config, project.record.teacher)
         if draws[i] < export_probability(quality, routed.latency_ms / 1000):
-            exported = started_at(i) + timedelta(minutes=float(delays[i]))
+            exported = min(started_at(i) + timedelta(minutes=float(delays[i])), now)
             await router.record_export(project.project_id, occurred_at=exported)
 
     with Progress() as progress:
