@@ -59,7 +59,7 @@ def _pg_url(database: str, port: int | None = None) -> str:
 
 def test_wrong_port_is_one_line_naming_the_variable(tmp_path):
     url = _pg_url("abtest", _closed_port())
-    for command in (("variants", "list"), ("db", "upgrade"), ("serve", "--port", "1")):
+    for command in (("db", "upgrade"), ("serve", "--port", "1")):
         line = _one_line_error(_abtest(*command, cwd=tmp_path, ABTEST_DATABASE_URL=url))
         assert "ABTEST_DATABASE_URL=" in line and "refused" in line.lower()
         assert "start the server or fix the host and port" in line
