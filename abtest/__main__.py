@@ -1,3 +1,3 @@
-from abtest.cli import app
+from abtest.cli import main
 
-app(prog_name="abtest")
+main()

@@ -13,12 +13,92 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 
 class DatabaseNotMigrated(RuntimeError):
     """The database is not at the latest migration; the message says how to fix it."""
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The database cannot be opened; the message is one line naming ABTEST_DATABASE_URL."""
+
+
+URL_VARIABLE = "ABTEST_DATABASE_URL"
+_HINTS = (
+    ("does not exist", "create it (`createdb NAME`) or fix the database name in"),
+    ("password authentication", "fix the user or password in"),
+    ("no password supplied", "add the password to"),
+    ("refused", "start the server or fix the host and port in"),
+    ("could not translate host", "fix the host name in"),
+    ("timeout", "start the server or fix the host and port in"),
+    ("unable to open database file", "create the directory or fix the path in"),
+)
+
+
+def shown_url(url: str) -> str:
+    """The URL with its password hidden (or as given when it does not parse)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def connection_problem(url: str, exc: BaseException) -> str:
+    """One line saying why `url` could not be opened and what to do, naming the variable."""
+    original = getattr(exc, "orig", None) or exc
+    lines = [line.strip() for line in str(original).splitlines() if line.strip()]
+    reason = lines[0] if lines else type(original).__name__
+    for line in lines[1:]:
+        if "FATAL" in line or "does not exist" in line:
+            reason = line.replace("FATAL:", "").strip()
+    hint = next((h for needle, h in _HINTS if needle in str(original).lower()), "check")
+    return (
+        f"cannot open the database {URL_VARIABLE}={shown_url(url)}: {reason}; {hint} {URL_VARIABLE}"
+    )
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file behind a SQLite URL (None for other backends and in-memory databases)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    if not parsed.drivername.startswith("sqlite") or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def check_can_open(url: str, *, create: bool) -> None:
+    """Raise `DatabaseUnavailable` unless `url` can be opened, without creating anything
+    unless `create`: a SQLite file must already exist (its directory, when `create`), and a
+    server must answer."""
+    path = sqlite_path(url)
+    if path is not None:
+        if not create and not path.exists():
+            demo = Path("abtest-demo.db")
+            hint = (
+                f" (`abtest demo` wrote {demo}: export {URL_VARIABLE}=sqlite:///{demo.resolve()})"
+                if demo.exists() and path.resolve() != demo.resolve()
+                else ""
+            )
+            raise DatabaseUnavailable(
+                f"the database file {path} does not exist ({URL_VARIABLE}={url}): "
+                f"run `abtest db upgrade` to create it, or point {URL_VARIABLE} at your database"
+                + hint
+            )
+        if create and not path.parent.exists():
+            raise DatabaseUnavailable(
+                f"the directory {path.parent} does not exist ({URL_VARIABLE}={url}): "
+                f"create it or fix the path in {URL_VARIABLE}"
+            )
+    try:
+        with get_engine(url).connect():
+            pass
+    except (DBAPIError, ArgumentError, ValueError) as exc:
+        raise DatabaseUnavailable(connection_problem(url, exc)) from None
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001
@@ -70,9 +150,20 @@ def make_engine(
     return engine
 
 
-@lru_cache(maxsize=8)
 def get_engine(
     url: str, connect_timeout_s: int | None = None, statement_timeout_s: float | None = None
+) -> Engine:
+    """One shared engine per database and bounds (a relative SQLite path is resolved against
+    the current directory first, so a changed directory never reuses another file's engine)."""
+    path = sqlite_path(url)
+    if path is not None and not path.is_absolute():
+        url = make_url(url).set(database=str(path.resolve())).render_as_string(False)
+    return _cached_engine(url, connect_timeout_s, statement_timeout_s)
+
+
+@lru_cache(maxsize=8)
+def _cached_engine(
+    url: str, connect_timeout_s: int | None, statement_timeout_s: float | None
 ) -> Engine:
     return make_engine(
         url, connect_timeout_s=connect_timeout_s, statement_timeout_s=statement_timeout_s
@@ -126,6 +217,9 @@ def bounded_postgres(
     connect_timeout_s: int | None, statement_timeout_s: float | None
 ) -> BoundedPostgres:
     return BoundedPostgres(connect_timeout_s, statement_timeout_s)
+
+
+get_engine.cache_clear = _cached_engine.cache_clear  # type: ignore[attr-defined]
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

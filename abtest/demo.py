@@ -15,6 +15,11 @@ likely when they waited longer:
 
 Intents are drawn from the test split (which no student saw) with probability proportional to
 their popularity (`calls`), so popular intents dominate traffic as in production.
+
+Time: the experiment runs `DAYS` simulated days ending today. Each day's projects go through the
+real router; their start events (and assignments) are then stamped with seeded times spread
+over that day, and an export comes `EXPORT_DELAY_MIN` minutes or so after its start. The report
+therefore has one point per day and its always-valid interval narrows as the days accumulate.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import os
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +48,8 @@ OTHER_FILTER_CREDIT = 0.3
 PLATFORMS = ("ios", "android", "web")
 COUNTRIES = ("US", "BR", "IN", "DE", "JP")
 EXPERIMENT_KEY = "teacher-vs-student"
+DAYS = 14
+EXPORT_DELAY_MIN = (2.0, 30.0)  # uniform minutes from a project's start to its export
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -166,14 +174,14 @@ def setup_platform(settings: Settings, console: Console, cache_dir: Path) -> lis
             key=EXPERIMENT_KEY,
             arms=arms,
             description="Does the cheap student keep the project completion rate?",
-            # Analysed once, at the planned end: the fixed-horizon test decides; the report
-            # still shows the always-valid interval an analyst peeking daily would use.
-            # the simulated users export within milliseconds of the start: a one-second
-            # attribution window lets today's report count them (production default: 24 h)
-            settings={"sequential": False, "margin": "-2%", "export_window_h": 1 / 3600},
+            # Peeked at daily: the always-valid (sequential) interval decides. The simulated
+            # users export within minutes of the start, so a one-hour attribution window closes
+            # well before the report (production default: 24 h).
+            settings={"sequential": True, "margin": "-2%", "export_window_h": 1},
         )
         services.create_experiment(session, spec)
-        services.start_experiment(session, EXPERIMENT_KEY)
+        experiment = services.start_experiment(session, EXPERIMENT_KEY)
+        experiment.started_at = first_day()
     return [arm.name for arm in arms]
 
 
@@ -201,33 +209,90 @@ def gate_student(settings: Settings, name: str, console: Console) -> bool:
     return bool(run.passed)
 
 
+def first_day(days: int = DAYS) -> datetime:
+    """Midnight (UTC) of the simulation's first day: `days` days ending today."""
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return today - timedelta(days=days - 1)
+
+
+def day_of(index: int, total: int, days: int = DAYS) -> int:
+    """Project `index` of `total` runs on this day (equal shares, in order)."""
+    return index * days // total
+
+
 async def simulate(
-    settings: Settings, projects: list[SimulatedProject], seed: int, concurrency: int = 16
+    settings: Settings,
+    projects: list[SimulatedProject],
+    seed: int,
+    concurrency: int = 16,
+    days: int = DAYS,
 ) -> None:
-    """Route the projects (`concurrency` at a time, like parallel app users) and let each
-    simulated user decide whether to export."""
+    """Route the projects day by day (`concurrency` at a time, like parallel app users), let each
+    simulated user decide whether to export, and stamp each day's events with that day's
+    seeded times (the last day's stay before now)."""
     from abtest.runtime import build_router
 
     rng = np.random.default_rng(seed + 1)
-    router = build_router(settings, db.get_engine(settings.database_url))
+    engine = db.get_engine(settings.database_url)
+    router = build_router(settings, engine)
     draws = rng.random(len(projects))
+    start = first_day(days)
+    now = datetime.now(UTC)
+    day_span = [min(timedelta(days=1), now - (start + timedelta(days=d))) for d in range(days)]
+    offsets = rng.random(len(projects))
+    delays = rng.uniform(*EXPORT_DELAY_MIN, size=len(projects))
 
-    async def one(project: SimulatedProject, draw: float) -> None:
+    def started_at(i: int) -> datetime:
+        day = day_of(i, len(projects), days)
+        late = day_span[day] - timedelta(minutes=EXPORT_DELAY_MIN[1] + 1)
+        return start + timedelta(days=day) + max(late, timedelta(0)) * float(offsets[i])
+
+    async def one(i: int) -> None:
+        project = projects[i]
         routed = await router.handle_project(
             project.project_id, project.record.intent, project.attributes
         )
         if routed.served_by is None:
             raise RuntimeError(f"no arm could answer {project.project_id}: {routed.error}")
         quality = agreement(routed.config, project.record.teacher)
-        if draw < export_probability(quality, routed.latency_ms / 1000):
-            await router.record_export(project.project_id)
+        if draws[i] < export_probability(quality, routed.latency_ms / 1000):
+            exported = min(started_at(i) + timedelta(minutes=float(delays[i])), now)
+            await router.record_export(project.project_id, occurred_at=exported)
 
     with Progress() as progress:
-        task = progress.add_task("routing projects", total=len(projects))
-        for start in range(0, len(projects), concurrency):
-            chunk = range(start, min(start + concurrency, len(projects)))
-            await asyncio.gather(*(one(projects[i], draws[i]) for i in chunk))
-            progress.advance(task, len(chunk))
+        task = progress.add_task(f"routing projects over {days} days", total=len(projects))
+        for day in range(days):
+            todays = [i for i in range(len(projects)) if day_of(i, len(projects), days) == day]
+            for first in range(0, len(todays), concurrency):
+                chunk = todays[first : first + concurrency]
+                await asyncio.gather(*(one(i) for i in chunk))
+                progress.advance(task, len(chunk))
+            stamp_starts(engine, [(projects[i].project_id, started_at(i)) for i in todays])
+
+
+def stamp_starts(engine: Any, stamps: list[tuple[str, datetime]]) -> None:
+    """Give the projects' start events and assignments their simulated times."""
+    from sqlalchemy import bindparam, update
+
+    from abtest.tables import Assignment, Event
+
+    if not stamps:
+        return
+    rows = [{"p": project_id, "t": at} for project_id, at in stamps]
+    events, assignments = Event.__table__, Assignment.__table__
+    with engine.begin() as connection:
+        connection.execute(
+            update(events)
+            .where(events.c.project_id == bindparam("p"), events.c.type == "start")
+            .values(occurred_at=bindparam("t"), received_at=bindparam("t")),
+            rows,
+        )
+        connection.execute(
+            update(assignments)
+            .where(assignments.c.project_id == bindparam("p"))
+            .values(assigned_at=bindparam("t")),
+            rows,
+        )
 
 
 def per_arm_counts(settings: Settings) -> list[dict[str, Any]]:
@@ -313,9 +378,27 @@ def print_analysis(settings: Settings, console: Console, html_out: Path) -> dict
             console.print(f"  {note}")
     if report["srm"]["flagged"]:
         console.print(f"[bold red]sample ratio mismatch:[/] {report['srm']['message']}")
+    print_daily_intervals(report, console)
     html_out.write_text(render_html(report), encoding="utf-8")
     console.print(f"HTML report with plots: {html_out}")
     return report
+
+
+def _pct_or_dash(value: float | None) -> str:
+    return "–" if value is None or not np.isfinite(value) else f"{value:+.1%}"
+
+
+def print_daily_intervals(report: dict[str, Any], console: Console) -> None:
+    """The always-valid interval of treatment/control - 1 after each day: it narrows."""
+    for arm in [c["arm"] for c in report["comparisons"]]:
+        console.print(f"{arm} vs control, relative difference after each day (always-valid):")
+        for point in report["timeline"]:
+            relative = point["relative"][arm]
+            starts = sum(a["starts"] for a in point["arms"].values())
+            console.print(
+                f"  {point['day']}  {starts:>6} projects  {_pct_or_dash(relative['estimate'])}"
+                f"  [{_pct_or_dash(relative['ci_low'])}, {_pct_or_dash(relative['ci_high'])}]"
+            )
 
 
 def run_demo(
@@ -345,4 +428,10 @@ def run_demo(
     rows = per_arm_counts(settings)
     print_rates(rows, console)
     print_analysis(settings, console, Path(database).with_suffix(".html"))
+    console.print(
+        "explore the demo database (other commands and notebooks/analyst.ipynb read it):\n"
+        f"  export ABTEST_DATABASE_URL={settings.database_url}\n"
+        f"  abtest variants list; abtest report {EXPERIMENT_KEY}",
+        soft_wrap=True,
+    )
     return rows

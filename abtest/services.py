@@ -30,7 +30,6 @@ from abtest.tables import (
     Variant,
     utcnow,
 )
-from analysis import stats
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
 WEIGHT_TOLERANCE = 1e-6
@@ -320,6 +319,8 @@ def _validate_arms(arms: Sequence[ArmSpec]) -> None:
 
 
 def _validate_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    from analysis import stats  # scipy loads only when settings are checked
+
     unknown = sorted(set(settings) - set(DEFAULT_TEST_SETTINGS))
     if unknown:
         raise Invalid(
@@ -364,6 +365,8 @@ def _check_number(settings: dict[str, Any], name: str, low: float, high: float, 
 def planned_horizon(settings: dict[str, Any]) -> float | None:
     """Projects per arm the deciding test needs, from the plan in the settings (None without an
     expected baseline): fixed when the experiment starts, never re-estimated from the data."""
+    from analysis import stats  # scipy loads only when settings are checked
+
     if settings.get("horizon"):
         return float(settings["horizon"])
     baseline = settings.get("baseline")

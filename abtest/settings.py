@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     bootstrap_api_key: SecretStr | None = Field(
         default=None, description="Created as an engineer key on `abtest serve` if no key exists."
     )
+    session_secret: SecretStr | None = Field(
+        default=None,
+        description="Signs dashboard session cookies; unset: random per process "
+        "(sign-ins end on restart).",
+    )
     spool_dir: Path = Path("./abtest-spool")
     cache_ttl_s: int = Field(default=24 * 3600, gt=0)
     commit_batch_size: int = Field(
@@ -113,6 +118,13 @@ class Settings(BaseSettings):
     def _known_backend(cls, value: str) -> str:
         if not value.startswith(("sqlite", "postgresql")):
             raise ValueError("must be a sqlite:// or postgresql:// URL")
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            make_url(value)
+        except (ArgumentError, ValueError) as exc:
+            raise ValueError(f"not a valid database URL ({exc})") from None
         return value
 
     @field_validator("redis_url")
@@ -136,8 +148,20 @@ def base_url_allowlist(settings: Settings) -> list[str]:
     return [item.strip() for item in settings.arm_base_url_allowlist.split(",") if item.strip()]
 
 
+def variable_names() -> list[str]:
+    """Every environment variable the settings read, as a user would type it."""
+    names = set()
+    for name, info in Settings.model_fields.items():
+        alias = info.validation_alias
+        if isinstance(alias, AliasChoices):
+            names.update(str(choice) for choice in alias.choices)
+        else:
+            names.add(f"{ENV_PREFIX}{name}".upper())
+    return sorted(names)
+
+
 def _unknown_variables(environ: dict[str, str]) -> list[str]:
-    known = {f"{ENV_PREFIX}{name}".upper() for name in Settings.model_fields}
+    known = set(variable_names())
     return sorted(
         key
         for key in environ
@@ -151,8 +175,9 @@ def load_settings(**overrides: object) -> Settings:
     """Read and validate settings; raise `SettingsError` naming the variable at fault."""
     unknown = _unknown_variables(dict(os.environ))
     if unknown:
+        known = ", ".join(n for n in variable_names() if n.startswith(ENV_PREFIX))
         raise SettingsError(
-            f"unknown setting {unknown[0]} (known: {sorted(Settings.model_fields)})"
+            f"unknown setting {unknown[0]}: unset it or fix its name (known: {known})"
         )
     try:
         return Settings(**overrides)  # type: ignore[arg-type]

@@ -255,6 +255,19 @@ BASELINE_POLICY = GatePolicy(version="baseline-v2", overall_floor=0.45, tool_fin
 # lower floors, and says so. Real students use the default `gate-v2`, which refuses it.
 DEMO_POLICY = GatePolicy(version="demo-v2", overall_floor=0.55, tool_final_floor=0.45)
 
+NAMED_POLICIES = {p.version: p for p in (GatePolicy(), BASELINE_POLICY, DEMO_POLICY)}
+
+
+def policy_named_or_file(text: str) -> GatePolicy:
+    """A named policy (`gate-v2`, `baseline-v2`, `demo-v2`) or a policy JSON file's path."""
+    if text in NAMED_POLICIES:
+        return NAMED_POLICIES[text]
+    if not Path(text).exists() and not text.endswith(".json"):
+        raise PolicyError(
+            "policy", f"{text!r} is neither a named policy {sorted(NAMED_POLICIES)} nor a file"
+        )
+    return load_policy(text)
+
 
 __all__ = [
     "BASELINE_POLICY",
@@ -262,7 +275,9 @@ __all__ = [
     "Criterion",
     "GatePolicy",
     "GateVerdict",
+    "NAMED_POLICIES",
     "PolicyError",
     "evaluate_gate",
     "load_policy",
+    "policy_named_or_file",
 ]

@@ -851,7 +851,7 @@ background:#fee}.callout.decision_changed{border-color:#e90;background:#fff6e0}
 REPORT_BODY = """
 {% for c in r.callouts %}<div class="callout {{ c.kind }}"><b>{{ c.kind|upper }}</b>:
 {{ c.message }}</div>{% endfor %}
-<h3>Decision: <span class="decision">{{ r.decision }}</span>
+<h3>Decision: <span class="decision" data-testid="decision">{{ r.decision }}</span>
 <span class="badge srm {{ 'srm-flagged' if r.srm.flagged else 'srm-ok' }}"
  title="sample ratio mismatch p = {{ num(r.srm.p_value) }}">SRM
 {{ 'FLAGGED' if r.srm.flagged else 'ok' }}</span></h3>
@@ -873,18 +873,19 @@ horizon {{ num(r.horizon, '.0f') }} projects per arm ({{ r.horizon_source }}), e
 <th>interval (pts, Newcombe)</th><th>ratio (% of control)</th><th>interval (ratio, MOVER-R)</th>
 <th>{{ r.labels.p_value }}</th></tr>
 {% for c in r.comparisons %}<tr><td>{{ c.arm }}</td><td>{{ c.decision }}</td>
-<td class="n">{{ pts(c.difference) }}</td><td>{{ interval(c.difference_ci, 'pts') }}</td>
-<td class="n">{{ ratio(c.ratio) }}</td><td>{{ interval(c.ratio_ci, 'ratio') }}</td>
+{% set by_ratio = 'ratio' in r.labels.decision_interval %}
+<td class="n">{{ pts(c.difference) }}</td><td{% if loop.first and not by_ratio %} data-testid="decision-interval"{% endif %}>{{ interval(c.difference_ci, 'pts') }}</td>
+<td class="n">{{ ratio(c.ratio) }}</td><td{% if loop.first and by_ratio %} data-testid="decision-interval"{% endif %}>{{ interval(c.ratio_ci, 'ratio') }}</td>
 <td class="n">{{ num(c.p_value) }}</td></tr>
 {% for note in c.notes %}<tr><td></td><td colspan="6" class="note">{{ note }}</td></tr>{% endfor %}
 {% endfor %}</table>
 {% for name, png in images.items() %}<img class="plot" alt="{{ name }} of {{ r.experiment.key }}"
  src="data:image/png;base64,{{ png }}">{% endfor %}
 {% if not images %}<p>No projects yet.</p>{% endif %}
-<h4>Power (the deciding test's design)</h4><ul class="power">{% for p in r.power %}
+<h4>Power (the deciding test's design)</h4><ul class="power" data-testid="power">{% for p in r.power %}
 <li>{{ p.arm }}: {{ power_text(p) }}</li>{% endfor %}</ul>
 <h4>Guardrails</h4>
-<table class="guardrails"><tr><th>arm</th><th>calls</th><th>latency p50</th><th>p95</th>
+<table class="guardrails" data-testid="guardrails"><tr><th>arm</th><th>calls</th><th>latency p50</th><th>p95</th>
 <th>fallback</th><th>errors</th><th>cache hits</th><th>cost / project</th></tr>
 {% for g in r.guardrails %}<tr><td>{{ g.arm }}</td><td class="n">{{ g.calls }}</td>
 <td class="n">{{ num(g.latency_p50_ms, '.0f') }} ms</td>
@@ -892,14 +893,14 @@ horizon {{ num(r.horizon, '.0f') }} projects per arm ({{ r.horizon_source }}), e
 <td class="n">{{ pct(g.fallback_rate) }}</td><td class="n">{{ pct(g.error_rate) }}</td>
 <td class="n">{{ pct(g.cache_hit_rate) }}</td>
 <td class="n">${{ num(g.cost_per_project, '.5f') }}</td></tr>{% endfor %}</table>
-<h4>Segments</h4><p><i>{{ exploratory }}</i></p>
+<div data-testid="segments"><h4>Segments</h4><p><i>{{ exploratory }}</i></p>
 {% for name, rows in r.segments.items() %}<h5>{{ name }}</h5><table class="segments"><tr>
 <th>segment</th>{% for a in r.arms %}<th>{{ a.name }}</th>{% endfor %}
 <th>difference (95% interval, pts)</th></tr>
 {% for row in rows %}<tr><td>{{ row.segment }}</td>{% for a in row.arms %}
 <td class="n">{{ pct(a.rate, 1) }} ({{ a.starts }})</td>{% endfor %}<td>
 {% for c in row.comparisons %}{{ c.arm }}: {{ pts(c.difference) }}
-{{ interval(c.difference_ci, 'pts') }} {% endfor %}</td></tr>{% endfor %}</table>{% endfor %}
+{{ interval(c.difference_ci, 'pts') }} {% endfor %}</td></tr>{% endfor %}</table>{% endfor %}</div>
 {% if r.notes %}<p class="notes">Notes: {{ r.notes|join('; ') }}</p>{% endif %}
 """
 

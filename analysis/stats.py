@@ -1453,6 +1453,24 @@ def plan(
     )  # fmt: skip
 
 
+def plan_power(
+    baseline: float,
+    effect: float,
+    control_n: ArrayLike,
+    *,
+    scale: str = RELATIVE,
+    kind: str = "superiority",
+    alpha: float = DEFAULT_ALPHA,
+    ratio: float = 1.0,
+    sequential: bool = False,
+) -> FloatArray:
+    """Power of the design that `plan` sizes, at `control_n` projects in the control arm
+    (elementwise): its inverse, so the power at `plan(...).control_exact` is `power`."""
+    unit, distance = _design(baseline, effect, scale, kind, ratio)
+    n = np.asarray(control_n, dtype=float)
+    return np.asarray(special.ndtr(np.sqrt(n / unit) * distance - design_z(alpha, sequential)))
+
+
 # --------------------------------------------------------------------------------------------
 # Allocation periods: SRM per period, effect stratified by period
 # --------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
-from abtest.api import admin, gates, health, results, serving
+from abtest.api import admin, gates, health, results, serving, signin
 from abtest.api.deps import AppState
 from abtest.api.fastlane import answer_project, is_project_post
 from abtest.api.guard import RequestGuard, safe_errors
@@ -63,4 +63,5 @@ def create_app(settings: Settings | None = None, *, check_migrated: bool = True)
     # serving first: its routes are the hot path, matched before the others are tried
     for module in (serving, health, admin, results, gates):
         app.include_router(module.router)
+    signin.install(app)
     return app

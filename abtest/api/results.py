@@ -7,13 +7,14 @@ from functools import lru_cache
 from typing import Any
 
 import jinja2
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse
 from markupsafe import Markup
 from sqlalchemy.orm import Session
 
 from abtest import reporting, services
 from abtest.api.deps import db_session, require_role
+from abtest.api.signin import dashboard_viewer
 from analysis import reports
 
 router = APIRouter(tags=["results"])
@@ -71,8 +72,8 @@ def _templates() -> jinja2.Environment:
     )
 
 
-@router.get("/dashboard", response_class=HTMLResponse, dependencies=reader)
-def dashboard(session: Session = Depends(db_session)) -> HTMLResponse:
+@router.get("/dashboard", response_class=HTMLResponse, dependencies=[Depends(dashboard_viewer)])
+def dashboard(request: Request, session: Session = Depends(db_session)) -> HTMLResponse:
     """Every experiment; per experiment with traffic, the report's body: decision, SRM badge, arms
     with pending projects, intervals with their labels, plots, power, guardrails, segments."""
     experiments = services.list_experiments(session)
@@ -85,6 +86,12 @@ def dashboard(session: Session = Depends(db_session)) -> HTMLResponse:
     html = (
         _templates()
         .get_template("dashboard.html")
-        .render(experiments=experiments, panels=panels, **reports.template_helpers())
+        .render(
+            experiments=experiments,
+            panels=panels,
+            champion=services.champion(session),
+            signed_in=getattr(request.state, "signed_in", False),
+            **reports.template_helpers(),
+        )
     )
     return HTMLResponse(html)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -102,6 +104,9 @@ class EventBatchIn(_Strict):
     events: list[EventIn] = Field(min_length=1, max_length=10_000)
 
 
+_M = TypeVar("_M", bound=BaseModel)
+
+
 def _router(request: Request) -> Router:
     return get_router(app_state(request))
 
@@ -180,12 +185,27 @@ async def serve_project(
     return 200, routed.to_json(), None
 
 
-@router.post("/v1/projects/{project_id}/export", dependencies=app_role)
-async def post_export(
-    project_id: str, request: Request, body: ExportIn | None = None
-) -> dict[str, Any]:
+def _json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI for a route that reads its JSON body itself (with or without Content-Type)."""
+    return {"requestBody": {"content": {"application/json": {"schema": model.model_json_schema()}}}}
+
+
+def _parse(model: type[_M], raw: bytes) -> _M:
+    """The body as `model`, whatever the Content-Type (curl -d sends form encoding), like
+    POST /v1/projects; a malformed body is a 422 in FastAPI's shape."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise RequestValidationError(_body_errors(exc)) from None
+
+
+@router.post(
+    "/v1/projects/{project_id}/export", dependencies=app_role, openapi_extra=_json_body(ExportIn)
+)
+async def post_export(project_id: str, request: Request) -> dict[str, Any]:
     """Log that the user exported the project (optionally which tools were kept)."""
-    body = body or ExportIn()
+    raw = await request.body()
+    body = _parse(ExportIn, raw) if raw.strip() else ExportIn()
     if "\x00" in project_id:
         raise Invalid("project_id", "contains a NUL character")
     try:
@@ -200,9 +220,10 @@ async def post_export(
         raise _http_error(exc) from None
 
 
-@router.post("/v1/events:batch", dependencies=app_role)
-async def post_events(body: EventBatchIn, request: Request) -> dict[str, int]:
+@router.post("/v1/events:batch", dependencies=app_role, openapi_extra=_json_body(EventBatchIn))
+async def post_events(request: Request) -> dict[str, int]:
     """Store up to 10,000 events at once; a retried event (same client_event_id) counts once."""
+    body = _parse(EventBatchIn, await request.body())
     try:
         result = await _router(request).ingest([e.model_dump() for e in body.events])
     except RoutingError as exc:

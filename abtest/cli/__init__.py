@@ -38,4 +38,25 @@ app.add_typer(experiments.app, name="experiments")
 for module in (analysis_cmds, reports_cmds, offline_cmds, serving_cmds, models_cmds, distill_cmds):
     module.register(app)
 
-__all__ = ["app"]
+
+def main() -> None:
+    """The `abtest` console script: the Typer app, with a database or settings failure that
+    escapes a command shown as one line naming the variable (never a traceback)."""
+    import sys
+
+    from sqlalchemy.exc import DBAPIError
+
+    from abtest import db
+    from abtest.settings import SettingsError, get_settings
+
+    try:
+        app(prog_name="abtest")
+    except SettingsError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        sys.exit(2)
+    except DBAPIError as exc:
+        sys.stderr.write(f"error: {db.connection_problem(get_settings().database_url, exc)}\n")
+        sys.exit(2)
+
+
+__all__ = ["app", "main"]

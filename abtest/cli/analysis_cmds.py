@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import re
+from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
+from pathlib import Path
 from typing import Any
 
 import typer
 
-from abtest.cli.common import JSON_OPTION, console, fail, print_json, print_table
-from analysis import stats
+from abtest.cli.common import JSON_OPTION, LazyModule, console, fail, print_json, print_table
+
+stats: Any = LazyModule("analysis.stats")
+plots: Any = LazyModule("analysis.plots")
+DEFAULT_ALPHA = 0.05  # analysis.stats.DEFAULT_ALPHA, without importing scipy to show --help
+DEFAULT_POWER = 0.8  # analysis.stats.DEFAULT_POWER, likewise
 
 stats_app = typer.Typer(
     help="Calculator for completion rates: compare arms, plan sample sizes.",
@@ -104,11 +111,11 @@ def proportions(
         help="Without a margin: the change whose power decides 'underpowered' vs "
         "'inconclusive' ('2%' relative, or '1pts').",
     ),
-    target_power: float = typer.Option(stats.DEFAULT_POWER, "--power", help="Power wanted."),
+    target_power: float = typer.Option(DEFAULT_POWER, "--power", help="Power wanted."),
     days: float | None = typer.Option(
         None, "--days", help="Days the counts took: turns projects still needed into days."
     ),
-    alpha: float = typer.Option(stats.DEFAULT_ALPHA, "--alpha", help="Two-sided level."),
+    alpha: float = typer.Option(DEFAULT_ALPHA, "--alpha", help="Two-sided level."),
     sequential: bool = typer.Option(
         False, "--sequential", help="Always-valid (mixture SPRT) intervals and p-values."
     ),
@@ -253,7 +260,7 @@ def _print_proportions(result: stats.ExperimentDecision) -> None:
     rows: list[dict[str, str]] = []
 
     def add(label: str, values: list[str]) -> None:
-        rows.append({"": label, **dict(zip(names, values, strict=True))})
+        rows.append({"measure": label, **dict(zip(names, values, strict=True))})
 
     decisions = list(result.treatments.values())
     k = len(names)
@@ -282,7 +289,7 @@ def _print_proportions(result: stats.ExperimentDecision) -> None:
     add("power reached", [_power_text(d.power) for d in decisions])
     add("projects per arm still needed", [_needed_text(d) for d in decisions])
     add("decision", [d.decision for d in decisions])
-    print_table("Treatment versus control", rows, ["", *names])
+    print_table("Treatment versus control", rows, ["measure", *names])
     if result.srm is not None:
         srm = result.srm
         if srm.flagged:
@@ -338,7 +345,7 @@ def power(
         "--expected",
         help="With an absolute --margin and a fixed design: the true difference you expect.",
     ),
-    alpha: float = typer.Option(stats.DEFAULT_ALPHA, "--alpha", help="Two-sided level."),
+    alpha: float = typer.Option(DEFAULT_ALPHA, "--alpha", help="Two-sided level."),
     target_power: float = typer.Option(0.8, "--power", help="Wanted power, e.g. 0.8."),
     ratio: float = typer.Option(1.0, "--ratio", help="Treatment size / control size."),
     sequential: bool = typer.Option(
@@ -349,9 +356,14 @@ def power(
     daily_projects: float | None = typer.Option(
         None, "--daily-projects", help="Projects per day, all arms together: days needed."
     ),
+    plot: Path | None = typer.Option(
+        None, "--plot", help="Also write an HTML page with the power curve to this file."
+    ),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Projects per arm for the deciding test to detect MDE (or to show non-inferiority)."""
+    if plot is not None and not plot.parent.is_dir():
+        fail(f"plot: the directory {plot.parent} does not exist")
     _check_alpha(alpha)
     for name, value in (("baseline", baseline), ("power", target_power)):
         if not 0 < value < 1:
@@ -374,6 +386,7 @@ def power(
             baseline, value, scale=scale, alpha=alpha, power=target_power,
             ratio=ratio, sequential=sequential, daily_projects=daily_projects,
         )  # fmt: skip
+        power_at = _design_power(baseline, value, scale, "superiority", alpha, ratio, sequential)
         title = f"Sample size to detect {label} ({design})"
     else:
         parsed = _margin(margin)
@@ -390,13 +403,19 @@ def power(
             plan = stats.non_inferiority_sample_size(
                 baseline, parsed.value, expected, alpha, target_power, ratio, daily_projects
             )
+            power_at = plots.fixed_non_inferiority_power(plan)
         else:
             plan = stats.plan(
                 baseline, parsed.value, scale=parsed.scale, kind="non-inferiority", alpha=alpha,
                 power=target_power, ratio=ratio, sequential=sequential,
                 daily_projects=daily_projects,
             )  # fmt: skip
+            power_at = _design_power(
+                baseline, parsed.value, parsed.scale, "non-inferiority", alpha, ratio, sequential
+            )
         title = f"Sample size to show non-inferiority at {parsed.label} ({design})"
+    if plot is not None:
+        plot.write_text(_power_html(plan, title, power_at), encoding="utf-8")
     if as_json:
         print_json({**_json_ready(plan), "sequential": sequential, "title": title})
         return
@@ -412,6 +431,32 @@ def power(
         row["days"] = str(plan.days_needed)
         columns.append("days")
     print_table(f"{title} (alpha {alpha:g}, power {target_power:g})", [row], columns)
+    if plot is not None:
+        console.print(f"power curve: {plot}")
+
+
+def _design_power(
+    baseline: float, effect: float, scale: str, kind: str, alpha: float, ratio: float, seq: bool
+) -> Callable[[Any], Any]:
+    """The power of the design `stats.plan` sized, as a function of control projects."""
+    return functools.partial(
+        stats.plan_power, baseline, effect, scale=scale, kind=kind, alpha=alpha, ratio=ratio,
+        sequential=seq,
+    )  # fmt: skip
+
+
+def _power_html(plan: Any, title: str, power_at: Callable[[Any], Any]) -> str:
+    curve = plots.power_curve(plan, power_at)
+    rows = [
+        ("baseline", _pct(plan.baseline)),
+        ("treatment rate", _pct(plan.treatment_rate)),
+        ("alpha / power", f"{plan.alpha:g} / {plan.power:g}"),
+        ("projects per arm (control, treatment)", f"{plan.control}, {plan.treatment}"),
+    ]
+    if plan.days_needed is not None:
+        rows.append(("days", str(plan.days_needed)))
+    png = plots.power_curve_png(curve, title)
+    return plots.html_page(title, rows, png, "power curve")
 
 
 def _signed_effect(text: str) -> tuple[float, str, str]:

@@ -17,10 +17,23 @@ from abtest import db
 from abtest.errors import ServiceError
 from abtest.settings import Settings, SettingsError, get_settings
 
-console = Console()
+console = Console(soft_wrap=True)  # long lines are not cut at 80 columns when piped
 err_console = Console(stderr=True)
 
 JSON_OPTION = typer.Option(False, "--json", help="Print JSON for scripts instead of a table.")
+
+
+class LazyModule:
+    """A module imported on first attribute access: `abtest --help` and the database commands
+    do not pay for scipy, statsmodels and pandas (seconds per command)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attribute: str) -> Any:
+        import importlib
+
+        return getattr(importlib.import_module(self._name), attribute)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -35,8 +48,15 @@ def settings() -> Settings:
         fail(str(exc), 2)
 
 
-def engine(check_migrated: bool = True) -> Engine:
-    eng = db.get_engine(settings().database_url)
+def engine(check_migrated: bool = True, create: bool = False) -> Engine:
+    """The database engine after checking it opens (one-line error otherwise); a missing SQLite
+    file is created only when `create` (`abtest db upgrade`)."""
+    url = settings().database_url
+    try:
+        db.check_can_open(url, create=create)
+    except db.DatabaseUnavailable as exc:
+        fail(str(exc), 2)
+    eng = db.get_engine(url)
     if check_migrated:
         try:
             db.ensure_migrated(eng)
@@ -60,9 +80,22 @@ def print_json(data: Any) -> None:
 
 
 def print_table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    """A table sized to the terminal (cells wrap, names are never cut); when the output is not
+    a terminal (piped, redirected), one `column: value` line per field and a blank line between
+    rows, so nothing wraps or is truncated."""
+    if not console.is_terminal:
+        typer.echo(vertical_text(title, rows, columns))
+        return
     table = Table(title=title)
     for column in columns:
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(*(str(row.get(c, "")) for c in columns))
     console.print(table)
+
+
+def vertical_text(title: str, rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """Rows as `column: value` lines (the layout for pipes), values never shortened."""
+    width = max((len(c) for c in columns), default=0)
+    blocks = ["\n".join(f"{c.ljust(width)}: {row.get(c, '')}" for c in columns) for row in rows]
+    return f"# {title} ({len(rows)})\n" + "\n\n".join(blocks)

@@ -126,11 +126,19 @@ def train(
     ),
     max_new_tokens: int = typer.Option(200, "--max-new-tokens", help="Per answer when scoring."),
     threads: int | None = typer.Option(None, "--threads"),
-    register: str | None = typer.Option(None, "--register", help="Register as this variant."),
+    register: str | None = typer.Option(
+        None,
+        "--register",
+        metavar="NAME",
+        help="Afterwards register the model as a local_student variant named NAME.",
+    ),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Fine-tune a student on the paper's prompts; keep the best of the last three epochs."""
     from dataclasses import replace
+
+    if register:
+        _check_can_register(register)
 
     from models.distill.demo_student import DEMO_SETTINGS
     from models.distill.train import TrainError, TrainSettings, train_student
@@ -192,6 +200,22 @@ def train(
             f"overall {summary['overall']:.3f})"
             + (f"; registered variant {summary['variant']}" if register else "")
         )
+
+
+def _check_can_register(name: str) -> None:
+    """Before minutes of training: the name is valid and free and the database is ready."""
+    from abtest import services
+    from abtest.errors import NotFound, ServiceError
+
+    with session() as s:
+        try:
+            services._check_name(name, "register")
+            services.get_variant(s, name)
+        except NotFound:
+            return
+        except ServiceError as exc:
+            fail(str(exc))
+    fail(f"register: a variant named {name!r} already exists; choose another name")
 
 
 def _train_embedding(

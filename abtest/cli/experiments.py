@@ -62,19 +62,25 @@ def create(
 
 
 @app.command("start")
-def start(key: str) -> None:
+def start(key: str, as_json: bool = JSON_OPTION) -> None:
     """Start sending traffic (every arm must have passed the offline gate)."""
     with session() as s:
-        services.start_experiment(s, key)
-    typer.echo(f"experiment {key} is running")
+        summary = services.experiment_summary(services.start_experiment(s, key))
+    if as_json:
+        print_json(summary)
+    else:
+        typer.echo(f"experiment {key} is running")
 
 
 @app.command("stop")
-def stop(key: str) -> None:
+def stop(key: str, as_json: bool = JSON_OPTION) -> None:
     """Stop assigning new projects."""
     with session() as s:
-        services.stop_experiment(s, key)
-    typer.echo(f"experiment {key} is stopped")
+        summary = services.experiment_summary(services.stop_experiment(s, key))
+    if as_json:
+        print_json(summary)
+    else:
+        typer.echo(f"experiment {key} is stopped")
 
 
 @app.command("list")

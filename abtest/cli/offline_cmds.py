@@ -11,7 +11,7 @@ from rich.table import Table
 from abtest import gating
 from abtest.cli.common import JSON_OPTION, console, fail, print_json, session, settings
 from analysis import offline
-from analysis.gate import GatePolicy, PolicyError, load_policy
+from analysis.gate import GatePolicy, PolicyError, policy_named_or_file
 from analysis.offline_io import match_files
 from models.dataset import DatasetError
 
@@ -123,16 +123,25 @@ def _names(thresholds: tuple[int, ...]) -> set[str]:
 
 def gate(
     name: str = typer.Argument(..., help="Registered variant to gate."),
-    policy_file: Path = typer.Option(None, "--policy", help="Gate policy JSON (default gate-v2)."),
+    policy_name: str = typer.Option(
+        None,
+        "--policy",
+        help="A named policy (gate-v2, the default; baseline-v2; demo-v2) or a policy JSON file.",
+    ),
     test_set: Path = typer.Option(
         None, "--test-set", help="Test set (default: the bundled test split, the current one)."
     ),
     actor: str = typer.Option("cli", "--actor", help="Who runs the gate (stored)."),
+    html_out: Path = typer.Option(
+        None, "--html", help="Also write an HTML report: per-tool scores with intervals vs floors."
+    ),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Evaluate a variant against the champion and store the gate run; exit 1 when it fails."""
+    if html_out is not None and not html_out.parent.is_dir():
+        fail(f"--html: the directory {html_out.parent} does not exist")
     try:
-        policy = load_policy(policy_file) if policy_file is not None else GatePolicy()
+        policy = policy_named_or_file(policy_name) if policy_name is not None else GatePolicy()
     except PolicyError as exc:
         fail(f"--policy: {exc}")
     with session() as s:
@@ -140,6 +149,8 @@ def gate(
             s, name, actor, policy, test_set, progress=not as_json, settings=settings()
         )
         summary = gating.gate_run_summary(run)
+    if html_out is not None:
+        html_out.write_text(gate_html(name, summary), encoding="utf-8")
     if as_json:
         print_json(summary)
     else:
@@ -152,8 +163,30 @@ def gate(
             f"gate run #{summary['id']} for {name}: {state} "
             f"(policy {summary['policy_version']}, test set {summary['test_set_hash'][:12]})"
         )
+        if html_out is not None:
+            typer.echo(f"HTML report with the per-tool scores plot: {html_out}")
     if not summary["passed"]:
         raise typer.Exit(1)
+
+
+def gate_html(name: str, summary: dict[str, Any]) -> str:
+    """The gate run as a page: verdict, criteria, and the scores-vs-floors plot."""
+    from analysis import plots
+
+    bars = plots.gate_score_bars(summary["metrics"])
+    state = "PASSED" if summary["passed"] else "FAILED"
+    title = f"gate run #{summary['id']} for {name}: {state}"
+    rows = [("policy", str(summary["policy_version"])), ("test set", summary["test_set_hash"])]
+    rows += [
+        (f"{b.name} (interval)", f"{plots.fmt(b.estimate)} [{plots.fmt(b.low)}, "
+         f"{plots.fmt(b.high)}], floor {plots.fmt(b.floor)}")
+        for b in bars
+    ]  # fmt: skip
+    for criterion in summary["metrics"]["verdict"]["criteria"]:
+        mark = "pass" if criterion["passed"] else "FAIL"
+        rows.append((f"{mark}: {criterion['name']}", criterion["message"]))
+    png = plots.gate_scores_png(bars, f"{name}: scores with bootstrap intervals vs floors")
+    return plots.html_page(title, rows, png, f"per-tool scores of {name}")
 
 
 def register(app: typer.Typer) -> None:

@@ -5,14 +5,25 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from abtest import reporting
-from abtest.cli.common import JSON_OPTION, console, engine, fail, print_json, print_table, session
+from abtest.cli.common import (
+    JSON_OPTION,
+    LazyModule,
+    console,
+    engine,
+    fail,
+    print_json,
+    print_table,
+    session,
+)
 from abtest.cli.common import settings as load_settings
 from abtest.errors import ServiceError
-from analysis import reports
+
+reporting: Any = LazyModule("abtest.reporting")
+reports: Any = LazyModule("analysis.reports")
 
 reports_app = typer.Typer(help="Run and list stored significance reports.")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from typing import Any
 
 import typer
@@ -53,6 +54,8 @@ def serve(
         uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
     else:  # each worker builds its own app from the environment
         os.environ["ABTEST_AUTH_ENABLED"] = "true" if enabled else "false"
+        # one cookie-signing secret for every worker, so a sign-in holds on any of them
+        os.environ.setdefault("ABTEST_SESSION_SECRET", secrets.token_urlsafe(32))
         uvicorn.run(
             "abtest.api:create_app",
             factory=True,
@@ -94,12 +97,17 @@ def _check_keys(settings: Any, enabled: bool) -> None:
 def keys_create(
     name: str = typer.Argument(..., help="A name for the key (who or what uses it)."),
     role: str = typer.Option(..., "--role", "-r", help="app, engineer or analyst."),
+    as_json: bool = common.JSON_OPTION,
 ) -> None:
-    """Create a key; it is printed once and only its SHA-256 hash is stored."""
+    """Create a key; it is printed once (the last line) and only its SHA-256 hash is stored."""
     from abtest import auth
 
     with common.session() as session:
         row, plaintext = auth.create_key(session, name, role)
+        summary = auth.key_summary(row)
+    if as_json:
+        common.print_json({**summary, "key": plaintext})
+        return
     common.console.print(
         f"created {row.role} key {row.name!r}; store it now, it is not shown again:"
     )
@@ -120,13 +128,18 @@ def keys_list(as_json: bool = common.JSON_OPTION) -> None:
 
 
 @keys_app.command("revoke")
-def keys_revoke(name: str = typer.Argument(..., help="The key's name.")) -> None:
+def keys_revoke(
+    name: str = typer.Argument(..., help="The key's name."), as_json: bool = common.JSON_OPTION
+) -> None:
     """Revoke a key (running servers stop accepting it within seconds)."""
     from abtest import auth
 
     with common.session() as session:
-        auth.revoke_key(session, name)
-    common.console.print(f"revoked API key {name!r}")
+        summary = auth.key_summary(auth.revoke_key(session, name))
+    if as_json:
+        common.print_json(summary)
+    else:
+        common.console.print(f"revoked API key {name!r}")
 
 
 @spool_app.command("replay")
@@ -134,6 +147,7 @@ def spool_replay(
     reconcile: bool = typer.Option(
         True, help="Afterwards give orphan exports the arm of their project's assignment."
     ),
+    as_json: bool = common.JSON_OPTION,
 ) -> None:
     """Move events spooled while the database was down into the database (idempotent)."""
     from abtest.runtime import TABLES
@@ -154,6 +168,16 @@ def spool_replay(
     finally:
         spool.close()
     buried = spool.dead_letters - dead_before
+    if as_json:
+        common.print_json(
+            {
+                "replayed": replayed - buried,
+                "dead_lettered": buried,
+                "spooled_before": before,
+                "reconciled": fixed,
+            }
+        )
+        return
     common.console.print(
         f"replayed {replayed - buried} of {before} spooled entries into the database; "
         f"reconciled {fixed} orphan events"

@@ -15,6 +15,17 @@ from analysis import stats
 runner = CliRunner()
 
 
+def _decision_row(stdout: str) -> str:
+    """The decision row of the comparison table, table-drawn (terminal) or vertical (piped)."""
+    lines = stdout.splitlines()
+    for i, line in enumerate(lines):
+        if "│ decision" in line:
+            return line
+        if line.replace(" ", "") == "measure:decision":
+            return lines[i + 1]
+    raise AssertionError(f"no decision row in:\n{stdout}")
+
+
 def invoke(*args: str):
     return runner.invoke(app, ["stats", *args], env={"COLUMNS": "120"})
 
@@ -45,14 +56,14 @@ def test_proportions_table_with_margin():
     assert "93.00%" in result.stdout and "93.53%" in result.stdout
     assert "non-inferior at -1.2% relative" in result.stdout
     assert "one-sided at alpha/2" in result.stdout
-    decision_row = next(line for line in result.stdout.splitlines() if "│ decision" in line)
+    decision_row = _decision_row(result.stdout)
     assert "non-inferior" in decision_row
     points = invoke(
         "proportions", "--control", "930/1000", "--treatment", "945/1000", "--margin", "-3pts"
     )
     assert points.exit_code == 0, points.output
     assert "non-inferior at -3 pts" in points.stdout
-    decision_row = next(line for line in points.stdout.splitlines() if "│ decision" in line)
+    decision_row = _decision_row(points.stdout)
     assert "underpowered" in decision_row  # the interval clears -3 pts, with 75% power
 
 
@@ -79,7 +90,7 @@ def test_degenerate_all_versus_nothing_is_treatment_worse():
     assert t["decision"] == "treatment worse"
     assert t["p_value_adjusted"] < 1e-6
     table = invoke("proportions", "--control", "1000/1000", "--treatment", "0/1000")
-    decision_row = next(line for line in table.stdout.splitlines() if "│ decision" in line)
+    decision_row = _decision_row(table.stdout)
     assert "treatment worse" in decision_row
 
 
@@ -224,3 +235,20 @@ def test_power_bad_input_is_a_clear_error(args, needle):
     assert result.exit_code != 0
     assert needle in result.output
     assert "Traceback" not in result.output
+
+
+def test_the_cli_imports_no_statistics_stack_until_a_command_needs_it():
+    """Every command pays the CLI's import time: scipy, statsmodels and pandas load lazily."""
+    import subprocess
+    import sys
+
+    from abtest.cli import analysis_cmds
+    from analysis import stats
+
+    assert analysis_cmds.DEFAULT_ALPHA == stats.DEFAULT_ALPHA
+    heavy = "{'scipy', 'statsmodels', 'pandas'}"
+    code = f"import sys, abtest.cli; print(sorted({heavy} & set(sys.modules)))"
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert loaded.stdout.strip() == "[]"

@@ -37,14 +37,50 @@ def test_projects_are_drawn_by_popularity():
     assert len({p.project_id for p in projects}) == 5000
 
 
+def test_projects_are_spread_evenly_over_the_days():
+    days = [demo.day_of(i, 140) for i in range(140)]
+    assert days == sorted(days) and set(days) == set(range(demo.DAYS))
+    assert all(days.count(d) == 10 for d in range(demo.DAYS))
+
+
 @pytest.mark.slow
-def test_demo_end_to_end(tmp_path: Path):
+def test_demo_end_to_end(tmp_path: Path, monkeypatch):
+    import sqlalchemy as sa
+
+    from abtest import db, reporting
+
     console = Console(record=True, width=120)
-    rows = demo.run_demo(120, str(tmp_path / "demo.db"), seed=3, console=console)
+    database = tmp_path / "demo.db"
+    rows = demo.run_demo(280, str(database), seed=3, console=console)
     assert [r["arm"] for r in rows] == ["control", "student"]
-    assert sum(r["starts"] for r in rows) == 120
+    assert sum(r["starts"] for r in rows) == 280
     assert all(0 < r["exports"] <= r["starts"] for r in rows)
     assert all((r["fallbacks"] or 0) == 0 for r in rows)
     output = console.export_text()
     assert "offline gate" in output and "completion rate" in output
+    assert f"export ABTEST_DATABASE_URL=sqlite:///{database}" in output
     assert (tmp_path / "demo.html").read_text().startswith("<!")
+
+    engine = db.make_engine(f"sqlite:///{database}")
+    with engine.connect() as connection:
+        days = connection.execute(
+            sa.text("SELECT DISTINCT date(occurred_at) FROM events WHERE type = 'start'")
+        ).all()
+        late = connection.execute(
+            sa.text(
+                "SELECT COUNT(*) FROM events s JOIN events x ON x.project_id = s.project_id "
+                "WHERE s.type = 'start' AND x.type = 'export' AND x.occurred_at <= s.occurred_at"
+            )
+        ).scalar()
+    assert len(days) == demo.DAYS  # one group of starts per simulated day
+    assert late == 0  # every export comes after its start
+    with db.session_scope(engine) as session:
+        report = reporting.build(session, demo.EXPERIMENT_KEY)
+    engine.dispose()
+    timeline = report["timeline"]
+    assert len(timeline) == demo.DAYS
+    widths = [p["relative"]["student"]["ci_high"] - p["relative"]["student"]["ci_low"]
+              for p in timeline]  # fmt: skip
+    assert widths[-1] < widths[len(widths) // 2] < widths[1]  # the interval narrows
+    assert report["sequential"] and report["comparisons"][0]["sequential"] is not None
+    assert "relative difference after each day (always-valid)" in output

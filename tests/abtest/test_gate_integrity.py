@@ -159,6 +159,13 @@ def test_keeping_the_champion_is_supported_when_the_treatment_is_worse(engine, w
         assert experiment.status == "concluded" and services.champion(session).name == "teacher"
 
 
+def test_supportive_decisions_are_the_analysis_shippable_ones():
+    from analysis import stats
+
+    assert set(gating.SUPPORTIVE) == set(stats.SHIPPABLE)
+    assert set(stats.SHIPPABLE) < set(stats.DECISIONS)
+
+
 def test_shipping_support_reads_only_explicit_support():
     def report(decision, srm=False, starts=10):
         return {

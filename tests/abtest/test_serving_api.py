@@ -295,3 +295,40 @@ def test_serve_enables_auth_unless_disabled(sqlite_url, monkeypatch, argv, env, 
     assert result.exit_code == 0, result.output
     assert served["app"].state.abtest.settings.auth_enabled is expected
     assert served["port"] == 8123
+
+
+def test_bodies_are_json_without_a_content_type_like_curl_d(client, engine_for):
+    """`curl -d @events.json` sends application/x-www-form-urlencoded: the JSON is read anyway,
+    on every app endpoint (as on /v1/projects); a malformed body is still a 422 naming the field."""
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    routed = client.post(
+        "/v1/projects", content=b'{"project_id": "p1", "intent": "golden hour"}', headers=form
+    )
+    assert routed.status_code == 200, routed.text
+    batch = (
+        b'{"events": [{"client_event_id": "c1", "type": "export", "project_id": "p1",'
+        b' "kept_tools": ["filter"]}]}'
+    )
+    stored = client.post("/v1/events:batch", content=batch, headers=form)
+    assert stored.status_code == 200, stored.text
+    assert stored.json()["stored"] == 1
+    export = client.post("/v1/projects/p1/export", content=b"", headers=form)
+    assert export.status_code == 200, export.text
+    bad = client.post("/v1/events:batch", content=b'{"events": [{"type": "x"}]}', headers=form)
+    assert bad.status_code == 422
+    assert ["body", "events", 0, "type"] in [e["loc"] for e in bad.json()["detail"]]
+    assert client.post("/v1/projects/p1/export", content=b"{", headers=form).status_code == 422
+
+
+def test_the_readme_events_example_is_accepted(settings, engine_for):
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "events.json"
+    make_experiment(engine_for, key="minilm-vs-teacher")
+    with client_for(settings) as c:
+        c.post("/v1/projects", json={"project_id": "p2", "intent": "moody film noir"})
+        answer = c.post("/v1/events:batch", content=example.read_bytes())
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"received": 2, "stored": 2, "duplicates": 0, "spooled": 0}
+    stored = events(engine_for, "project_id = 'p2'")
+    assert any(row.attributes == {"platform": "ios", "country": "DE"} for row in stored)

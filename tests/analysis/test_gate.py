@@ -148,3 +148,15 @@ def test_verdict_as_dict_is_json():
     data = json.loads(json.dumps(verdict.as_dict()))
     assert data["passed"] is False
     assert data["failures"] == verdict.failures
+
+
+def test_policies_by_name_or_file(tmp_path):
+    from analysis.gate import DEMO_POLICY, PolicyError, policy_named_or_file
+
+    assert policy_named_or_file("demo-v2") is DEMO_POLICY
+    assert policy_named_or_file("gate-v2").overall_floor == 0.60
+    path = tmp_path / "p.json"
+    path.write_text('{"version": "mine", "overall_floor": 0.7}')
+    assert policy_named_or_file(str(path)).overall_floor == 0.7
+    with pytest.raises(PolicyError, match="neither a named policy"):
+        policy_named_or_file("gate-v9")
