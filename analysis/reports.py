@@ -874,18 +874,23 @@ horizon {{ num(r.horizon, '.0f') }} projects per arm ({{ r.horizon_source }}), e
 <th>{{ r.labels.p_value }}</th></tr>
 {% for c in r.comparisons %}<tr><td>{{ c.arm }}</td><td>{{ c.decision }}</td>
 {% set by_ratio = 'ratio' in r.labels.decision_interval %}
-<td class="n">{{ pts(c.difference) }}</td><td{% if loop.first and not by_ratio %} data-testid="decision-interval"{% endif %}>{{ interval(c.difference_ci, 'pts') }}</td>
-<td class="n">{{ ratio(c.ratio) }}</td><td{% if loop.first and by_ratio %} data-testid="decision-interval"{% endif %}>{{ interval(c.ratio_ci, 'ratio') }}</td>
+{% set deciding = ' data-testid="decision-interval"'|safe if loop.first else '' %}
+<td class="n">{{ pts(c.difference) }}</td><td{{ '' if by_ratio else deciding }}>
+{{ interval(c.difference_ci, 'pts') }}</td>
+<td class="n">{{ ratio(c.ratio) }}</td><td{{ deciding if by_ratio else '' }}>
+{{ interval(c.ratio_ci, 'ratio') }}</td>
 <td class="n">{{ num(c.p_value) }}</td></tr>
 {% for note in c.notes %}<tr><td></td><td colspan="6" class="note">{{ note }}</td></tr>{% endfor %}
 {% endfor %}</table>
 {% for name, png in images.items() %}<img class="plot" alt="{{ name }} of {{ r.experiment.key }}"
  src="data:image/png;base64,{{ png }}">{% endfor %}
 {% if not images %}<p>No projects yet.</p>{% endif %}
-<h4>Power (the deciding test's design)</h4><ul class="power" data-testid="power">{% for p in r.power %}
+<h4>Power (the deciding test's design)</h4>
+<ul class="power" data-testid="power">{% for p in r.power %}
 <li>{{ p.arm }}: {{ power_text(p) }}</li>{% endfor %}</ul>
 <h4>Guardrails</h4>
-<table class="guardrails" data-testid="guardrails"><tr><th>arm</th><th>calls</th><th>latency p50</th><th>p95</th>
+<table class="guardrails" data-testid="guardrails"><tr><th>arm</th><th>calls</th>
+<th>latency p50</th><th>p95</th>
 <th>fallback</th><th>errors</th><th>cache hits</th><th>cost / project</th></tr>
 {% for g in r.guardrails %}<tr><td>{{ g.arm }}</td><td class="n">{{ g.calls }}</td>
 <td class="n">{{ num(g.latency_p50_ms, '.0f') }} ms</td>
