@@ -44,9 +44,17 @@ def serve(
 
         if not is_unavailable(exc):
             raise
+        from abtest import db
+
+        problem = db.connection_problem(settings.database_url, exc)
+        if not _remembers_a_database(settings):
+            # nothing to serve from: a first start against an unreachable database is a
+            # configuration error, not an outage to ride out
+            common.fail(problem, 2)
         common.err_console.print(
-            "[yellow]warning:[/] the database is unreachable: starting degraded (events are "
-            "spooled, API keys checked against Redis and the last known keys)"
+            f"[yellow]warning:[/] {problem}; starting degraded from what this server last saw "
+            "(events are spooled, API keys checked against Redis and the last known keys)",
+            soft_wrap=True,
         )
     if not enabled:
         common.err_console.print("[yellow]warning:[/] auth is OFF: every endpoint is open")
@@ -64,6 +72,14 @@ def serve(
             workers=workers,
             log_level=log_level,
         )
+
+
+def _remembers_a_database(settings: Any) -> bool:
+    """Whether an earlier run left experiments or API keys to serve from (spool folder)."""
+    from pathlib import Path
+
+    spool = Path(settings.spool_dir)
+    return (spool / "experiments.json").exists() or (spool / "roles.json").exists()
 
 
 def _check_keys(settings: Any, enabled: bool) -> None:

@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from abtest import db
 from abtest.cli import app
 from abtest.settings import get_settings
 from tests.conftest import POSTGRES_URL
+from tests.gate_helpers import approved_student
 
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
@@ -146,7 +148,10 @@ def test_doctor_all_good_then_missing_model_files_and_dead_teacher(cli, redis_ur
     model = tmp_path / "student"
     model.mkdir()
     config = json.dumps({"path": str(model)})
-    registered = cli("variants", "register", "s1", "--kind", "local_student", "--config", config)
+    registered = cli(
+        "variants", "register", "s1", "--kind", "local_student", "--config", config,
+        ABTEST_MODEL_DIR=str(tmp_path),
+    )  # fmt: skip
     assert registered.exit_code == 0, registered.output
     from models.recorded_server import serve_in_thread
 
@@ -165,7 +170,7 @@ def test_doctor_all_good_then_missing_model_files_and_dead_teacher(cli, redis_ur
 
     model.rmdir()
     dead = f"http://127.0.0.1:{_closed_port()}/v1"
-    assert cli("variants", "register", "t", "--kind", "teacher").exit_code == 0
+    assert cli("variants", "register", "t", "--kind", "teacher", "--reference").exit_code == 0
     result = cli("doctor", "--json", OPENAI_BASE_URL=dead, ABTEST_REDIS_URL="redis://127.0.0.1:1")
     assert result.exit_code == 1
     checks = _checks(result)
@@ -192,7 +197,11 @@ def test_train_register_is_checked_before_training(cli, tmp_path):
     unmigrated = cli("train", "--bundled", "--embedding", "--out", str(out), "--register", "s")
     assert unmigrated.exit_code == 2 and "abtest db upgrade" in unmigrated.output
     assert cli("db", "upgrade").exit_code == 0
-    assert cli("variants", "register", "taken", "--kind", "knn_student").exit_code == 0
+    fit = json.dumps({"fit": "train"})
+    assert (
+        cli("variants", "register", "taken", "--kind", "knn_student", "--config", fit).exit_code
+        == 0
+    )
     taken = cli("train", "--bundled", "--embedding", "--out", str(out), "--register", "taken")
     assert taken.exit_code == 1 and "already exists" in taken.output
     bad = cli("train", "--bundled", "--embedding", "--out", str(out), "--register", "a b")
@@ -219,10 +228,11 @@ def test_commands_a_script_reads_answer_json(cli):
     created = as_json("keys", "create", "ci", "--role", "app")
     assert created["role"] == "app" and created["key"].startswith("abt_")
     assert as_json("keys", "revoke", "ci")["revoked_at"] is not None
-    cli("variants", "register", "teacher", "--kind", "teacher")
-    cli("variants", "register", "rec", "--kind", "recorded")
-    arms = ("--arm", "control=teacher:0.5*", "--arm", "t=rec:0.5")
+    assert cli("variants", "register", "teacher", "--kind", "teacher", "--reference").exit_code == 0
+    with db.session_scope(db.get_engine(get_settings().database_url)) as session:
+        approved_student(session, "knn")  # as if it had passed its gate (tests/gate_helpers.py)
+    arms = ("--arm", "control=teacher:0.5*", "--arm", "t=knn:0.5")
     assert cli("experiments", "create", "e", *arms).exit_code == 0
     assert as_json("experiments", "start", "e")["status"] == "running"
     assert as_json("experiments", "stop", "e")["status"] == "stopped"
-    assert as_json("spool", "status")["entries"] == 0
+    assert as_json("spool", "status")["depth"] == 0

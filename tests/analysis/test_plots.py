@@ -1,6 +1,7 @@
 """Plots in HTML reports: the gate's scores against its floors, and the power curve."""
 
 import base64
+import functools
 import json
 import re
 
@@ -22,17 +23,26 @@ def _png_of(page: str) -> bytes:
     return png
 
 
-@pytest.mark.parametrize(
-    "plan",
-    [
-        stats.sample_size(0.93, 0.01, power=0.8),
-        stats.sample_size(0.3, -0.05, power=0.9, ratio=2.0),
-        stats.non_inferiority_sample_size(0.93, -0.01, 0.0, power=0.8),
-    ],
-)
-def test_power_curve_reaches_the_target_at_the_planned_size(plan):
-    non_inferiority = plan.treatment_rate == plan.baseline  # expected difference 0
-    curve = plots.power_curve(plan, non_inferiority, points=400)
+DESIGNS = [
+    dict(baseline=0.93, effect=0.01, scale=stats.ABSOLUTE),
+    dict(baseline=0.3, effect=-0.05, ratio=2.0),
+    dict(baseline=0.93, effect=-0.02, sequential=True),
+    dict(baseline=0.93, effect=-0.02, kind="non-inferiority", sequential=True),
+]
+
+
+def _curve_of(design, power):
+    baseline, effect = design["baseline"], design["effect"]
+    options = {k: v for k, v in design.items() if k not in ("baseline", "effect")}
+    plan = stats.plan(baseline, effect, power=power, **options)
+    power_at = functools.partial(stats.plan_power, baseline, effect, **options)
+    return plan, plots.power_curve(plan, power_at, points=400)
+
+
+@pytest.mark.parametrize("design", DESIGNS)
+def test_power_curve_reaches_the_target_at_the_planned_size(design):
+    """The curve is the power of the design that sized the plan (fixed or sequential)."""
+    plan, curve = _curve_of(design, 0.8)
     assert curve.power == sorted(curve.power)  # more projects, more power
     at_required = min(
         zip(curve.control_per_arm, curve.power, strict=True),
@@ -40,6 +50,14 @@ def test_power_curve_reaches_the_target_at_the_planned_size(plan):
     )
     assert at_required[1] == pytest.approx(plan.power, abs=0.01)
     assert curve.power[-1] > plan.power > curve.power[0]
+
+
+def test_fixed_non_inferiority_curve_with_an_expected_difference():
+    plan = stats.non_inferiority_sample_size(0.93, -0.01, 0.0, power=0.8)
+    curve = plots.power_curve(plan, plots.fixed_non_inferiority_power(plan), points=400)
+    nearest = min(zip(curve.control_per_arm, curve.power, strict=True),
+                  key=lambda point: abs(point[0] - plan.control))  # fmt: skip
+    assert nearest[1] == pytest.approx(0.8, abs=0.01)
 
 
 def _metrics(criteria):
@@ -79,12 +97,12 @@ def cli(monkeypatch, tmp_path):
 
 def test_stats_power_plot_writes_an_html_power_curve(cli, tmp_path):
     out = tmp_path / "power.html"
-    result = cli("stats", "power", "--baseline", "0.93", "--mde", "0.01", "--plot", str(out))
+    result = cli("stats", "power", "--baseline", "0.93", "--mde", "1pts", "--plot", str(out))
     assert result.exit_code == 0, result.output
     page = out.read_text()
-    assert "Sample size to detect +1.00 pts" in page and "9537, 9537" in page
+    assert "Sample size to detect +1 pts" in page and "9537, 9537" in page
     _png_of(page)
-    as_json = cli("stats", "power", "--baseline", "0.93", "--margin", "-0.01", "--json",
+    as_json = cli("stats", "power", "--baseline", "0.93", "--margin", "-1%", "--json",
                   "--plot", str(tmp_path / "ni.html"))  # fmt: skip
     assert as_json.exit_code == 0 and json.loads(as_json.stdout)["control"] > 0
     _png_of((tmp_path / "ni.html").read_text())
@@ -102,7 +120,9 @@ def test_gate_html_report_plots_scores_against_floors(settings, monkeypatch, tmp
     monkeypatch.setenv("ABTEST_DATABASE_URL", settings.database_url)
     get_settings.cache_clear()
     invoke = lambda *args: runner.invoke(app, list(args))  # noqa: E731
-    assert invoke("variants", "register", "teacher", "--kind", "teacher").exit_code == 0
+    assert (
+        invoke("variants", "register", "teacher", "--kind", "teacher", "--reference").exit_code == 0
+    )
     config = json.dumps({"fit": "train"})
     assert (
         invoke("variants", "register", "knn", "--kind", "knn_student", "--config", config).exit_code
