@@ -171,15 +171,16 @@ def test_hung_database_spools_in_time_and_kill_9_loses_nothing(pg, tmp_path):
     engine = db.make_engine(pg.url)
     db.upgrade(engine)
     with db.session_scope(engine) as session:
-        services.register_variant(session, "rec-a", "recorded", config={"split": "test"})
-        services.register_variant(session, "rec-b", "recorded", config={"split": "test"})
+        services.register_variant(
+            session, "rec-a", "recorded", config={"split": "test"}, reference=True
+        )
         services.create_experiment(
             session,
             services.ExperimentSpec(
                 "e1",
                 [
                     services.ArmSpec("control", "rec-a", 0.5, True),
-                    services.ArmSpec("treatment", "rec-b", 0.5),
+                    services.ArmSpec("treatment", "rec-a", 0.5),  # an A/A: both recorded
                 ],
             ),
         )
