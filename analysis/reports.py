@@ -33,12 +33,13 @@ import json
 import math
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from sqlalchemy import Connection
 
 from analysis import queries, rollup, stats
+from analysis.sufficient_stats import Scope
 
 SCHEMA_VERSION = 1
 DEFAULT_SEGMENT_ATTRIBUTES = ("platform", "country")
@@ -86,6 +87,17 @@ def _pair(low: float, high: float) -> list[float | None]:
 # --- assembling --------------------------------------------------------------------------------
 
 
+class StatsSource(Protocol):
+    """Where sufficient statistics come from besides the rollup: `analysis.sufficient_stats.
+    SqlSource` (the database) or `analysis.spark.SparkSource` (Spark over exported Parquet)."""
+
+    def project_counts(
+        self, scope: Scope, attributes: tuple[str, ...], popularity: bool
+    ) -> queries.ProjectCounts: ...
+
+    def guardrail_stats(self, scope: Scope) -> list[queries.ArmGuardrails]: ...
+
+
 def build_report(
     connection: Connection,
     key: str,
@@ -93,17 +105,24 @@ def build_report(
     previous: dict[str, Any] | None = None,
     segment_attributes: Sequence[str] = DEFAULT_SEGMENT_ATTRIBUTES,
     now: datetime | None = None,
+    source: StatsSource | None = None,
 ) -> dict[str, Any]:
-    """Refresh the rollup, read the counts for `key` up to `period_end`, assemble the report."""
+    """Read the counts for `key` up to `period_end` and assemble the report: from the rollup
+    (refreshed first) by default, else from `source` (the experiment's metadata always comes
+    from the connection)."""
     info = queries.experiment_info(connection, key)
     if info is None:
         raise ReportError(f"no experiment with key {key!r}")
-    queries.tune_for_analytics(connection)
-    rollup.refresh(connection, info.id)  # incremental: only the events since the last refresh
-    counts = rollup.project_counts(
-        connection, info.id, period_end, tuple(segment_attributes), popularity=True
-    )
-    guardrails = rollup.guardrail_stats(connection, info.id, period_end)
+    attributes = tuple(segment_attributes)
+    if source is None:
+        queries.tune_for_analytics(connection)
+        rollup.refresh(connection, info.id)  # incremental: only the events since the last one
+        counts = rollup.project_counts(connection, info.id, period_end, attributes, True)
+        guardrails = rollup.guardrail_stats(connection, info.id, period_end)
+    else:
+        scope = Scope(info.id, until=period_end)
+        counts = source.project_counts(scope, attributes, True)
+        guardrails = source.guardrail_stats(scope)
     daily, segments = counts.daily, counts.segments
     return assemble_report(info, daily, guardrails, segments, period_end, previous, now)
 

@@ -14,6 +14,7 @@ from abtest.cli import (
     reports_cmds,
     serving_cmds,
     variants,
+    warehouse_cmds,
 )
 
 app = typer.Typer(
@@ -26,7 +27,15 @@ app = typer.Typer(
 core.register(app)
 app.add_typer(variants.app, name="variants")
 app.add_typer(experiments.app, name="experiments")
-for module in (analysis_cmds, reports_cmds, offline_cmds, serving_cmds, models_cmds, distill_cmds):
+for module in (
+    analysis_cmds,
+    reports_cmds,
+    offline_cmds,
+    serving_cmds,
+    models_cmds,
+    distill_cmds,
+    warehouse_cmds,
+):
     module.register(app)
 
 __all__ = ["app"]
