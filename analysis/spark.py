@@ -44,7 +44,9 @@ def java_command() -> str | None:
     return shutil.which("java")
 
 
-def spark_session(master: str = "local[2]", app_name: str = "abtest") -> Any:
+def spark_session(
+    master: str = "local[2]", app_name: str = "abtest", shuffle_partitions: int = 8
+) -> Any:
     """A SparkSession on `master` (reused when one is running), session time zone UTC."""
     try:
         from pyspark.sql import SparkSession
@@ -63,7 +65,8 @@ def spark_session(master: str = "local[2]", app_name: str = "abtest") -> Any:
             .appName(app_name)
             .config("spark.sql.session.timeZone", "UTC")
             .config("spark.ui.enabled", "false")
-            .config("spark.sql.shuffle.partitions", "4")
+            .config("spark.ui.showConsoleProgress", "false")
+            .config("spark.sql.shuffle.partitions", str(shuffle_partitions))
             .getOrCreate()
         )
     except Exception as exc:  # py4j/JVM start-up failures have many types

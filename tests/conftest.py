@@ -144,6 +144,6 @@ def spark():
     """
     from analysis.spark import spark_session
 
-    session = spark_session("local[2]", "abtest-tests")
+    session = spark_session("local[2]", "abtest-tests", shuffle_partitions=2)
     yield session
     session.stop()
