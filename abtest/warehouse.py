@@ -36,6 +36,10 @@ def sources(name: str, engine: Engine, folder: Path, spark_master: str) -> Sourc
     if name == "rollup":
         return lambda session: None
     if name == "sql":
+        if engine.dialect.name != "postgresql":
+            raise ValueError(
+                f"engine: sql needs PostgreSQL (this database is {engine.dialect.name})"
+            )
         return lambda session: SqlSource(session.connection())
     if name != "spark":
         raise ValueError(f"engine: {name!r} is not one of {', '.join(ENGINES)}")

@@ -462,7 +462,7 @@ def guardrail_stats(run: Runner, scope: Scope) -> list[ArmGuardrails]:
 
 
 def connection_runner(connection: Connection) -> Runner:
-    """Run the statements in a SQLAlchemy connection (PostgreSQL; SQLite without a window)."""
+    """Run the statements in a SQLAlchemy connection (PostgreSQL: SQLite has no GROUPING SETS)."""
 
     def run(statement: sa.Executable, params: dict[str, Any]) -> list[Sequence[Any]]:
         return [tuple(row) for row in connection.execute(statement, params)]

@@ -42,7 +42,7 @@ def source_for(engine_name: str | None, warehouse: Path | None) -> warehouse_ser
     folder = warehouse or config.warehouse_dir
     try:
         return warehouse_service.sources(name, engine(), folder, config.spark_master)
-    except (SparkUnavailable, ExportError) as exc:
+    except (SparkUnavailable, ExportError, ValueError) as exc:
         fail(str(exc))
 
 
