@@ -49,6 +49,7 @@ from analysis.queries import (
     _check_attribute,
     assignments,
     events,
+    tune_for_analytics,
 )
 
 LEVELS = (0.5, 0.95)
@@ -483,6 +484,7 @@ class SqlSource:
     """Sufficient statistics from the database the connection points at (same definition)."""
 
     def __init__(self, connection: Connection) -> None:
+        tune_for_analytics(connection)  # work_mem for the GROUP BYs, for this transaction
         self.run = connection_runner(connection)
 
     def project_counts(

@@ -150,6 +150,7 @@ def run_engine(engine_name: str, url: str, folder: str) -> dict:
         start = time.perf_counter()
         source = SparkSource(session, Path(folder))
         counts = source.project_counts(Scope(experiment_id), ATTRIBUTES, True)
+        result["counts_s"] = time.perf_counter() - start
         guardrails = source.guardrail_stats(Scope(experiment_id))
         result["seconds"] = time.perf_counter() - start
         import psutil
@@ -248,7 +249,7 @@ def main() -> None:
             for r in results:
                 extra = ""
                 if "jvm_start_s" in r:
-                    extra = f" (+{r['jvm_start_s']:.1f} s JVM start)"
+                    extra = f" (counts {r['counts_s']:.1f} s; +{r['jvm_start_s']:.1f} s JVM start)"
                 if "refresh_s" in r:
                     extra = f" (full refresh {r['refresh_s']:.1f} s)"
                 same = "same totals" if r["totals"] == reference else f"DIFFERENT {r['totals']}"
