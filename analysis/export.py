@@ -8,7 +8,8 @@ Layout under the target folder (Hive partitioning, read by Spark, pyarrow, DuckD
     assignments/experiment_id=<id>/part-<run>-<n>.parquet
 
 The partition columns (``experiment_id``, and ``day``: the UTC day of ``occurred_at``) are in the
-folder names, not in the files. JSON columns (``attributes``, ``output``) are JSON text.
+folder names, not in the files. JSON columns (``attributes``, ``output``) are JSON text (as the
+database prints it).
 
 **The manifest is the truth**: it lists every exported file with its row count and id range, and
 per table the last exported id. Readers take the files it lists (`manifest_files`); a file the
@@ -28,7 +29,7 @@ import fcntl
 import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -185,27 +186,6 @@ def _utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _prepare(source: Source, row: sa.Row) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, _, kind in source.columns:
-        value = getattr(row, name)
-        if kind == "timestamp":
-            value = _utc(value)
-        elif kind == "json" and value is not None:
-            value = json.dumps(value, sort_keys=True, separators=(",", ":"))
-        out[name] = value
-    return out
-
-
-def _partition(source: Source, row: dict[str, Any]) -> tuple[str, ...]:
-    experiment = row["experiment_id"]
-    parts = [f"experiment_id={NULL_PARTITION if experiment is None else int(experiment)}"]
-    if source.by_day:
-        occurred: datetime = row["occurred_at"]
-        parts.append(f"day={occurred.date().isoformat()}")
-    return tuple(parts)
-
-
 def _exported_ids(folder: Path, files: list[dict[str, Any]], low: int, high: int) -> set[int]:
     """Ids in (low, high] already in the listed files (only files whose range overlaps)."""
     pq = _pyarrow().parquet
@@ -244,35 +224,51 @@ def _selection(
                 pick.append(t.c.id.in_(sorted(late)))
     if not pick:
         return None, max(last, top)
-    columns = [t.c[name] for name, _, _ in source.columns]
+    columns = [
+        sa.cast(t.c[name], sa.Text).label(name) if kind == "json" else t.c[name]
+        for name, _, kind in source.columns
+    ]  # JSON as the database's text: no parse and re-dump per row
     query = sa.select(*columns).where(sa.or_(*pick), t.c.id <= top, *conditions).order_by(t.c.id)
     return query, max(last, top)
 
 
+def _partition_keys(source: Source, columns: dict[str, Sequence[Any]]) -> list[tuple[str, ...]]:
+    experiment = (NULL_PARTITION if e is None else str(int(e)) for e in columns["experiment_id"])
+    if not source.by_day:
+        return [(f"experiment_id={e}",) for e in experiment]
+    days = (_utc(at).date().isoformat() for at in columns["occurred_at"])  # type: ignore[union-attr]
+    return [(f"experiment_id={e}", f"day={d}") for e, d in zip(experiment, days, strict=True)]
+
+
 def _write_batch(
-    folder: Path, source: Source, rows: list[dict[str, Any]], run: int, batch: int
+    folder: Path, source: Source, rows: Sequence[Sequence[Any]], run: int, batch: int
 ) -> list[dict[str, Any]]:
+    """One Parquet file per partition of the rows (tuples in `source.columns` order)."""
     pa = _pyarrow()
     schema = arrow_schema(source)
-    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault(_partition(source, row), []).append(row)
+    columns = dict(zip((n for n, _, _ in source.columns), zip(*rows, strict=True), strict=True))
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for index, key in enumerate(_partition_keys(source, columns)):
+        groups.setdefault(key, []).append(index)
+    # Naive timestamps (SQLite) are UTC: Arrow reads naive values of a UTC type as UTC.
+    table = pa.table({f.name: pa.array(columns[f.name], type=f.type) for f in schema})
+    ids = table.column("id")
     entries = []
     for index, (parts, members) in enumerate(sorted(groups.items())):
         relative = Path(source.name, *parts, f"part-{run:06d}-{batch:04d}-{index:04d}.parquet")
         target = folder / relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        data = pa.Table.from_pylist(members, schema=schema)
+        picked = pa.array(members, type=pa.int64())
         temporary = target.with_name(f".{target.name}.tmp")
-        pa.parquet.write_table(data, temporary)
+        pa.parquet.write_table(table.take(picked), temporary)
         os.replace(temporary, target)
-        ids = [m["id"] for m in members]
+        member_ids = ids.take(picked).to_pylist()
         entries.append(
             {
                 "path": relative.as_posix(),
                 "rows": len(members),
-                "min_id": min(ids),
-                "max_id": max(ids),
+                "min_id": min(member_ids),
+                "max_id": max(member_ids),
             }
         )
     return entries
@@ -329,11 +325,10 @@ def export(
             if query is not None:
                 result = connection.execution_options(stream_results=True).execute(query)
                 for batch, chunk in enumerate(result.partitions(batch_rows)):
-                    prepared = [_prepare(source, row) for row in chunk]
-                    entries = _write_batch(folder, source, prepared, run, batch)
+                    entries = _write_batch(folder, source, chunk, run, batch)
                     state["files"].extend(entries)
                     new_files.extend(e["path"] for e in entries)
-                    rows[source.name] += len(prepared)
+                    rows[source.name] += len(chunk)
             state["last_id"] = last
         changed_marks = _marks(manifest) != _marks(read_manifest(folder))
         if new_files or changed_marks:
