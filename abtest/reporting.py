@@ -8,7 +8,7 @@ is handed to the report so that a changed decision or a new SRM flag is called o
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -106,8 +106,10 @@ def build(
     as_of: date | None = None,
     segments: Sequence[str] = reports.DEFAULT_SEGMENT_ATTRIBUTES,
     now: datetime | None = None,
+    source: reports.StatsSource | None = None,
 ) -> dict[str, Any]:
-    """The report for `key` as of a day, computed now from the events (not stored)."""
+    """The report for `key` as of a day, computed now from the events (not stored); the counts
+    come from the rollup, or from `source` (e.g. Spark over exported events)."""
     experiment = _experiment(session, key)
     period_end = reports.period_end_for(check_as_of(as_of, now))
     check_after_start(experiment, period_end)
@@ -115,7 +117,7 @@ def build(
     before = previous_report(session, experiment.id, period_end)
     connection = session.connection()
     return reports.build_report(
-        connection, key, period_end, before.body if before else None, segments, now
+        connection, key, period_end, before.body if before else None, segments, now, source
     )
 
 
@@ -138,10 +140,14 @@ def store(session: Session, experiment_id: int, report: dict[str, Any]) -> tuple
 
 
 def run_report(
-    session: Session, key: str, as_of: date | None = None, now: datetime | None = None
+    session: Session,
+    key: str,
+    as_of: date | None = None,
+    now: datetime | None = None,
+    source: reports.StatsSource | None = None,
 ) -> tuple[dict[str, Any], StoredReport]:
     """Build and store the report for one experiment and day."""
-    report = build(session, key, as_of, now=now)
+    report = build(session, key, as_of, now=now, source=source)
     row, created = store(session, report["experiment"]["id"], report)
     stored = StoredReport(
         key, datetime.fromisoformat(report["period_end"]), row.decision, row.srm, created
@@ -154,6 +160,7 @@ def run_all(
     as_of: date | None = None,
     statuses: tuple[str, ...] = REPORTED_STATUSES,
     now: datetime | None = None,
+    source_for: Callable[[Session], reports.StatsSource | None] | None = None,
 ) -> list[StoredReport]:
     """Store reports for every running/stopped experiment; the cron and scheduler entry point.
 
@@ -172,7 +179,8 @@ def run_all(
                     check_after_start(experiment, reports.period_end_for(day))
                 except Invalid:
                     continue  # no back-filled report for a period before the start
-                stored.append(run_report(session, key, day, now)[1])
+                source = source_for(session) if source_for else None
+                stored.append(run_report(session, key, day, now, source)[1])
     return stored
 
 

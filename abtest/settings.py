@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -111,6 +112,18 @@ class Settings(BaseSettings):
         description="Serve /docs, /redoc and /openapi.json; unset: only while auth is off.",
     )
     report_cron: str = "0 6 * * *"
+    report_engine: Literal["rollup", "sql", "spark"] = Field(
+        default="rollup",
+        description="Where scheduled reports count: the database's rollup, the engine-neutral "
+        "SQL in the database, or Spark over the Parquet export in warehouse_dir.",
+    )
+    warehouse_dir: Path = Field(
+        default=Path("./abtest-warehouse"),
+        description="Folder of `abtest events export` (Parquet + manifest) that Spark reads.",
+    )
+    spark_master: str = Field(
+        default="local[2]", description="Spark master URL (local[N], spark://host:7077, ...)."
+    )
     log_level: str = "INFO"
 
     @field_validator("database_url")

@@ -36,12 +36,13 @@ import json
 import math
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from sqlalchemy import Connection
 
 from analysis import queries, rollup, stats
+from analysis.sufficient_stats import Scope
 
 SCHEMA_VERSION = 1
 DEFAULT_SEGMENT_ATTRIBUTES = ("platform", "country")
@@ -88,6 +89,17 @@ def _pair(low: float, high: float) -> list[float | None]:
 # --- assembling --------------------------------------------------------------------------------
 
 
+class StatsSource(Protocol):
+    """Where sufficient statistics come from besides the rollup: `analysis.sufficient_stats.
+    SqlSource` (the database) or `analysis.spark.SparkSource` (Spark over exported Parquet)."""
+
+    def project_counts(
+        self, scope: Scope, attributes: tuple[str, ...], popularity: bool
+    ) -> queries.ProjectCounts: ...
+
+    def guardrail_stats(self, scope: Scope) -> list[queries.ArmGuardrails]: ...
+
+
 def build_report(
     connection: Connection,
     key: str,
@@ -95,8 +107,11 @@ def build_report(
     previous: dict[str, Any] | None = None,
     segment_attributes: Sequence[str] = DEFAULT_SEGMENT_ATTRIBUTES,
     now: datetime | None = None,
+    source: StatsSource | None = None,
 ) -> dict[str, Any]:
-    """Refresh the rollup, read the counts for `key` up to `period_end`, assemble the report.
+    """Read the counts for `key` up to `period_end` and assemble the report: from the rollup
+    (refreshed first) by default, else from `source` (e.g. Spark over the exported events; the
+    experiment's metadata always comes from the connection).
 
     Projects are counted with the experiment's attribution window (young ones pending) and
     without starts after its stop; with more than one allocation period, the counts per period
@@ -105,23 +120,38 @@ def build_report(
     info = queries.experiment_info(connection, key)
     if info is None:
         raise ReportError(f"no experiment with key {key!r}")
-    queries.tune_for_analytics(connection)
-    rollup.refresh(connection, info.id)  # incremental: only the events since the last refresh
     attribution = queries.Attribution.for_report(
         info.settings, info.stopped_at, period_end, _utc(now) or datetime.now(UTC)
     )
-    counts = rollup.project_counts(
-        connection, info.id, period_end, tuple(segment_attributes), popularity=True,
-        mature_before=attribution.mature_before,
-    )  # fmt: skip
-    guardrails = rollup.guardrail_stats(connection, info.id, period_end)
+    attributes = tuple(segment_attributes)
+    pending = None
+    if source is None:
+        queries.tune_for_analytics(connection)
+        rollup.refresh(connection, info.id)  # incremental: only the events since the last one
+        counts = rollup.project_counts(
+            connection, info.id, period_end, attributes, popularity=True,
+            mature_before=attribution.mature_before,
+        )  # fmt: skip
+        guardrails = rollup.guardrail_stats(connection, info.id, period_end)
+        pending = counts.pending
+    else:
+        window = attribution.window_h
+        scope = Scope(
+            info.id,
+            until=period_end,
+            stopped_at=attribution.stopped_at,
+            export_window=timedelta(hours=window) if window is not None else None,
+            mature_before=attribution.mature_before,
+        )
+        counts = source.project_counts(scope, attributes, True)
+        guardrails = source.guardrail_stats(scope)
     periods = queries.allocation_periods(connection, info.id)
     by_period = None
     if len(periods) > 1:
         by_period = queries.period_counts(connection, info.id, periods, period_end, attribution)
     return assemble_report(
         info, counts.daily, guardrails, counts.segments, period_end, previous, now,
-        pending=counts.pending, periods=by_period,
+        pending=pending, periods=by_period,
     )  # fmt: skip
 
 

@@ -3,8 +3,9 @@
 The real server: `abtest.api.create_app` with an instant arm (no model time), PostgreSQL and
 Redis behind it, API keys on; every request is a new project (an assignment and a start event
 are committed before it is answered). The baseline: a FastAPI app whose POST /v1/projects
-returns a constant. Both run under the same uvicorn settings (one worker); the load comes from
-a second process on 127.0.0.1 (keep-alive HTTP/1.1 connections), bounded by --requests and
+returns a constant. Both run under the same uvicorn settings (one worker unless --workers); the
+load comes from a second process on 127.0.0.1 (keep-alive HTTP/1.1 connections), bounded by
+--requests and
 --seconds, at each concurrency of --concurrency. Prints requests/s and p50/p99 latency per
 run, the ratio at each concurrency, and the ratio of the two servers' peaks: an answer that
 waits for a durable commit is latency-bound at a concurrency where the empty endpoint is
@@ -16,6 +17,7 @@ median over the rounds of the ratio measured within a round, which the drift of 
 speed between minutes does not skew the way comparing each server's luckiest run does.
 
     python bench/bench_projects.py --requests 10000 --concurrency 64,256 --rounds 5
+    python bench/bench_projects.py --workers 2 ...   (two server processes on one database)
     (ABTEST_BENCH_POSTGRES_URL, ABTEST_BENCH_REDIS_URL to point at other servers)
 """
 
@@ -215,7 +217,7 @@ def wait_for_port(port: int, timeout: float = 60) -> None:
     raise RuntimeError(f"server on port {port} did not start")
 
 
-def run_server(factory: str, env: dict[str, str]) -> tuple[subprocess.Popen, int]:
+def run_server(factory: str, env: dict[str, str], workers: int = 1) -> tuple[subprocess.Popen, int]:
     port = free_port()
     command = [
         sys.executable,
@@ -230,7 +232,7 @@ def run_server(factory: str, env: dict[str, str]) -> tuple[subprocess.Popen, int
         "--port",
         str(port),
         "--workers",
-        "1",
+        str(workers),
         "--no-access-log",
         "--log-level",
         "warning",
@@ -341,6 +343,13 @@ def main() -> None:
         "install wrk; runs --seconds per level, not --requests). The load competes with the "
         "servers for the CPUs: uvloop and wrk take less of them",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="uvicorn worker processes of every server (several processes share PostgreSQL "
+        "and Redis, as `abtest serve --workers N` does)",
+    )
     parser.add_argument("--load-port", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--key", default="", help=argparse.SUPPRESS)
     parser.add_argument("--tag", default="run", help=argparse.SUPPRESS)
@@ -381,7 +390,7 @@ def main() -> None:
             # alternate the order so that a drift of the machine's speed hits both servers
             order = apps if round_number % 2 == 0 else apps[::-1]
             for label, factory in order:
-                process, port = run_server(factory, env)
+                process, port = run_server(factory, env, args.workers)
                 try:
                     for level in levels:
                         tag = f"r{round_number}-{factory}-c{level}"

@@ -161,3 +161,16 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
     if keys:
         client.delete(*keys)
     client.close()
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One local[2] Spark session (one JVM) for every Spark test of the run.
+
+    pyspark is in the dev extra and Java on every CI machine: a missing one fails, never skips.
+    """
+    from analysis.spark import spark_session
+
+    session = spark_session("local[2]", "abtest-tests", shuffle_partitions=2)
+    yield session
+    session.stop()

@@ -14,6 +14,7 @@ from abtest.cli import (
     reports_cmds,
     serving_cmds,
     variants,
+    warehouse_cmds,
 )
 from abtest.settings import get_settings
 
@@ -35,7 +36,15 @@ def _read_settings_afresh() -> None:
 core.register(app)
 app.add_typer(variants.app, name="variants")
 app.add_typer(experiments.app, name="experiments")
-for module in (analysis_cmds, reports_cmds, offline_cmds, serving_cmds, models_cmds, distill_cmds):
+for module in (
+    analysis_cmds,
+    reports_cmds,
+    offline_cmds,
+    serving_cmds,
+    models_cmds,
+    distill_cmds,
+    warehouse_cmds,
+):
     module.register(app)
 
 

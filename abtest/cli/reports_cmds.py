@@ -24,21 +24,48 @@ from abtest.errors import ServiceError
 
 reporting: Any = LazyModule("abtest.reporting")
 reports: Any = LazyModule("analysis.reports")
+warehouse_service: Any = LazyModule("abtest.warehouse")
 
 reports_app = typer.Typer(help="Run and list stored significance reports.")
 
 AS_OF_OPTION = typer.Option(
     None, "--as-of", help="Report day YYYY-MM-DD (UTC); events up to the end of that day."
 )
+ENGINE_OPTION = typer.Option(
+    None,
+    "--engine",
+    help="Where to count: rollup (default; ABTEST_REPORT_ENGINE), sql (the engine-neutral "
+    "queries in the database) or spark (the same queries on Spark over the Parquet export).",
+)
+WAREHOUSE_OPTION = typer.Option(
+    None, "--warehouse", help="Export folder Spark reads (default: ABTEST_WAREHOUSE_DIR)."
+)
 
 
-def parse_day(text: str | None) -> date | None:
+def source_for(engine_name: str | None, warehouse: Path | None) -> warehouse_service.SourceFor:
+    """The statistics source of --engine (for spark: export the new events, start Spark)."""
+    config = load_settings()
+    name = engine_name or config.report_engine
+    if name not in warehouse_service.ENGINES:
+        fail(f"engine: {name!r} is not one of {', '.join(warehouse_service.ENGINES)}")
+    folder = warehouse or config.warehouse_dir
+    try:
+        return warehouse_service.sources(name, engine(), folder, config.spark_master)
+    except Exception as exc:
+        from analysis.spark import SparkUnavailable
+
+        if isinstance(exc, SparkUnavailable | ValueError):  # ExportError is a ValueError
+            fail(str(exc))
+        raise
+
+
+def parse_day(text: str | None, option: str = "as-of") -> date | None:
     if text is None:
         return None
     try:
         return date.fromisoformat(text)
     except ValueError:
-        fail(f"as-of: {text!r} is not a date (YYYY-MM-DD)")
+        fail(f"{option}: {text!r} is not a date (YYYY-MM-DD)")
 
 
 def report(
@@ -46,6 +73,8 @@ def report(
     fmt: str = typer.Option("md", "--format", "-f", help="md, html or json."),
     out: Path = typer.Option(None, "--out", "-o", help="Write to this file instead of stdout."),
     as_of: str = AS_OF_OPTION,
+    engine_name: str = ENGINE_OPTION,
+    warehouse: Path = WAREHOUSE_OPTION,
 ) -> None:
     """Build, store and print the significance report of one experiment."""
     if fmt not in reporting.FORMATS:
@@ -53,8 +82,9 @@ def report(
     if out is not None and not out.parent.is_dir():
         fail(f"out: the folder {str(out.parent)!r} does not exist")
     day = parse_day(as_of)
+    source = source_for(engine_name, warehouse)
     with session() as s:
-        body, stored = reporting.run_report(s, experiment, day)
+        body, stored = reporting.run_report(s, experiment, day, source=source(s))
     text = reports.render(body, fmt)
     if out is None:
         typer.echo(text)
@@ -72,18 +102,21 @@ def run(
     all_: bool = typer.Option(False, "--all", help="Every running or stopped experiment."),
     as_of: str = AS_OF_OPTION,
     as_json: bool = JSON_OPTION,
+    engine_name: str = ENGINE_OPTION,
+    warehouse: Path = WAREHOUSE_OPTION,
 ) -> None:
     """Store reports (the cron entry point: `abtest reports run --all`)."""
     if bool(experiments) == all_:
         fail("experiments: name experiment keys or pass --all (not both)")
     day = parse_day(as_of)
+    source = source_for(engine_name, warehouse)
     if all_:
-        stored = run_all_reports(day)
+        stored = run_all_reports(day, source)
     else:
         stored = []
         for key in experiments:
             with session() as s:
-                stored.append(reporting.run_report(s, key, day)[1])
+                stored.append(reporting.run_report(s, key, day, source=source(s))[1])
     rows = [
         {
             "experiment": r.key,
@@ -100,9 +133,11 @@ def run(
         print_table("Reports", rows, ["experiment", "period_end", "decision", "srm", "stored"])
 
 
-def run_all_reports(day: date | None = None) -> list[reporting.StoredReport]:
+def run_all_reports(
+    day: date | None = None, source: warehouse_service.SourceFor | None = None
+) -> list[reporting.StoredReport]:
     try:
-        return reporting.run_all(engine(), day)
+        return reporting.run_all(engine(), day, source_for=source)
     except ServiceError as exc:
         fail(str(exc))
 
@@ -148,11 +183,13 @@ def build_scheduler(cron: str, job: Callable[[], object]):  # noqa: ANN201 - Blo
 def scheduler(
     once: bool = typer.Option(False, "--once", help="Run the reports once now and exit."),
 ) -> None:
-    """Run `abtest reports run --all` on the schedule in ABTEST_REPORT_CRON (UTC)."""
+    """Run `abtest reports run --all` on the schedule in ABTEST_REPORT_CRON (UTC), counting
+    with ABTEST_REPORT_ENGINE (spark: the new events are exported to ABTEST_WAREHOUSE_DIR first).
+    """
     cron = load_settings().report_cron
 
     def job() -> None:
-        stored = run_all_reports()
+        stored = run_all_reports(source=source_for(None, None))
         console.print(f"stored {len(stored)} report(s)")
 
     sched = build_scheduler(cron, job)
