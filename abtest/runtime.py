@@ -23,7 +23,7 @@ import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Engine
 
@@ -40,6 +40,8 @@ from routing.assignment import (
     ExperimentDef,
     LruCache,
     RedisCache,
+    arm_from_json,
+    arm_to_json,
     experiments_from_json,
     experiments_to_json,
 )
@@ -53,6 +55,7 @@ if TYPE_CHECKING:
     from abtest.api.deps import AppState
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 TABLES = RoutingTables(
     experiments=Experiment.__table__,
@@ -113,30 +116,30 @@ def _variant_view(arm: ArmDef) -> _VariantView:
 
 
 def remembered(
-    load: Callable[[], list[ExperimentDef]], directory: Path
-) -> Callable[[], list[ExperimentDef]]:
-    """`load`, whose last answer is kept in `directory/experiments.json`: when the database
-    is unreachable at start (no experiments in memory yet), the server routes with the
-    experiments it last saw and spools their events, instead of refusing every request.
+    load: Callable[[], T],
+    path: Path,
+    encode: Callable[[T], Any],
+    decode: Callable[[Any], T],
+) -> Callable[[], T]:
+    """`load`, whose last answer is kept in the JSON file `path`: when the database is
+    unreachable at start (nothing in memory yet), the server routes with what it last saw
+    (experiments, the champion) and spools their events, instead of refusing every request.
     JSON, not pickle: a file in the spool folder must never be able to run code."""
-    path = Path(directory) / "experiments.json"
     last: list[bytes] = []
 
-    def load_or_recall() -> list[ExperimentDef]:
+    def load_or_recall() -> T:
         try:
-            experiments = load()
+            value = load()
         except Exception as exc:
             if not is_unavailable(exc) or not path.exists():
                 raise
-            log.warning("database unreachable: routing with the experiments saved in %s", path)
+            log.warning("database unreachable: routing with what was saved in %s", path)
             try:
-                return experiments_from_json(json.loads(path.read_bytes()))
+                return decode(json.loads(path.read_bytes()))
             except (OSError, ValueError, KeyError, TypeError):
-                log.warning(
-                    "%s is unreadable: nothing to route with while the database is down", path
-                )
+                log.warning("%s is unreadable: nothing to recall while the database is down", path)
                 raise exc from None
-        data = json_text(experiments_to_json(experiments)).encode()
+        data = json_text(encode(value)).encode()
         if not last or last[0] != data:
             with contextlib.suppress(OSError):
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -144,9 +147,28 @@ def remembered(
                 partial.write_bytes(data)
                 os.replace(partial, path)
             last[:] = [data]
-        return experiments
+        return value
 
     return load_or_recall
+
+
+def remembered_experiments(
+    load: Callable[[], list[ExperimentDef]], directory: Path
+) -> Callable[[], list[ExperimentDef]]:
+    return remembered(
+        load, Path(directory) / "experiments.json", experiments_to_json, experiments_from_json
+    )
+
+
+def remembered_champion(
+    load: Callable[[], ArmDef | None], directory: Path
+) -> Callable[[], ArmDef | None]:
+    return remembered(
+        load,
+        Path(directory) / "champion.json",
+        lambda arm: arm_to_json(arm) if arm is not None else None,
+        lambda data: arm_from_json(data) if data is not None else None,
+    )
 
 
 def build_router(
@@ -157,10 +179,12 @@ def build_router(
     spool = EventSpool(settings.spool_dir)
     writer = EventWriter(engine, TABLES, spool)
     catalog = ExperimentCatalog(
-        remembered(lambda: load_experiments(engine, TABLES), settings.spool_dir),
+        remembered_experiments(lambda: load_experiments(engine, TABLES), settings.spool_dir),
         1.0,
         executor,
-        load_champion=lambda: load_champion(engine, TABLES),
+        load_champion=remembered_champion(
+            lambda: load_champion(engine, TABLES), settings.spool_dir
+        ),
     )
     bounded = bounded_postgres(settings.db_connect_timeout_s, settings.db_statement_timeout_s)
     gateway = (

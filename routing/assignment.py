@@ -92,12 +92,21 @@ class ExperimentDef:
         return name in self._by_name  # type: ignore[attr-defined]
 
 
+def arm_to_json(arm: ArmDef) -> dict[str, Any]:
+    """Plain JSON data for `arm_from_json`."""
+    return {**vars(arm), "variant_config": dict(arm.variant_config)}
+
+
+def arm_from_json(data: Mapping[str, Any]) -> ArmDef:
+    return ArmDef(**data)
+
+
 def experiments_to_json(experiments: Sequence[ExperimentDef]) -> list[dict[str, Any]]:
     """Plain JSON data for `experiments_from_json` (what a server remembers across restarts)."""
     return [
         {
             **{k: v for k, v in vars(e).items() if not k.startswith("_")},
-            "arms": [{**vars(arm), "variant_config": dict(arm.variant_config)} for arm in e.arms],
+            "arms": [arm_to_json(arm) for arm in e.arms],
             "namespace": vars(e.namespace) if e.namespace is not None else None,
             "overrides": dict(e.overrides),
         }
@@ -111,7 +120,7 @@ def experiments_from_json(data: Sequence[Mapping[str, Any]]) -> list[ExperimentD
         ExperimentDef(
             **{
                 **item,
-                "arms": tuple(ArmDef(**arm) for arm in item["arms"]),
+                "arms": tuple(arm_from_json(arm) for arm in item["arms"]),
                 "namespace": Namespace(**item["namespace"]) if item["namespace"] else None,
             }
         )

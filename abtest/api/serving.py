@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
@@ -193,7 +194,16 @@ def _parse(model: type[_M], raw: bytes) -> _M:
     """The body as `model`, whatever the Content-Type (curl -d sends form encoding), like
     POST /v1/projects; a malformed body is a 422 in FastAPI's shape."""
     try:
-        return model.model_validate_json(raw)
+        # the standard library reads what strict JSON parsers refuse (lone surrogates, NaN), so
+        # the model's checks can name the field that holds it instead of "invalid JSON"
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        reason = f"the body is not valid JSON ({type(exc).__name__})"
+        raise RequestValidationError(
+            [{"type": "json_invalid", "loc": ["body"], "msg": reason}]
+        ) from None
+    try:
+        return model.model_validate(data)
     except ValidationError as exc:
         raise RequestValidationError(_body_errors(exc)) from None
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from abtest import warehouse
-from abtest.cli.common import JSON_OPTION, console, engine, fail, print_json
+from abtest.cli.common import JSON_OPTION, LazyModule, console, engine, fail, print_json
 from abtest.cli.reports_cmds import parse_day
-from analysis.export import ExportError
+
+warehouse: Any = LazyModule("abtest.warehouse")  # pyarrow and the statistics load on use
 
 events_app = typer.Typer(help="The event log outside the database.")
 
@@ -29,6 +30,8 @@ def export(
     Incremental and idempotent: a manifest records what is exported; a re-run with nothing new
     writes nothing.
     """
+    from analysis.export import ExportError
+
     day = parse_day(since, "since")
     try:
         result = warehouse.export_events(engine(), to, day)

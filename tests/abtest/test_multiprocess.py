@@ -52,16 +52,14 @@ def prepare(url: str) -> str:
     engine = db.make_engine(url)
     db.upgrade(engine)
     with db.session_scope(engine) as session:
-        for name in ("rec-a", "rec-b"):
-            variant = services.register_variant(session, name, "recorded")
-            services.record_promotion(session, variant, "registered", "approved", "test")
+        services.register_variant(session, "rec-a", "recorded", reference=True)
         services.create_experiment(
             session,
             services.ExperimentSpec(
                 "e1",
                 [
                     services.ArmSpec("control", "rec-a", 0.5, True),
-                    services.ArmSpec("treatment", "rec-b", 0.5),
+                    services.ArmSpec("treatment", "rec-a", 0.5),  # an A/A: both recorded
                 ],
             ),
         )

@@ -5,7 +5,7 @@ import pickle
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from abtest.runtime import remembered
+from abtest.runtime import remembered_champion, remembered_experiments
 from routing.assignment import (
     ArmDef,
     ExperimentDef,
@@ -43,7 +43,7 @@ def test_json_round_trip_keeps_every_field():
 
 def test_an_outage_recalls_the_last_experiments_from_json(tmp_path):
     answers = [lambda: [EXPERIMENT], outage]
-    load = remembered(lambda: answers.pop(0)(), tmp_path)
+    load = remembered_experiments(lambda: answers.pop(0)(), tmp_path)
     assert load() == [EXPERIMENT]
     assert (tmp_path / "experiments.json").exists()
     assert load() == [EXPERIMENT]  # the database is down: recalled
@@ -62,5 +62,15 @@ def test_a_pickle_in_the_spool_folder_is_never_loaded(tmp_path):
     MARKER = tmp_path / "pwned"
     (tmp_path / "experiments.json").write_bytes(pickle.dumps(Exploit()))
     with pytest.raises(OperationalError):
-        remembered(outage, tmp_path)()
+        remembered_experiments(outage, tmp_path)()
     assert not MARKER.exists()
+
+
+def test_the_champion_is_recalled_too(tmp_path):
+    champion = EXPERIMENT.arm("control")
+    answers = [lambda: champion, outage, lambda: None, outage]
+    load = remembered_champion(lambda: answers.pop(0)(), tmp_path)
+    assert load() == champion
+    assert load() == champion  # recalled during the outage
+    assert load() is None  # no champion any more
+    assert load() is None
