@@ -124,7 +124,6 @@ def build_report(
         info.settings, info.stopped_at, period_end, _utc(now) or datetime.now(UTC)
     )
     attributes = tuple(segment_attributes)
-    pending = None
     if source is None:
         queries.tune_for_analytics(connection)
         rollup.refresh(connection, info.id)  # incremental: only the events since the last one
@@ -133,7 +132,6 @@ def build_report(
             mature_before=attribution.mature_before,
         )  # fmt: skip
         guardrails = rollup.guardrail_stats(connection, info.id, period_end)
-        pending = counts.pending
     else:
         window = attribution.window_h
         scope = Scope(
@@ -151,7 +149,7 @@ def build_report(
         by_period = queries.period_counts(connection, info.id, periods, period_end, attribution)
     return assemble_report(
         info, counts.daily, guardrails, counts.segments, period_end, previous, now,
-        pending=pending, periods=by_period,
+        pending=counts.pending, periods=by_period,
     )  # fmt: skip
 
 

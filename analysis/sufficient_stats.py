@@ -24,6 +24,7 @@ interpolates, so both engines give the same floats.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -426,7 +427,19 @@ def project_counts(
 ) -> ProjectCounts:
     attributes = tuple(_check_attribute(a) for a in attributes)
     rows = run(counts_statement(scope, attributes, popularity), parameters(scope))
-    return fold_counts(rows, attributes, popularity, thresholds)
+    counts = fold_counts(rows, attributes, popularity, thresholds)
+    if scope.mature_before is None:
+        return counts
+    pending = {int(arm): int(n) for arm, n in run(pending_statement(scope), parameters(scope)) if n}
+    return ProjectCounts(counts.daily, counts.segments, pending)
+
+
+def pending_statement(scope: Scope) -> sa.Select:
+    """Projects per arm still inside their attribution window: first started from
+    `scope.mature_before` on, so left out of the rate and reported apart."""
+    p = projects_cte(dataclasses.replace(scope, mature_before=None)).c
+    young = p.first_start >= sa.bindparam("mature_before", scope.mature_before)
+    return sa.select(p.arm_id, func.count()).where(p.arm_id.is_not(None), young).group_by(p.arm_id)
 
 
 def guardrail_stats(run: Runner, scope: Scope) -> list[ArmGuardrails]:
