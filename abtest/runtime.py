@@ -43,7 +43,13 @@ from routing.assignment import (
     experiments_from_json,
     experiments_to_json,
 )
-from routing.events import EventSpool, EventWriter, RoutingTables, is_unavailable, json_text
+from routing.eventlog import (
+    EventSpool,
+    RoutingTables,
+    is_unavailable,
+    json_text,
+    open_event_store,
+)
 from routing.metrics import RouterMetrics
 from routing.pg_gateway import PostgresGateway
 from routing.router import ExperimentCatalog, Router, RouterConfig
@@ -155,7 +161,7 @@ def build_router(
     """The router for this database, Redis (if configured) and arms."""
     executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="abtest-db")
     spool = EventSpool(settings.spool_dir)
-    writer = EventWriter(engine, TABLES, spool)
+    writer = open_event_store(engine, TABLES, spool)
     catalog = ExperimentCatalog(
         remembered(lambda: load_experiments(engine, TABLES), settings.spool_dir),
         1.0,

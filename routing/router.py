@@ -34,10 +34,11 @@ from routing.assignment import (
     sticky,
 )
 from routing.eager import within
-from routing.events import (
+from routing.eventlog import (
     EventRecord,
     EventSpool,
-    EventWriter,
+    EventStore,
+    FirstAssignment,
     GroupCommit,
     UnstorableEvent,
     WriteResult,
@@ -353,7 +354,6 @@ def unusable_reason(prediction: Any) -> str | None:
 
 
 ArmProvider = Callable[[ArmDef], Arm]
-FirstAssignment = tuple[int, str, int | None, str]  # experiment_id, project_id, arm_id, source
 # Stores a first assignment and its project's start event in one commit; answers the stored
 # (arm_id, source) — None while the database is down — and the event's outcome.
 FirstSink = Callable[
@@ -380,7 +380,7 @@ class Router:
         catalog: ExperimentCatalog,
         store: AssignmentStore,
         arm_provider: ArmProvider,
-        writer: EventWriter,
+        writer: EventStore,
         *,
         spool: EventSpool | None = None,
         config: RouterConfig | None = None,
@@ -646,7 +646,9 @@ class Router:
             return kept, None
         if not fresh.in_experiment:
             return fresh, None
-        return fresh, (experiment_id, project_id, experiment.arm(fresh.arm).arm_id, fresh.source)
+        return fresh, FirstAssignment(
+            experiment_id, project_id, experiment.arm(fresh.arm).arm_id, fresh.source
+        )
 
     async def _record_first(
         self,
@@ -697,7 +699,7 @@ class Router:
         """Group commit of single events; the outcome of each: stored, duplicate or spooled."""
         items: list[Item] = [("event", row) for row in rows]
         _, unique = split_items(items)
-        return item_outcomes(items, None, self.writer.write(unique))
+        return item_outcomes(items, None, self.writer.write_events(unique))
 
     async def record_export(
         self,
@@ -769,7 +771,7 @@ class Router:
         for index, event in enumerate(events):
             rows.append(self._batch_row(index, event, by_key, default, default_error, now))
         loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(self.executor, self.writer.write, rows)
+        result = await loop.run_in_executor(self.executor, self.writer.write_events, rows)
         self.metrics.events.labels("stored").inc(result.stored)
         self.metrics.events.labels("duplicate").inc(result.duplicates)
         self.metrics.events.labels("spooled").inc(result.spooled)

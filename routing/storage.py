@@ -14,9 +14,9 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from routing.assignment import ArmDef, ExperimentDef, Namespace, StoredAssignment
-from routing.events import (
+from routing.eventlog import (
     EventSpool,
-    EventWriter,
+    EventStore,
     GroupCommit,
     RoutingTables,
     WriteResult,
@@ -178,7 +178,7 @@ class DatabaseGateway:
     """One group commit for the request path: the first assignments and the events of
     concurrent requests reach the database together, in one transaction per batch."""
 
-    def __init__(self, writer: EventWriter, executor: Executor | None = None) -> None:
+    def __init__(self, writer: EventStore, executor: Executor | None = None) -> None:
         self.writer = writer
         self._commit: GroupCommit[Item, Any] = GroupCommit(self._flush, executor)
 
@@ -217,7 +217,7 @@ class DatabaseStore:
 
     def __init__(
         self,
-        writer: EventWriter,
+        writer: EventStore,
         arms_by_experiment: Any,
         spool: EventSpool | None = None,
         executor: Executor | None = None,
@@ -236,7 +236,7 @@ class DatabaseStore:
 
     def _flush_puts(self, items: list[tuple[int, str, int, str]]) -> list[tuple[int, str] | None]:
         try:
-            stored = self.writer.first_assignments(items)
+            stored = self.writer.write_first(items)
         except Exception as exc:
             if self.spool is None or not is_unavailable(exc):
                 raise

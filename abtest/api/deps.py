@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from abtest import db
 from abtest.settings import Settings
-from routing.events import is_unavailable
+from routing.eventlog import is_unavailable
 
 log = logging.getLogger(__name__)
 ROLE_REDIS_TTL_S = 7 * 24 * 3600

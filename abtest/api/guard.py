@@ -19,7 +19,7 @@ from urllib.parse import unquote_to_bytes
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from routing.events import text_problem
+from routing.eventlog import text_problem
 
 BATCH_PATH = "/v1/events:batch"
 MAX_ECHO_CHARS = 200  # longer input is never echoed in an error body

@@ -14,7 +14,7 @@ from abtest.api.deps import AppState, app_state, authorize, request_api_key, req
 from abtest.api.guard import safe_errors
 from abtest.errors import Conflict, Invalid, NotFound, ServiceError
 from abtest.runtime import get_router
-from routing.events import json_problem
+from routing.eventlog import json_problem
 from routing.router import Router, RoutingError
 
 router = APIRouter(tags=["serving"])

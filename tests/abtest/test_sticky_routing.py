@@ -233,7 +233,7 @@ def test_other_requests_go_through_fastapi_and_big_bodies_get_413(settings, engi
 
 def test_the_gateway_refuses_unknown_arms_without_spooling(settings, engine):
     """No foreign keys on events or assignments: the gateway checks the ids it writes."""
-    from routing.events import InvalidEventReference, utcnow
+    from routing.eventlog import InvalidEventReference, utcnow
 
     make_two_arm_experiment(engine)
     router = build_router(settings, engine, ARMS)
@@ -316,7 +316,7 @@ def test_a_first_assignment_committed_by_a_concurrent_batch_is_read_back(postgre
         "VALUES (1, 'race', %s, 'hash', now())",
         [ids["treatment"]],
     )  # not committed yet: the gateway's insert of 'race' will wait for it
-    from routing.events import EventRecord
+    from routing.eventlog import EventRecord
 
     row = EventRecord("start:race", "start", "race", 1, ids["control"]).to_row()
 

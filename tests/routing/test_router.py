@@ -8,7 +8,7 @@ import pytest
 from models.arms.base import ArmError, Prediction
 from models.tools import Filter, ToolConfig
 from routing.assignment import ArmDef, ExperimentDef, MemoryStore
-from routing.events import EVENT_COLUMNS, WriteResult
+from routing.eventlog import EVENT_COLUMNS, WriteResult
 from routing.router import (
     CircuitBreaker,
     ExperimentCatalog,
@@ -48,7 +48,7 @@ class FakeWriter:
         self.rows = {}
         self.writes = 0
 
-    def write(self, rows):
+    def write_events(self, rows):
         self.writes += 1
         new = {r["client_event_id"] for r in rows if r["client_event_id"] not in self.rows}
         for r in rows:
