@@ -23,9 +23,9 @@ import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, Table
 
 from abtest import generation
 from abtest.arms import build_variant_arm
@@ -61,11 +61,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TABLES = RoutingTables(
-    experiments=Experiment.__table__,
-    experiment_arms=ExperimentArm.__table__,
-    variants=Variant.__table__,
-    assignments=Assignment.__table__,
-    events=Event.__table__,
+    experiments=cast(Table, Experiment.__table__),
+    experiment_arms=cast(Table, ExperimentArm.__table__),
+    variants=cast(Table, Variant.__table__),
+    assignments=cast(Table, Assignment.__table__),
+    events=cast(Table, Event.__table__),
 )
 
 
@@ -109,6 +109,8 @@ class _VariantView:
 
     def __init__(self, arm: ArmDef) -> None:
         self.name = arm.variant or arm.name
+        if arm.variant_kind is None:
+            raise ValueError(f"arm {arm.name!r} names no variant kind")
         self.kind = arm.variant_kind
         self.config = dict(arm.variant_config or {})
         self.version = arm.variant_version

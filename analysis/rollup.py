@@ -315,7 +315,7 @@ def _recompute_calls(connection: Connection, experiment_id: int, days: list[date
         .where(calls.c.arm_id.is_not(None))
         .group_by(calls.c.arm_id, calls.c.day, calls.c.bucket)
     )
-    names = ("experiment_id", "arm_id", "day", "bucket", "calls")
+    names: tuple[str, ...] = ("experiment_id", "arm_id", "day", "bucket", "calls")
     names += ("fallbacks", "errors", "cache_hits", "cost_usd")
     connection.execute(sa.insert(call_rollups).from_select(names, grouped))
 
@@ -366,7 +366,7 @@ def _count_dimensions(
 ) -> dict[str, tuple[sa.TableClause, list[ColumnElement[Any]]]]:
     o = project_outcomes.c
     arm = func.coalesce(o.assigned_arm_id, o.event_arm_id)
-    attributed = o.export_day
+    attributed: ColumnElement[Any] = o.export_day
     if attribution.window_h is not None:
         inside = queries.within_window(
             connection, o.first_start_at, o.first_export_at, attribution.window_h
@@ -676,8 +676,9 @@ def _straddling(
     ).all()
     if not stored:
         return []
-    projects: list[str] | sa.Select = [row[0] for row in stored]
-    if len(projects) > MAX_LISTED_PROJECTS:  # bind parameters are limited: a subquery then
+    listed = [row[0] for row in stored]
+    projects: list[str] | sa.Select = listed
+    if len(listed) > MAX_LISTED_PROJECTS:  # bind parameters are limited: a subquery then
         projects = sa.select(o.project_id).where(*conditions)
     fixed = outcome_source(connection, experiment_id, projects=projects, until=until).subquery()
     redone = connection.execute(
@@ -803,8 +804,8 @@ def project_counts(
                 pending[int(row[0])] = pending.get(int(row[0]), 0) + weight
             continue
         kept.append((weight, row))
-    counts = _fold(kept, intents, end, attributes, popularity, thresholds)
-    return ProjectCounts(counts.daily, counts.segments, {a: n for a, n in pending.items() if n})
+    folded = _fold(kept, intents, end, attributes, popularity, thresholds)
+    return ProjectCounts(folded.daily, folded.segments, {a: n for a, n in pending.items() if n})
 
 
 def _day_of(until: datetime) -> date:

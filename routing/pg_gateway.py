@@ -27,7 +27,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from routing.eventlog import EventStore, GroupCommit, WriteResult, is_unavailable
+from routing.eventlog import EventStore, FirstAssignment, GroupCommit, WriteResult, is_unavailable
 from routing.eventlog.postgres import batch_statement
 from routing.eventlog.schema import EVENT_COLUMNS, PG_EVENT_RECORD, json_text, rows_json
 from routing.eventlog.sql import batch_references
@@ -124,7 +124,7 @@ class PostgresGateway(DatabaseGateway):
         return item_outcomes(items, stored, result)
 
     async def _write(
-        self, assignments: list[tuple[int, str, int, str]], rows: list[dict[str, Any]]
+        self, assignments: list[FirstAssignment], rows: list[dict[str, Any]]
     ) -> tuple[dict[tuple[int, str], tuple[int, str]], set[str]]:
         unique = {(e, p): (a, s) for e, p, a, s in assignments}
         new = [{"e": e, "p": p, "a": a, "s": s} for (e, p), (a, s) in unique.items()]

@@ -697,7 +697,7 @@ class Router:
 
     def _flush_events(self, rows: list[dict[str, Any]]) -> list[str]:
         """Group commit of single events; the outcome of each: stored, duplicate or spooled."""
-        items: list[Item] = [("event", row) for row in rows]
+        items = [Item(row=row) for row in rows]
         _, unique = split_items(items)
         return item_outcomes(items, None, self.writer.write_events(unique))
 

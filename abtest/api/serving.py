@@ -158,7 +158,7 @@ async def serve_project(
     try:
         await authorize(state, api_key, ("app",))
     except HTTPException as exc:
-        return exc.status_code, {"detail": exc.detail}, exc.headers
+        return exc.status_code, {"detail": exc.detail}, dict(exc.headers or {}) or None
     try:
         body = ProjectIn.model_validate_json(raw_body)
     except ValidationError as exc:

@@ -199,7 +199,9 @@ class PostgresEventStore(SqlEventStore):
             raw = self.engine.raw_connection()
             self._local.raw = raw
         try:
-            with raw.driver_connection.cursor() as cursor:
+            driver = raw.driver_connection
+            assert driver is not None  # a checked-out pool connection has its driver connection
+            with driver.cursor() as cursor:
                 yield cursor
             raw.commit()
         except BaseException as exc:
@@ -323,7 +325,7 @@ class PostgresEventStore(SqlEventStore):
         return {row[0] for row in cursor.fetchall()}
 
     def _store_first(
-        self, items: dict[tuple[int, str], tuple[int, str]]
+        self, items: dict[tuple[int, str], tuple[int | None, str]]
     ) -> dict[tuple[int, str], tuple[int, str]]:
         """Insert-or-read in one statement, then adopt orphan events of the new assignments."""
         assignments, events = self.tables.assignments.name, self.tables.events.name

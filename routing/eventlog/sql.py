@@ -8,10 +8,12 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import Engine, Table
+from sqlalchemy.dialects import postgresql, sqlite
 
 from routing.eventlog.schema import RoutingTables, check_storable, utcnow
 from routing.eventlog.spool import EventSpool
 from routing.eventlog.store import (
+    EventStore,
     FirstAssignment,
     InvalidEventReference,
     WriteResult,
@@ -229,7 +231,7 @@ class SqlEventStore:
         return self._store_first({(e, p): (a, s) for e, p, a, s in items})
 
     def _store_first(
-        self, unique: dict[tuple[int, str], tuple[int, str]]
+        self, unique: dict[tuple[int, str], tuple[int | None, str]]
     ) -> dict[tuple[int, str], tuple[int, str]]:
         assignments = self.tables.assignments
         now = utcnow()
@@ -251,7 +253,7 @@ class SqlEventStore:
         return stored
 
     def write_together(
-        self, assignments: Sequence[tuple[int, str, int, str]], rows: Sequence[dict[str, Any]]
+        self, assignments: Sequence[FirstAssignment], rows: Sequence[dict[str, Any]]
     ) -> tuple[dict[tuple[int, str], tuple[int, str]] | None, WriteResult]:
         """First assignments, then events (their starts taking the stored arms): the thread
         path of the request's group commit (SQLite; on PostgreSQL only batches holding an event
@@ -274,7 +276,7 @@ class SqlEventStore:
 
     def spool_together(
         self,
-        assignments: Sequence[tuple[int, str, int | None, str]],
+        assignments: Sequence[FirstAssignment],
         rows: Sequence[dict[str, Any]],
     ) -> WriteResult:
         """Spool first assignments and events while the database is unreachable (fsynced
@@ -347,7 +349,7 @@ class SqlEventStore:
 
 
 def batch_references(
-    assignments: Sequence[tuple[int, str, int | None, str]], rows: Sequence[dict[str, Any]]
+    assignments: Sequence[FirstAssignment], rows: Sequence[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     """The (experiment_id, arm_id) references of a group commit: its events' and its first
     assignments' (the tables have no foreign keys: `SqlEventStore.check_references`)."""
@@ -370,15 +372,14 @@ def _starts_take_stored_arms(
     return fixed
 
 
-def _insert(conn: sa.Connection, table: Table):  # noqa: ANN202 - dialect-specific Insert
+def _insert(conn: sa.Connection, table: Table) -> Any:
+    """The dialect's INSERT (it has ON CONFLICT DO NOTHING)."""
     if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert(table)
+        return postgresql.insert(table)
+    return sqlite.insert(table)
 
 
-def replay_spool(writer: SqlEventStore, spool: EventSpool, limit: int = 5000) -> int:
+def replay_spool(writer: EventStore, spool: EventSpool, limit: int = 5000) -> int:
     """Move spooled rows into the database (idempotent); returns how many were replayed
     (dead letters included).
 
@@ -405,7 +406,7 @@ def replay_spool(writer: SqlEventStore, spool: EventSpool, limit: int = 5000) ->
 
 
 def _replay_entries(
-    writer: SqlEventStore,
+    writer: EventStore,
     entries: Sequence[tuple[int, str, dict[str, Any]]],
     stored: dict[tuple[int, str], tuple[int, str]],
 ) -> None:
@@ -417,7 +418,7 @@ def _replay_entries(
         stored.update(
             writer.write_first(
                 [
-                    (r["experiment_id"], r["project_id"], r["arm_id"], r["source"])
+                    FirstAssignment(r["experiment_id"], r["project_id"], r["arm_id"], r["source"])
                     for r in assignments
                 ]
             )
@@ -430,7 +431,7 @@ def _replay_entries(
 
 
 def _replay_one(
-    writer: SqlEventStore,
+    writer: EventStore,
     spool: EventSpool,
     entry: tuple[int, str, dict[str, Any]],
     stored: dict[tuple[int, str], tuple[int, str]],

@@ -10,6 +10,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 import sqlalchemy as sa
 
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from routing.eventlog.schema import RoutingTables
     from routing.eventlog.spool import EventSpool
 
 
@@ -83,7 +86,13 @@ class EventStore(Protocol):
     the spool and `replay` stores them later."""
 
     postgres: bool
+    engine: Engine
+    tables: RoutingTables
     spool: EventSpool | None
+
+    def insert(self, rows: Sequence[dict[str, Any]]) -> set[str]:
+        """Store rows not stored yet (no spool: an outage raises); the ids that were new."""
+        ...
 
     def write_events(self, rows: Sequence[dict[str, Any]]) -> WriteResult: ...
 

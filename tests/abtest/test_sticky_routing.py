@@ -16,6 +16,7 @@ from abtest.runtime import build_router, close_router
 from models.arms.base import Prediction
 from models.tools import Filter, ToolConfig
 from routing.assignment import decide
+from routing.eventlog import FirstAssignment
 from tests.serving_setup import make_two_arm_experiment
 
 CONFIGS = {"teacher": ToolConfig(filter=Filter("vivid", 40.0)), "student": ToolConfig()}
@@ -250,7 +251,7 @@ def test_the_gateway_refuses_unknown_arms_without_spooling(settings, engine):
 
     async def scenario():
         try:
-            return await gateway.write_first((1, "p", 999, "hash"), row)
+            return await gateway.write_first(FirstAssignment(1, "p", 999, "hash"), row)
         finally:
             await close_router(router)
 
@@ -323,7 +324,7 @@ def test_a_first_assignment_committed_by_a_concurrent_batch_is_read_back(postgre
     async def scenario():
         try:
             write = asyncio.ensure_future(
-                gateway.write_first((1, "race", ids["control"], "hash"), row)
+                gateway.write_first(FirstAssignment(1, "race", ids["control"], "hash"), row)
             )
             await asyncio.sleep(0.3)
             assert not write.done()  # blocked on the other transaction's row
