@@ -487,6 +487,14 @@ def _window_events(
     return int(connection.scalar(sa.select(func.count()).where(window)) or 0)
 
 
+def _watermark(experiment_id: int) -> sa.Select[Any]:
+    """The experiment's watermark row: last ids merged and the windows' counts below them."""
+    w = rollup_watermarks.c
+    return sa.select(
+        w.last_event_id, w.last_assignment_id, w.window_events, w.window_assignments
+    ).where(w.experiment_id == experiment_id)
+
+
 def reads_only(connection: Connection) -> bool:
     """Whether the connection carries the `READ_ONLY` execution option."""
     return bool(connection.get_execution_options().get(READ_ONLY, False))
@@ -496,14 +504,7 @@ def is_fresh(connection: Connection, experiment_id: int, rescan_ids: int = RESCA
     """Whether a refresh would find nothing to merge for this experiment (read-only): it has a
     watermark, no event of it (or without experiment) and no assignment of it above the
     watermarks, and no late commit into the windows below them."""
-    mark = connection.execute(
-        sa.select(
-            rollup_watermarks.c.last_event_id,
-            rollup_watermarks.c.last_assignment_id,
-            rollup_watermarks.c.window_events,
-            rollup_watermarks.c.window_assignments,
-        ).where(rollup_watermarks.c.experiment_id == experiment_id)
-    ).first()
+    mark = connection.execute(_watermark(experiment_id)).first()
     if mark is None or mark.last_event_id is None:
         return False
     last, last_assigned = int(mark.last_event_id), int(mark.last_assignment_id or 0)
@@ -548,16 +549,7 @@ def refresh(
         .values(experiment_id=experiment_id)
         .on_conflict_do_nothing(index_elements=["experiment_id"])
     )
-    mark = connection.execute(
-        sa.select(
-            rollup_watermarks.c.last_event_id,
-            rollup_watermarks.c.last_assignment_id,
-            rollup_watermarks.c.window_events,
-            rollup_watermarks.c.window_assignments,
-        )
-        .where(rollup_watermarks.c.experiment_id == experiment_id)
-        .with_for_update()
-    ).one()
+    mark = connection.execute(_watermark(experiment_id).with_for_update()).one()
     up_to = int(connection.scalar(sa.select(func.max(events.c.id))) or 0)
     assigned_up_to = int(
         connection.scalar(
