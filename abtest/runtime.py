@@ -205,10 +205,8 @@ def build_router(
         ),
         metrics=metrics,
         executor=executor,
-        event_sink=gateway.write_event,
-        first_sink=gateway.write_first,
+        gateway=gateway,
     )
-    router.close_hooks.append(gateway.close)
     return router
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy import Engine
@@ -176,6 +176,19 @@ def item_outcomes(
         else:
             outcomes.append((found, event_outcome(item.row["client_event_id"])))
     return outcomes
+
+
+class EventGateway(Protocol):
+    """The request path's write route: a new project's first assignment with its start event,
+    and single events, committed in groups (`DatabaseGateway`, `pg_gateway.PostgresGateway`)."""
+
+    async def write_first(
+        self, item: FirstAssignment, row: dict[str, Any]
+    ) -> tuple[tuple[int, str] | None, str]: ...
+
+    async def write_event(self, row: dict[str, Any]) -> str: ...
+
+    async def close(self) -> None: ...
 
 
 class DatabaseGateway:
