@@ -66,3 +66,15 @@ def test_the_migrated_database_matches_the_schema(engine):
         for column in columns:
             spelled = _spelling(column["type"])
             assert spelled in SPELLINGS[PG_TYPES[column["name"]]], column["name"]
+
+
+def test_open_event_store_picks_one_store_per_backend(engine):
+    from abtest.runtime import TABLES
+    from routing.eventlog import EventStore, PostgresEventStore, SqlEventStore, open_event_store
+
+    store = open_event_store(engine, TABLES, None)
+    assert isinstance(store, EventStore)
+    postgres = engine.dialect.name == "postgresql"
+    assert isinstance(store, PostgresEventStore) is postgres and store.postgres is postgres
+    assert type(store) is (PostgresEventStore if postgres else SqlEventStore)
+    assert store.replay() == 0  # no spool: nothing to replay
