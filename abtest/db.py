@@ -126,7 +126,7 @@ def make_engine(
     """An engine; on PostgreSQL optionally bounded (`bounded_postgres`): a server that does
     not accept connections in `connect_timeout_s` or does not answer a statement in
     `statement_timeout_s` (plus one second, client side, for a hung server) raises an
-    OperationalError (`routing.events.is_unavailable`) instead of blocking the caller."""
+    OperationalError (`routing.eventlog.is_unavailable`) instead of blocking the caller."""
     url = normalize_url(url)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False}, **kwargs)

@@ -15,9 +15,9 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, event, insert, select, update
+from sqlalchemy import Engine, Table, event, insert, select, update
 from sqlalchemy.orm import Session
 
 from abtest.tables import (
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 def bump(session: Session) -> None:
     """Add one to the generation (creating its row in a database that lacks it)."""
-    table = CatalogGeneration.__table__
+    table = cast(Table, CatalogGeneration.__table__)
     connection = session.connection()
     result = connection.execute(
         update(table).where(table.c.id == 1).values(generation=table.c.generation + 1)
@@ -47,7 +47,7 @@ def bump(session: Session) -> None:
 
 def read(engine: Engine) -> int | None:
     """The current generation (None when the row is missing)."""
-    table = CatalogGeneration.__table__
+    table = cast(Table, CatalogGeneration.__table__)
     with engine.connect() as connection:
         return connection.scalar(select(table.c.generation).where(table.c.id == 1))
 

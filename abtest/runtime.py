@@ -23,9 +23,9 @@ import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, Table
 
 from abtest import generation
 from abtest.arms import build_variant_arm
@@ -45,7 +45,13 @@ from routing.assignment import (
     experiments_from_json,
     experiments_to_json,
 )
-from routing.events import EventSpool, EventWriter, RoutingTables, is_unavailable, json_text
+from routing.eventlog import (
+    EventSpool,
+    RoutingTables,
+    is_unavailable,
+    json_text,
+    open_event_store,
+)
 from routing.metrics import RouterMetrics
 from routing.pg_gateway import PostgresGateway
 from routing.router import ExperimentCatalog, Router, RouterConfig
@@ -58,11 +64,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 TABLES = RoutingTables(
-    experiments=Experiment.__table__,
-    experiment_arms=ExperimentArm.__table__,
-    variants=Variant.__table__,
-    assignments=Assignment.__table__,
-    events=Event.__table__,
+    experiments=cast(Table, Experiment.__table__),
+    experiment_arms=cast(Table, ExperimentArm.__table__),
+    variants=cast(Table, Variant.__table__),
+    assignments=cast(Table, Assignment.__table__),
+    events=cast(Table, Event.__table__),
 )
 
 
@@ -106,6 +112,8 @@ class _VariantView:
 
     def __init__(self, arm: ArmDef) -> None:
         self.name = arm.variant or arm.name
+        if arm.variant_kind is None:
+            raise ValueError(f"arm {arm.name!r} names no variant kind")
         self.kind = arm.variant_kind
         self.config = dict(arm.variant_config or {})
         self.version = arm.variant_version
@@ -177,7 +185,7 @@ def build_router(
     """The router for this database, Redis (if configured) and arms."""
     executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="abtest-db")
     spool = EventSpool(settings.spool_dir)
-    writer = EventWriter(engine, TABLES, spool)
+    writer = open_event_store(engine, TABLES, spool)
     catalog = ExperimentCatalog(
         remembered_experiments(lambda: load_experiments(engine, TABLES), settings.spool_dir),
         1.0,
@@ -221,10 +229,8 @@ def build_router(
         ),
         metrics=metrics,
         executor=executor,
-        event_sink=gateway.write_event,
-        first_sink=gateway.write_first,
+        gateway=gateway,
     )
-    router.close_hooks.append(gateway.close)
     return router
 
 

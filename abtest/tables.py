@@ -185,7 +185,7 @@ class Event(Base):
     type: Mapped[str] = mapped_column(String(10))
     project_id: Mapped[str] = mapped_column(String(200))
     # No foreign keys: events are an append-only log and the writer checks the references of
-    # each batch in one query (routing.events.InvalidEventReference); see migration 0004.
+    # each batch in one query (routing.eventlog.InvalidEventReference); see migration 0004.
     experiment_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     arm_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -452,7 +452,7 @@ def bootstrap_totals(stats: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return (weights @ stats.reshape(n, -1)).reshape(weights.shape[0], *stats.shape[1:])
 
 
-def _interval(estimate: float, draws: np.ndarray, confidence: float) -> Interval:
+def _interval(estimate: float | np.ndarray, draws: np.ndarray, confidence: float) -> Interval:
     tail = (1 - confidence) / 2 * 100
     low, high = np.percentile(draws, [tail, 100 - tail])
     return Interval(float(estimate), float(low), float(high))

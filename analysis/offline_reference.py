@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 from models.tools import TOOLS, ToolConfig
 
@@ -36,6 +37,8 @@ def reference_scores(
     for tool in TOOLS:
         tp = fp = fn = 0
         quality_terms: list[float] = []
+        p_value: Any
+        t_value: Any
         for pred, true in zip(predictions, truth, strict=True):
             if tool == "filter":
                 p_value, t_value = _filter_name(pred), _filter_name(true)

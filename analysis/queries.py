@@ -676,10 +676,10 @@ def _ranked_percentiles(
     for row in rows:
         values: list[float | None] = []
         for index, level in enumerate(levels):
-            position = (int(row["n"]) - 1) * level
-            fraction = position - int(position)
-            low, high = float(row[f"lo{index}"]), float(row[f"hi{index}"])
-            values.append(low + (high - low) * fraction)
+            rank = (int(row["n"]) - 1) * level
+            fraction = rank - int(rank)
+            lower, upper = float(row[f"lo{index}"]), float(row[f"hi{index}"])
+            values.append(lower + (upper - lower) * fraction)
         result[int(row["arm_id"])] = (values[0], values[1])
     return result
 
@@ -734,7 +734,7 @@ def period_counts(
     index: ColumnElement[Any] = sa.literal(0)
     for i, period in enumerate(periods[1:], start=1):
         index = sa.case((projects.c.first_start >= period.started_at, i), else_=index)
-    conditions = [projects.c.arm_id.is_not(None)]
+    conditions: list[ColumnElement[bool]] = [projects.c.arm_id.is_not(None)]
     if attribution.mature_before is not None:
         conditions.append(projects.c.first_start < attribution.mature_before)
     rows = connection.execute(

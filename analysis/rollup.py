@@ -58,6 +58,9 @@ from analysis.queries import TIMESTAMP, ArmGuardrails, ProjectCounts, assignment
 
 ROLLUP_ATTRIBUTES = ("platform", "country")
 RESCAN_IDS = 50_000
+# Execution option of a connection that only reads (an API GET): `refresh` writes nothing on it
+# and the readers fall back to the event scan unless the rollup is fresh (`is_fresh`).
+READ_ONLY = "analysis_read_only"
 BUCKET_BASE = 1.02
 MAX_BUCKET = 1000
 NO_LATENCY = -1
@@ -312,7 +315,7 @@ def _recompute_calls(connection: Connection, experiment_id: int, days: list[date
         .where(calls.c.arm_id.is_not(None))
         .group_by(calls.c.arm_id, calls.c.day, calls.c.bucket)
     )
-    names = ("experiment_id", "arm_id", "day", "bucket", "calls")
+    names: tuple[str, ...] = ("experiment_id", "arm_id", "day", "bucket", "calls")
     names += ("fallbacks", "errors", "cache_hits", "cost_usd")
     connection.execute(sa.insert(call_rollups).from_select(names, grouped))
 
@@ -363,7 +366,7 @@ def _count_dimensions(
 ) -> dict[str, tuple[sa.TableClause, list[ColumnElement[Any]]]]:
     o = project_outcomes.c
     arm = func.coalesce(o.assigned_arm_id, o.event_arm_id)
-    attributed = o.export_day
+    attributed: ColumnElement[Any] = o.export_day
     if attribution.window_h is not None:
         inside = queries.within_window(
             connection, o.first_start_at, o.first_export_at, attribution.window_h
@@ -484,6 +487,48 @@ def _window_events(
     return int(connection.scalar(sa.select(func.count()).where(window)) or 0)
 
 
+def _watermark(experiment_id: int) -> sa.Select[Any]:
+    """The experiment's watermark row: last ids merged and the windows' counts below them."""
+    w = rollup_watermarks.c
+    return sa.select(
+        w.last_event_id, w.last_assignment_id, w.window_events, w.window_assignments
+    ).where(w.experiment_id == experiment_id)
+
+
+def reads_only(connection: Connection) -> bool:
+    """Whether the connection carries the `READ_ONLY` execution option."""
+    return bool(connection.get_execution_options().get(READ_ONLY, False))
+
+
+def is_fresh(connection: Connection, experiment_id: int, rescan_ids: int = RESCAN_IDS) -> bool:
+    """Whether a refresh would find nothing to merge for this experiment (read-only): it has a
+    watermark, no event of it (or without experiment) and no assignment of it above the
+    watermarks, and no late commit into the windows below them."""
+    mark = connection.execute(_watermark(experiment_id)).first()
+    if mark is None or mark.last_event_id is None:
+        return False
+    last, last_assigned = int(mark.last_event_id), int(mark.last_assignment_id or 0)
+    if _window_events(connection, last, rescan_ids) != mark.window_events:
+        return False
+    if _window_events(connection, last_assigned, rescan_ids, assignments) != (
+        mark.window_assignments
+    ):
+        return False
+    newer_event = sa.exists().where(
+        events.c.id > last,
+        sa.or_(events.c.experiment_id == experiment_id, events.c.experiment_id.is_(None)),
+    )
+    newer_assignment = sa.exists().where(
+        assignments.c.id > last_assigned, assignments.c.experiment_id == experiment_id
+    )
+    return not connection.scalar(sa.select(sa.or_(newer_event, newer_assignment)))
+
+
+def _use_scan(connection: Connection, experiment_id: int) -> bool:
+    """A read-only connection reads the events when the rollup is stale (it cannot refresh)."""
+    return reads_only(connection) and not is_fresh(connection, experiment_id)
+
+
 def refresh(
     connection: Connection,
     experiment_id: int,
@@ -494,23 +539,17 @@ def refresh(
     """Bring the rollup of one experiment up to date with the committed events; idempotent.
 
     Runs in the caller's transaction. Returns what it did: mode (``full`` or ``incremental``),
-    the event id range merged and the call days recomputed.
+    the event id range merged and the call days recomputed. On a `READ_ONLY` connection it
+    writes nothing (mode ``read-only``): the readers then use the rollup only while it is fresh.
     """
+    if reads_only(connection):
+        return {"mode": "read-only", "after_id": None, "up_to_id": None, "days": None}
     connection.execute(
         _insert(connection, rollup_watermarks)
         .values(experiment_id=experiment_id)
         .on_conflict_do_nothing(index_elements=["experiment_id"])
     )
-    mark = connection.execute(
-        sa.select(
-            rollup_watermarks.c.last_event_id,
-            rollup_watermarks.c.last_assignment_id,
-            rollup_watermarks.c.window_events,
-            rollup_watermarks.c.window_assignments,
-        )
-        .where(rollup_watermarks.c.experiment_id == experiment_id)
-        .with_for_update()
-    ).one()
+    mark = connection.execute(_watermark(experiment_id).with_for_update()).one()
     up_to = int(connection.scalar(sa.select(func.max(events.c.id))) or 0)
     assigned_up_to = int(
         connection.scalar(
@@ -629,8 +668,9 @@ def _straddling(
     ).all()
     if not stored:
         return []
-    projects: list[str] | sa.Select = [row[0] for row in stored]
-    if len(projects) > MAX_LISTED_PROJECTS:  # bind parameters are limited: a subquery then
+    listed = [row[0] for row in stored]
+    projects: list[str] | sa.Select = listed
+    if len(listed) > MAX_LISTED_PROJECTS:  # bind parameters are limited: a subquery then
         projects = sa.select(o.project_id).where(*conditions)
     fixed = outcome_source(connection, experiment_id, projects=projects, until=until).subquery()
     redone = connection.execute(
@@ -696,7 +736,11 @@ def project_counts(
     attributes = tuple(queries._check_attribute(a) for a in attributes)
     stored = _attribution(connection, experiment_id)
     attribution = queries.Attribution(stored.window_h, stored.stopped_at, mature_before)
-    if not covers(until, attributes) or not _is_midnight(mature_before):
+    if (
+        not covers(until, attributes)
+        or not _is_midnight(mature_before)
+        or _use_scan(connection, experiment_id)
+    ):
         return queries.project_counts(
             connection, experiment_id, until, attributes, popularity, thresholds, attribution
         )
@@ -752,8 +796,8 @@ def project_counts(
                 pending[int(row[0])] = pending.get(int(row[0]), 0) + weight
             continue
         kept.append((weight, row))
-    counts = _fold(kept, intents, end, attributes, popularity, thresholds)
-    return ProjectCounts(counts.daily, counts.segments, {a: n for a, n in pending.items() if n})
+    folded = _fold(kept, intents, end, attributes, popularity, thresholds)
+    return ProjectCounts(folded.daily, folded.segments, {a: n for a, n in pending.items() if n})
 
 
 def _day_of(until: datetime) -> date:
@@ -817,7 +861,7 @@ def guardrail_stats(
     connection: Connection, experiment_id: int, until: datetime | None = None
 ) -> list[ArmGuardrails]:
     """Per-arm guardrails from ``call_rollups``; latency percentiles from its histogram."""
-    if not covers(until):
+    if not covers(until) or _use_scan(connection, experiment_id):
         return queries.guardrail_stats(connection, experiment_id, until)
     c = call_rollups.c
     conditions = [c.experiment_id == experiment_id]

@@ -36,7 +36,7 @@ class Figure:
         return f"{self.name}: {self.rate:.4f} (MC SE {self.se:.4f}, {self.experiments} runs)"
 
 
-def _figure(name: str, hits: np.ndarray) -> Figure:
+def _figure(name: str, hits: np.ndarray | np.bool_) -> Figure:
     return Figure(name, float(np.mean(hits)), int(hits.size))
 
 
@@ -140,7 +140,9 @@ def delayed_export_aa(
                 done = counted & (export < until)
         counts[0, :, day], counts[1, :, day] = done[0].sum(-1), counted[0].sum(-1)
         counts[2, :, day], counts[3, :, day] = done[1].sum(-1), counted[1].sum(-1)
-    _, _, low, high, _ = stats.sequential_intervals(*counts, n, ALPHA)
+    _, _, low, high, _ = stats.sequential_intervals(
+        counts[0], counts[1], counts[2], counts[3], n, ALPHA
+    )
     with np.errstate(invalid="ignore"):
         hits = ((low > 1) | (high < 1)).any(axis=-1)
     rule = "with the attribution window" if attribution else "naive count"
@@ -181,8 +183,8 @@ def ramp_through_decide(
             n = (per_period - treated, treated)
             x = rng.binomial(n, rate)
             periods.append(stats.Period(((int(x[0]), n[0]), (int(x[1]), n[1])), weights))
-        control = tuple(sum(p.counts[0][i] for p in periods) for i in (0, 1))
-        treatment = tuple(sum(p.counts[1][i] for p in periods) for i in (0, 1))
+        control = (sum(p.counts[0][0] for p in periods), sum(p.counts[0][1] for p in periods))
+        treatment = (sum(p.counts[1][0] for p in periods), sum(p.counts[1][1] for p in periods))
         verdict = stats.decide(control, [treatment], periods=periods).decisions["treatment"]
         hits.append(verdict in (stats.TREATMENT_BETTER, stats.TREATMENT_WORSE,
                                 stats.SRM_DO_NOT_TRUST))  # fmt: skip

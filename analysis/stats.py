@@ -1814,7 +1814,8 @@ def decide(
             verdict = INSUFFICIENT_DATA
             arm_notes.append(cmp.message or "an arm has no starts")
         else:
-            verdict, extra = _verdict(*interval, 1.0 if scale == RELATIVE else 0.0, margin)
+            low, high = interval
+            verdict, extra = _verdict(low, high, 1.0 if scale == RELATIVE else 0.0, margin)
             arm_notes.extend(extra)
             has_margin = margin is not None and margin.value != 0
             check = power_check(

@@ -1,12 +1,12 @@
 """Event batch ingestion into PostgreSQL vs a raw COPY of the same rows.
 
-Ingestion is `routing.events.EventWriter.insert` as `/v1/events:batch` runs it: check the
+Ingestion is `routing.eventlog.SqlEventStore.insert` as `/v1/events:batch` runs it: check the
 batch's experiment/arm references (one query), dedupe, probe a sample of the client_event_ids
 (all of them when the sample finds a stored one), resolve each export's arm from the project's
 assignment (one query per experiment), then a binary `COPY events` of the new rows inside a
 savepoint (a stored id met by the COPY rolls it back: COPY into a temp table + `INSERT ... ON
 CONFLICT DO NOTHING`). The baseline is the same binary `COPY events FROM STDIN` of the same rows
-(`routing.events.copy_events`: no idempotency, no reference check, no arm resolution). Both run
+(`routing.eventlog.copy_events`: no idempotency, no reference check, no arm resolution). Both run
 in this process against a fresh database; the table is truncated between runs.
 
     python bench/bench_ingest.py --events 100000 --batch 10000 --repeats 3
@@ -24,7 +24,7 @@ from scratch_db import create_database, drop_database, two_arm_experiment
 
 from abtest import db
 from abtest.runtime import TABLES
-from routing.events import EventRecord, EventWriter, copy_events
+from routing.eventlog import EventRecord, copy_events, open_event_store
 
 
 def main() -> None:
@@ -78,7 +78,7 @@ def main() -> None:
             for i in range(args.events)
         ]
         batches = [rows[i : i + args.batch] for i in range(0, len(rows), args.batch)]
-        writer = EventWriter(engine, TABLES, None)
+        writer = open_event_store(engine, TABLES, None)
         if args.bulk_threshold is not None:
             writer.copy_threshold = args.bulk_threshold
 

@@ -297,7 +297,16 @@ def _number(value: Any) -> float | None:
     return number
 
 
-_WRAPPER_WORDS = ("adjust", "grading", "param", "filter", "lut", "tool", "json", "output")
+_WRAPPER_WORDS: tuple[str, ...] = (
+    "adjust",
+    "grading",
+    "param",
+    "filter",
+    "lut",
+    "tool",
+    "json",
+    "output",
+)
 _WRAPPER_WORDS += ("config", "result", "answer", "settings", "values")
 
 

@@ -100,11 +100,13 @@ def teacher_answer(tool: str, config: ToolConfig | None) -> str:
         body = json.dumps(values)
     else:
         nested = part.as_dict()
-        values = {c: {p: _num(v) for p, v in nested[c].items()} for c in COLORS}
+        curves: dict[str, dict[str, int | float]] = {
+            c: {p: _num(v) for p, v in nested[c].items()} for c in COLORS
+        }
         changes = [
-            f"{c} {p} {'+' if v > 0 else ''}{v}" for c in COLORS for p, v in values[c].items() if v
+            f"{c} {p} {'+' if v > 0 else ''}{v}" for c in COLORS for p, v in curves[c].items() if v
         ]
-        body = json.dumps(values)
+        body = json.dumps(curves)
     why = f"Yes, the {label} tool should be used: " + ", ".join(changes) + "."
     return f"TOOL:\n{why}\nJSON:\n{body}"
 

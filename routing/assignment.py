@@ -80,7 +80,7 @@ class ExperimentDef:
 
     @property
     def control(self) -> ArmDef:
-        return self._control  # type: ignore[attr-defined,no-any-return]
+        return self._control  # type: ignore[attr-defined]
 
     def arm(self, name: str) -> ArmDef:
         return self._by_name[name]  # type: ignore[attr-defined]
@@ -229,6 +229,7 @@ async def assign(experiment: ExperimentDef, project_id: str, store: AssignmentSt
     """
     fresh = decide(experiment, project_id)
     experiment_id = experiment.id if experiment.id is not None else 0
+    stored: StoredAssignment | None
     if fresh.in_experiment:
         stored = await store.put_first(
             experiment_id, project_id, StoredAssignment(fresh.arm, fresh.source)

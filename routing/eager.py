@@ -31,9 +31,9 @@ async def within(awaitable: Awaitable[T], timeout_s: float) -> T:
     try:
         pending = awaitable.send(None)
     except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
+        return done.value
     async with asyncio.timeout(timeout_s):
-        return await _resume(awaitable, pending)  # type: ignore[no-any-return]
+        return await _resume(awaitable, pending)
 
 
 @types.coroutine

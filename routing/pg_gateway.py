@@ -12,10 +12,10 @@ snapshot: its start event is held back, the key read back, and the event inserte
 arm by a second statement, before any request of the batch is answered.
 
 Batches with an event that has no experiment (an export before any experiment is known) go
-through `EventWriter.write_together` in a thread, which reconciles them. When the database is
-unreachable the batch is spooled (`EventWriter.spool_together`), exactly like the thread path.
+through `EventStore.write_together` in a thread, which reconciles them. When the database is
+unreachable the batch is spooled (`EventStore.spool_together`), exactly like the thread path.
 The tables have no foreign keys: the experiment and arm ids of a batch are checked by
-`EventWriter.check_references` the first time they are seen (`InvalidEventReference`).
+`EventStore.check_references` the first time they are seen (`InvalidEventReference`).
 """
 
 from __future__ import annotations
@@ -27,18 +27,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from routing.events import (
-    EVENT_COLUMNS,
-    PG_EVENT_RECORD,
-    EventWriter,
-    GroupCommit,
-    WriteResult,
-    _rows_json,
-    batch_references,
-    first_assignment_ctes,
-    is_unavailable,
-    json_text,
-)
+from routing.eventlog import EventStore, FirstAssignment, GroupCommit, WriteResult, is_unavailable
+from routing.eventlog.postgres import batch_statement
+from routing.eventlog.schema import EVENT_COLUMNS, PG_EVENT_RECORD, json_text, rows_json
+from routing.eventlog.sql import batch_references
 from routing.storage import DatabaseGateway, Item, item_outcomes, split_items
 
 
@@ -47,37 +39,12 @@ def conninfo(engine: sa.Engine) -> str:
     return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-def batch_statement(assignments: str, events: str) -> str:
-    """The one statement of a batch; `%(a)s` and `%(r)s` are JSON arrays of the new
-    assignments ({e, p, a, s}) and of the event rows."""
-    columns = ", ".join(EVENT_COLUMNS)
-    arm = (
-        "CASE WHEN t.type = 'start' THEN COALESCE(st.arm_id, t.arm_id, z.arm_id) "
-        "ELSE COALESCE(t.arm_id, st.arm_id, z.arm_id) END"
-    )
-    selected = ", ".join(arm if c == "arm_id" else f"t.{c}" for c in EVENT_COLUMNS)
-    return (
-        f"WITH {first_assignment_ctes(assignments, events, '%(a)s')}, "
-        f"t AS (SELECT * FROM jsonb_to_recordset(%(r)s::jsonb) AS t({PG_EVENT_RECORD})), "
-        f"ev AS (INSERT INTO {events} ({columns}) SELECT {selected} FROM t "
-        "LEFT JOIN st ON st.e = t.experiment_id AND st.p = t.project_id "
-        f"LEFT JOIN LATERAL (SELECT y.arm_id FROM {assignments} y WHERE t.arm_id IS NULL "
-        "AND st.arm_id IS NULL AND y.experiment_id = t.experiment_id "
-        "AND y.project_id = t.project_id OFFSET 0) z ON true "
-        # a start whose stored arm is invisible here (stored by a concurrent batch) waits
-        "WHERE NOT (t.type = 'start' AND st.e IS NOT NULL AND st.arm_id IS NULL) "
-        "ON CONFLICT (client_event_id) DO NOTHING RETURNING client_event_id) "
-        "SELECT e, p, arm_id, source FROM st "
-        "UNION ALL SELECT NULL, client_event_id, NULL, NULL FROM ev"
-    )
-
-
 class PostgresGateway(DatabaseGateway):
     """`DatabaseGateway` for PostgreSQL: the group commit awaited on the event loop."""
 
     def __init__(
         self,
-        writer: EventWriter,
+        writer: EventStore,
         executor: Executor | None = None,
         connect_timeout_s: int = 2,
         max_in_flight: int = 3,
@@ -157,11 +124,11 @@ class PostgresGateway(DatabaseGateway):
         return item_outcomes(items, stored, result)
 
     async def _write(
-        self, assignments: list[tuple[int, str, int, str]], rows: list[dict[str, Any]]
+        self, assignments: list[FirstAssignment], rows: list[dict[str, Any]]
     ) -> tuple[dict[tuple[int, str], tuple[int, str]], set[str]]:
         unique = {(e, p): (a, s) for e, p, a, s in assignments}
         new = [{"e": e, "p": p, "a": a, "s": s} for (e, p), (a, s) in unique.items()]
-        params = {"a": json_text(new), "r": _rows_json(rows)}
+        params = {"a": json_text(new), "r": rows_json(rows)}
         connection = await self._acquire()
         try:
             async with connection.cursor() as cursor:
@@ -204,7 +171,7 @@ class PostgresGateway(DatabaseGateway):
         ]
         if not late:
             return set()
-        await cursor.execute(self._insert_rows, [_rows_json(late)])
+        await cursor.execute(self._insert_rows, [rows_json(late)])
         return {event_id for (event_id,) in await cursor.fetchall()}
 
     async def _read_stored(

@@ -34,11 +34,11 @@ from routing.assignment import (
     sticky,
 )
 from routing.eager import within
-from routing.events import (
+from routing.eventlog import (
     EventRecord,
     EventSpool,
-    EventWriter,
-    GroupCommit,
+    EventStore,
+    FirstAssignment,
     UnstorableEvent,
     WriteResult,
     check_storable,
@@ -48,7 +48,7 @@ from routing.events import (
     utcnow,
 )
 from routing.metrics import RouterMetrics
-from routing.storage import Item, item_outcomes, split_items
+from routing.storage import DatabaseGateway, EventGateway
 
 EVENT_TYPES = ("start", "export")
 CHAMPION_LABEL = "(champion)"  # the metrics' experiment label of the default route
@@ -353,12 +353,6 @@ def unusable_reason(prediction: Any) -> str | None:
 
 
 ArmProvider = Callable[[ArmDef], Arm]
-FirstAssignment = tuple[int, str, int | None, str]  # experiment_id, project_id, arm_id, source
-# Stores a first assignment and its project's start event in one commit; answers the stored
-# (arm_id, source) — None while the database is down — and the event's outcome.
-FirstSink = Callable[
-    [FirstAssignment, dict[str, Any]], Awaitable[tuple[tuple[int, str] | None, str]]
-]
 
 
 @dataclass
@@ -380,16 +374,18 @@ class Router:
         catalog: ExperimentCatalog,
         store: AssignmentStore,
         arm_provider: ArmProvider,
-        writer: EventWriter,
+        writer: EventStore,
         *,
         spool: EventSpool | None = None,
         config: RouterConfig | None = None,
         metrics: RouterMetrics | None = None,
         executor: Executor | None = None,
         clock: Callable[[], float] = time.monotonic,
-        event_sink: Callable[[dict[str, Any]], Awaitable[str]] | None = None,
-        first_sink: FirstSink | None = None,
+        gateway: EventGateway | None = None,
     ) -> None:
+        """`gateway` is the request path's one write route (default: the thread group commit
+        over `writer`; `routing.pg_gateway.PostgresGateway` on PostgreSQL); `writer` takes the
+        batches of `ingest` and replays the spool."""
         self.catalog = catalog
         self.store = store
         self.arm_provider = arm_provider
@@ -401,10 +397,9 @@ class Router:
         self.clock = clock
         self.breakers: dict[str, CircuitBreaker] = {}
         self._arms: dict[tuple[str, int, bool], Arm] = {}
-        self._events: GroupCommit[dict[str, Any], str] = GroupCommit(self._flush_events, executor)
-        self._sink = event_sink or self._events.submit
-        self._first_sink = first_sink
-        self.close_hooks: list[Callable[[], Awaitable[None]]] = []  # awaited by the app at exit
+        self.gateway = gateway or DatabaseGateway(writer, executor)
+        # awaited by the app at exit
+        self.close_hooks: list[Callable[[], Awaitable[None]]] = [self.gateway.close]
         if spool is not None:
             self.metrics.watch_spool(lambda: spool.depth, lambda: spool.dead_letters)
 
@@ -636,7 +631,7 @@ class Router:
         first-writer-wins insert decides: a project never moves.
         """
         recall = getattr(self.store, "recall", None)
-        if self._first_sink is None or recall is None:
+        if recall is None:
             return await assign(experiment, project_id, self.store), None
         fresh = decide(experiment, project_id)
         experiment_id = experiment.id if experiment.id is not None else 0
@@ -646,7 +641,9 @@ class Router:
             return kept, None
         if not fresh.in_experiment:
             return fresh, None
-        return fresh, (experiment_id, project_id, experiment.arm(fresh.arm).arm_id, fresh.source)
+        return fresh, FirstAssignment(
+            experiment_id, project_id, experiment.arm(fresh.arm).arm_id, fresh.source
+        )
 
     async def _record_first(
         self,
@@ -657,8 +654,7 @@ class Router:
     ) -> tuple[ArmDef, str]:
         """Commit a new assignment with its start event; returns the arm the project counts in
         (the stored one, should another request have stored it first) and the event outcome."""
-        assert self._first_sink is not None
-        stored, outcome = await self._first_sink(first, row)
+        stored, outcome = await self.gateway.write_first(first, row)
         self.metrics.event_outcome(outcome)
         if stored is None:  # spooled: unconfirmed, so not cached
             return proposed, outcome
@@ -689,15 +685,9 @@ class Router:
     # events ------------------------------------------------------------------------------------
 
     async def _record(self, row: dict[str, Any]) -> str:
-        outcome = await self._sink(row)
+        outcome = await self.gateway.write_event(row)
         self.metrics.event_outcome(outcome)
         return outcome
-
-    def _flush_events(self, rows: list[dict[str, Any]]) -> list[str]:
-        """Group commit of single events; the outcome of each: stored, duplicate or spooled."""
-        items: list[Item] = [("event", row) for row in rows]
-        _, unique = split_items(items)
-        return item_outcomes(items, None, self.writer.write(unique))
 
     async def record_export(
         self,
@@ -769,7 +759,7 @@ class Router:
         for index, event in enumerate(events):
             rows.append(self._batch_row(index, event, by_key, default, default_error, now))
         loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(self.executor, self.writer.write, rows)
+        result = await loop.run_in_executor(self.executor, self.writer.write_events, rows)
         self.metrics.events.labels("stored").inc(result.stored)
         self.metrics.events.labels("duplicate").inc(result.duplicates)
         self.metrics.events.labels("spooled").inc(result.spooled)

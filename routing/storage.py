@@ -7,18 +7,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from concurrent.futures import Executor
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from routing.assignment import ArmDef, ExperimentDef, Namespace, StoredAssignment
-from routing.events import (
+from routing.eventlog import (
     EventSpool,
-    EventWriter,
+    EventStore,
+    FirstAssignment,
     GroupCommit,
     RoutingTables,
+    StoredAssignments,
     WriteResult,
     is_unavailable,
 )
@@ -122,29 +124,30 @@ def load_experiments(engine: Engine, tables: RoutingTables) -> list[ExperimentDe
     return loaded
 
 
-Item = tuple[str, Any]  # ("assignment", tuple) | ("event", row) | ("first", (tuple, row))
+@dataclass(frozen=True, slots=True, eq=False)
+class Item:
+    """One request's part of a group commit: a first assignment, an event row, or both (a new
+    project's first assignment with its start event)."""
+
+    first: FirstAssignment | None = None
+    row: dict[str, Any] | None = None
 
 
-def split_items(
-    items: list[Item],
-) -> tuple[list[tuple[int, str, int, str]], list[dict[str, Any]]]:
+def split_items(items: list[Item]) -> tuple[list[FirstAssignment], list[dict[str, Any]]]:
     """The assignments and the (deduplicated) event rows of a group commit's items."""
     assignments = []
     rows: dict[str, dict[str, Any]] = {}
-    for kind, value in items:
-        if kind == "assignment":
-            assignments.append(value)
-        elif kind == "event":
-            rows.setdefault(value["client_event_id"], value)
-        else:  # first: an assignment and its start event
-            assignments.append(value[0])
-            rows.setdefault(value[1]["client_event_id"], value[1])
+    for item in items:
+        if item.first is not None:
+            assignments.append(item.first)
+        if item.row is not None:
+            rows.setdefault(item.row["client_event_id"], item.row)
     return assignments, list(rows.values())
 
 
 def item_outcomes(
     items: list[Item],
-    stored: dict[tuple[int, str], tuple[int, str]] | None,
+    stored: StoredAssignments | None,
     result: WriteResult,
 ) -> list[Any]:
     """What each waiting request gets back: its stored assignment (None when spooled) and/or
@@ -162,23 +165,37 @@ def item_outcomes(
         seen.add(event_id)
         return outcome
 
-    for kind, value in items:
-        if kind == "assignment":
-            outcomes.append(None if stored is None else stored.get((value[0], value[1])))
-        elif kind == "event":
-            outcomes.append(event_outcome(value["client_event_id"]))
+    for item in items:
+        found = None
+        if item.first is not None and stored is not None:
+            found = stored.get((item.first.experiment_id, item.first.project_id))
+        if item.row is None:
+            outcomes.append(found)
+        elif item.first is None:
+            outcomes.append(event_outcome(item.row["client_event_id"]))
         else:
-            item, row = value
-            found = None if stored is None else stored.get((item[0], item[1]))
-            outcomes.append((found, event_outcome(row["client_event_id"])))
+            outcomes.append((found, event_outcome(item.row["client_event_id"])))
     return outcomes
+
+
+class EventGateway(Protocol):
+    """The request path's write route: a new project's first assignment with its start event,
+    and single events, committed in groups (`DatabaseGateway`, `pg_gateway.PostgresGateway`)."""
+
+    async def write_first(
+        self, item: FirstAssignment, row: dict[str, Any]
+    ) -> tuple[tuple[int, str] | None, str]: ...
+
+    async def write_event(self, row: dict[str, Any]) -> str: ...
+
+    async def close(self) -> None: ...
 
 
 class DatabaseGateway:
     """One group commit for the request path: the first assignments and the events of
     concurrent requests reach the database together, in one transaction per batch."""
 
-    def __init__(self, writer: EventWriter, executor: Executor | None = None) -> None:
+    def __init__(self, writer: EventStore, executor: Executor | None = None) -> None:
         self.writer = writer
         self._commit: GroupCommit[Item, Any] = GroupCommit(self._flush, executor)
 
@@ -187,22 +204,22 @@ class DatabaseGateway:
         stored, result = self.writer.write_together(assignments, rows)
         return item_outcomes(items, stored, result)
 
-    async def put_assignment(self, item: tuple[int, str, int, str]) -> tuple[int, str] | None:
+    async def put_assignment(self, item: FirstAssignment) -> tuple[int, str] | None:
         """`(experiment_id, project_id, arm_id, source)` -> the stored `(arm_id, source)`, or
         None when the database is unreachable (the assignment was spooled)."""
-        return await self._commit.submit(("assignment", item))
+        return await self._commit.submit(Item(first=item))
 
     async def write_first(
-        self, item: tuple[int, str, int | None, str], row: dict[str, Any]
+        self, item: FirstAssignment, row: dict[str, Any]
     ) -> tuple[tuple[int, str] | None, str]:
         """A new project's first assignment and its start event, in the same commit: the
         stored `(arm_id, source)` (None when spooled) and the event's outcome. The event takes
         the stored arm, whichever request stored it."""
-        return await self._commit.submit(("first", (item, row)))
+        return await self._commit.submit(Item(item, row))
 
     async def write_event(self, row: dict[str, Any]) -> str:
         """Store one event row: 'stored', 'duplicate' or 'spooled' (durable either way)."""
-        return await self._commit.submit(("event", row))
+        return await self._commit.submit(Item(row=row))
 
     async def close(self) -> None:
         return None
@@ -217,7 +234,7 @@ class DatabaseStore:
 
     def __init__(
         self,
-        writer: EventWriter,
+        writer: EventStore,
         arms_by_experiment: Any,
         spool: EventSpool | None = None,
         executor: Executor | None = None,
@@ -227,16 +244,16 @@ class DatabaseStore:
         self.spool = spool
         self._arms = arms_by_experiment  # callable: experiment_id -> ExperimentDef | None
         self.gateway = gateway
-        self._puts: GroupCommit[tuple[int, str, int, str], tuple[int, str] | None] = GroupCommit(
+        self._puts: GroupCommit[FirstAssignment, tuple[int, str] | None] = GroupCommit(
             self._flush_puts, executor
         )
         self._gets: GroupCommit[tuple[int, str], tuple[int, str] | None] = GroupCommit(
             self._flush_gets, executor
         )
 
-    def _flush_puts(self, items: list[tuple[int, str, int, str]]) -> list[tuple[int, str] | None]:
+    def _flush_puts(self, items: list[FirstAssignment]) -> list[tuple[int, str] | None]:
         try:
-            stored = self.writer.first_assignments(items)
+            stored = self.writer.write_first(items)
         except Exception as exc:
             if self.spool is None or not is_unavailable(exc):
                 raise
@@ -276,7 +293,7 @@ class DatabaseStore:
     ) -> StoredAssignment:
         experiment = self._arms(experiment_id)
         arm_id = experiment.arm(proposed.arm).arm_id
-        item = (experiment_id, project_id, arm_id, proposed.source)
+        item = FirstAssignment(experiment_id, project_id, arm_id, proposed.source)
         if self.gateway is not None:
             found = await self.gateway.put_assignment(item)
         else:

@@ -18,7 +18,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from abtest import db
 from abtest.settings import Settings
-from routing.events import is_unavailable
+from analysis import rollup
+from routing.eventlog import is_unavailable
 
 log = logging.getLogger(__name__)
 ROLE_REDIS_TTL_S = 7 * 24 * 3600
@@ -54,6 +55,16 @@ class AppState:
         return cls(settings, engine, db.session_factory(engine), serving_engine=serving)
 
     @property
+    def read_engine(self) -> Engine:
+        """The admin engine for GET requests: its connections carry `analysis.rollup.READ_ONLY`,
+        so a report read there never refreshes the rollup (reads do not write)."""
+        cached = self.extras.get("read_engine")
+        if cached is None or cached[0] is not self.engine:
+            cached = (self.engine, self.engine.execution_options(**{rollup.READ_ONLY: True}))
+            self.extras["read_engine"] = cached
+        return cached[1]
+
+    @property
     def fast_engine(self) -> Engine:
         """The serving path's engine."""
         return self.serving_engine or self.engine
@@ -71,13 +82,15 @@ def app_state(request: Request) -> AppState:
 
 
 def db_session(request: Request) -> Iterator[Session]:
-    """A session per request: committed when the handler returns, rolled back on error.
+    """A session per request: committed when the handler returns, rolled back on error. A GET
+    reads through `AppState.read_engine` (the rollup is not refreshed; see analysis.rollup).
 
     A committed change to variants, experiments or API keys (`abtest.generation`) makes this
     server's next project request reload the catalog and forget cached roles at once (other
     servers notice the generation within a quarter second)."""
     state = app_state(request)
-    with db.session_scope(state.engine) as session:
+    reads = request.method in ("GET", "HEAD")
+    with db.session_scope(state.read_engine if reads else state.engine) as session:
         yield session
     if session.info.pop("catalog_changed", False):
         catalog_changed(state)

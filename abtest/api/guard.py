@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import unquote_to_bytes
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from routing.events import text_problem
+from routing.eventlog import text_problem
 
 BATCH_PATH = "/v1/events:batch"
 MAX_ECHO_CHARS = 200  # longer input is never echoed in an error body
@@ -76,7 +76,7 @@ def too_large(limit: int) -> dict[str, Any]:
     return {"detail": [{"loc": ["body"], "msg": reason, "type": "too_large"}]}
 
 
-async def read_body(receive: Receive, limit: int) -> bytes | None | bool:
+async def read_body(receive: Receive, limit: int) -> bytes | None | Literal[False]:
     """The whole body; False once it passes `limit` (reading stops); None if the client left."""
     chunks = []
     size = 0
@@ -161,7 +161,7 @@ def safe_errors(errors: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     scalar): never megabytes of echoed input, never a value JSON cannot carry."""
     safe = []
     for error in errors:
-        item = {
+        item: dict[str, Any] = {
             "type": str(error.get("type", "value_error")),
             "loc": [_safe_loc(part) for part in error.get("loc", ())],
             "msg": str(error.get("msg", ""))[:500].encode("utf-8", "replace").decode("utf-8"),

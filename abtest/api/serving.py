@@ -16,7 +16,7 @@ from abtest.api.deps import AppState, app_state, authorize, request_api_key, req
 from abtest.api.guard import safe_errors
 from abtest.errors import Conflict, Invalid, NotFound, ServiceError
 from abtest.runtime import get_router
-from routing.events import json_problem
+from routing.eventlog import json_problem
 from routing.router import Router, RoutingError
 
 router = APIRouter(tags=["serving"])
@@ -163,7 +163,7 @@ async def serve_project(
     try:
         await authorize(state, api_key, ("app",))
     except HTTPException as exc:
-        return exc.status_code, {"detail": exc.detail}, exc.headers
+        return exc.status_code, {"detail": exc.detail}, dict(exc.headers or {}) or None
     try:
         body = ProjectIn.model_validate_json(raw_body)
     except ValidationError as exc:

@@ -40,7 +40,7 @@ def serve(
     try:
         _check_keys(settings, enabled)
     except Exception as exc:
-        from routing.events import is_unavailable
+        from routing.eventlog import is_unavailable
 
         if not is_unavailable(exc):
             raise
@@ -167,12 +167,12 @@ def spool_replay(
 ) -> None:
     """Move events spooled while the database was down into the database (idempotent)."""
     from abtest.runtime import TABLES
-    from routing.events import EventSpool, EventWriter, is_unavailable, replay_spool
+    from routing.eventlog import EventSpool, is_unavailable, open_event_store, replay_spool
 
     settings = common.settings()
     engine = common.engine()
     spool = EventSpool(settings.spool_dir)
-    writer = EventWriter(engine, TABLES, spool)
+    writer = open_event_store(engine, TABLES, spool)
     before, dead_before = spool.depth, spool.dead_letters
     try:
         replayed = replay_spool(writer, spool)
@@ -208,7 +208,7 @@ def spool_replay(
 @spool_app.command("status")
 def spool_status(as_json: bool = common.JSON_OPTION) -> None:
     """How many entries wait in the spool, and how many the database refused (dead letters)."""
-    from routing.events import EventSpool
+    from routing.eventlog import EventSpool
 
     spool = EventSpool(common.settings().spool_dir)
     status = {"path": str(spool.path), "depth": spool.depth, "dead_letters": spool.dead_letters}
@@ -227,7 +227,7 @@ def spool_dead_letters(
     as_json: bool = common.JSON_OPTION,
 ) -> None:
     """Spooled entries the database refused at replay, with its error (kept, never lost)."""
-    from routing.events import EventSpool
+    from routing.eventlog import EventSpool
 
     spool = EventSpool(common.settings().spool_dir)
     letters = spool.dead_letter_entries(limit)

@@ -2,7 +2,7 @@
 
 The two foreign keys of `events` (experiment_id -> experiments, arm_id -> experiment_arms) cost
 a trigger call per row and per key on every insert, about a third of bulk ingestion. Events are
-an append-only log (like a warehouse fact table): `routing.events.EventWriter` checks a batch's
+an append-only log (like a warehouse fact table): `routing.eventlog.SqlEventStore` checks a batch's
 distinct (experiment_id, arm_id) pairs in one query before writing and refuses unknown ones
 (`InvalidEventReference`). Experiments and arms are never deleted by the application, so the
 ON DELETE CASCADE had nothing to do.

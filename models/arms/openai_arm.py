@@ -40,7 +40,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import openai
 
@@ -192,7 +192,7 @@ class OpenAITeacherArm(_CountingArm):
             self.requests += 1
             return await self.client.chat.completions.create(
                 model=self.model,
-                messages=teacher_messages(tool, intent),
+                messages=cast(Any, teacher_messages(tool, intent)),  # the SDK's TypedDicts
                 temperature=0,
                 top_p=1,
                 max_tokens=self.max_tokens,

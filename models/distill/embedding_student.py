@@ -413,7 +413,8 @@ def train_embedding_student(
         predictions = heads.predict(encode_records(test, settings, show_progress=show_progress))
         metrics = evaluate(predictions, test, [()] * len(predictions))
     out.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out / HEADS_FILE, **heads.arrays)
+    arrays: dict[str, Any] = dict(heads.arrays)
+    np.savez_compressed(out / HEADS_FILE, **arrays)
     card = {
         "architecture": ARCHITECTURE,
         "base_model": f"{ENCODER_MODEL} (frozen, from the PyPI package {ENCODER_PACKAGE})",

@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -426,6 +427,10 @@ def predict_configs(
 # --- training ---------------------------------------------------------------------------------
 
 
+def _advance(progress: Any, task: Any, n: int) -> None:
+    progress.update(task, advance=n)
+
+
 def _progress(enabled: bool) -> Any:
     from rich.progress import (
         BarColumn,
@@ -577,7 +582,7 @@ def _train(
                     architecture=settings.architecture,
                     max_new_tokens=settings.max_new_tokens,
                     batch_size=settings.eval_batch_size,
-                    on_batch=lambda n, task=eval_task: progress.update(task, advance=n),
+                    on_batch=partial(_advance, progress, eval_task),
                 )
                 metrics = evaluate(configs, eval_records, failures)
                 progress.remove_task(eval_task)

@@ -51,7 +51,7 @@ def test_group_commit_settings_reach_the_postgresql_gateway(monkeypatch, tmp_pat
     engine = make_engine(POSTGRES_URL)  # not connected: building the router needs no server
     try:
         router = build_router(settings, engine)
-        commit = router._first_sink.__self__._commit
+        commit = router.gateway._commit
         assert (commit.max_batch, commit.max_in_flight, commit.eager_batch) == (16, 5, 4)
     finally:
         engine.dispose()

@@ -16,6 +16,7 @@ from abtest.runtime import build_router, close_router
 from models.arms.base import Prediction
 from models.tools import Filter, ToolConfig
 from routing.assignment import decide
+from routing.eventlog import FirstAssignment
 from tests.serving_setup import make_two_arm_experiment
 
 CONFIGS = {"teacher": ToolConfig(filter=Filter("vivid", 40.0)), "student": ToolConfig()}
@@ -233,7 +234,7 @@ def test_other_requests_go_through_fastapi_and_big_bodies_get_413(settings, engi
 
 def test_the_gateway_refuses_unknown_arms_without_spooling(settings, engine):
     """No foreign keys on events or assignments: the gateway checks the ids it writes."""
-    from routing.events import InvalidEventReference, utcnow
+    from routing.eventlog import InvalidEventReference, utcnow
 
     make_two_arm_experiment(engine)
     router = build_router(settings, engine, ARMS)
@@ -250,7 +251,7 @@ def test_the_gateway_refuses_unknown_arms_without_spooling(settings, engine):
 
     async def scenario():
         try:
-            return await gateway.write_first((1, "p", 999, "hash"), row)
+            return await gateway.write_first(FirstAssignment(1, "p", 999, "hash"), row)
         finally:
             await close_router(router)
 
@@ -316,14 +317,14 @@ def test_a_first_assignment_committed_by_a_concurrent_batch_is_read_back(postgre
         "VALUES (1, 'race', %s, 'hash', now())",
         [ids["treatment"]],
     )  # not committed yet: the gateway's insert of 'race' will wait for it
-    from routing.events import EventRecord
+    from routing.eventlog import EventRecord
 
     row = EventRecord("start:race", "start", "race", 1, ids["control"]).to_row()
 
     async def scenario():
         try:
             write = asyncio.ensure_future(
-                gateway.write_first((1, "race", ids["control"], "hash"), row)
+                gateway.write_first(FirstAssignment(1, "race", ids["control"], "hash"), row)
             )
             await asyncio.sleep(0.3)
             assert not write.done()  # blocked on the other transaction's row

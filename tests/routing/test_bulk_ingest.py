@@ -11,7 +11,12 @@ import sqlalchemy as sa
 
 from abtest import db, services
 from abtest.runtime import TABLES
-from routing.events import EventRecord, EventSpool, EventWriter, InvalidEventReference
+from routing.eventlog import (
+    EventRecord,
+    EventSpool,
+    InvalidEventReference,
+    open_event_store,
+)
 from tests.gate_helpers import FIT, reference_teacher
 
 SMALL, BIG = 5, 120  # batch sizes below and above the test writers' copy_threshold
@@ -43,7 +48,7 @@ def experiment(engine):
 
 
 def writer_for(engine, spool=None):
-    writer = EventWriter(engine, TABLES, spool)
+    writer = open_event_store(engine, TABLES, spool)
     writer.copy_threshold = 50
     return writer
 
@@ -73,17 +78,17 @@ def test_big_batch_dedupes_and_skips_stored_ids(engine, experiment):
     exp_id, control, student = experiment
     writer = writer_for(engine)
     early = [export(f"b{i}", f"p{i}", exp_id, control, served_by="first") for i in range(0, 30, 3)]
-    assert writer.write(early).stored == 10
+    assert writer.write_events(early).stored == 10
     batch = [export(f"b{i}", f"p{i}", exp_id, student, served_by="second") for i in range(BIG)]
     repeats = [export(f"b{i}", f"p{i}", exp_id, control, served_by="repeat") for i in range(40, 60)]
-    result = writer.write(batch + repeats)
+    result = writer.write_events(batch + repeats)
     assert (result.received, result.stored, result.duplicates) == (BIG + 20, BIG - 10, 30)
     assert result.new_ids == {f"b{i}" for i in range(BIG)} - {f"b{i}" for i in range(0, 30, 3)}
     rows = stored(engine)
     assert len(rows) == BIG
     assert {rows[f"b{i}"].served_by for i in range(0, 30, 3)} == {"first"}  # kept, not replaced
     assert rows["b1"].served_by == rows["b45"].served_by == "second"  # the first of a repeat wins
-    again = writer.write(batch)  # a full retry: the sampled probe finds it, nothing is new
+    again = writer.write_events(batch)  # a full retry: the sampled probe finds it, nothing is new
     assert (again.stored, again.duplicates, again.new_ids) == (0, BIG, set())
     assert len(stored(engine)) == BIG
 
@@ -92,18 +97,19 @@ def test_a_stored_id_the_sample_misses_takes_the_conflict_route(engine, experime
     exp_id, control, _ = experiment
     writer = writer_for(engine)
     batch = [export(f"m{i}", f"p{i}", exp_id, control) for i in range(BIG)]
-    assert writer.write([batch[37]]).stored == 1  # not among the probed sample (every 3rd id)
+    assert writer.write_events([batch[37]]).stored == 1  # not in the probed sample (every 3rd)
     fallbacks = []
-    insert = writer._pg_insert_events
+    if writer.postgres:
+        insert = writer._pg_insert_events
 
-    def spy(cursor, rows, direct_copy=True):
-        if not direct_copy:
-            fallbacks.append(len(rows))
-        return insert(cursor, rows, direct_copy)
+        def spy(cursor, rows, direct_copy=True):
+            if not direct_copy:
+                fallbacks.append(len(rows))
+            return insert(cursor, rows, direct_copy)
 
-    monkeypatch.setattr(writer, "_pg_insert_events", spy)
-    monkeypatch.setattr("routing.events._PROBE_SAMPLE", 40)
-    result = writer.write(batch)
+        monkeypatch.setattr(writer, "_pg_insert_events", spy)
+        monkeypatch.setattr(writer, "probe_sample", 40)
+    result = writer.write_events(batch)
     assert (result.stored, result.duplicates) == (BIG - 1, 1)
     assert result.new_ids == {f"m{i}" for i in range(BIG)} - {"m37"}
     assert len(stored(engine)) == BIG
@@ -114,12 +120,10 @@ def test_a_stored_id_the_sample_misses_takes_the_conflict_route(engine, experime
 def test_big_batch_resolves_arms_from_assignments(engine, experiment):
     exp_id, control, student = experiment
     writer = writer_for(engine)
-    writer.first_assignments(
-        [(exp_id, f"p{i}", (control, student)[i % 2], "hash") for i in range(50)]
-    )
+    writer.write_first([(exp_id, f"p{i}", (control, student)[i % 2], "hash") for i in range(50)])
     batch = [export(f"r{i}", f"p{i}", exp_id) for i in range(BIG)]  # p50.. have no assignment
     batch += [export("started-elsewhere", "p1", None), export("explicit", "p2", exp_id, student)]
-    result = writer.write(batch)
+    result = writer.write_events(batch)
     assert result.stored == BIG + 2
     rows = stored(engine)
     assert [rows[f"r{i}"].arm_id for i in range(50)] == [
@@ -131,7 +135,7 @@ def test_big_batch_resolves_arms_from_assignments(engine, experiment):
         student,
     )  # no experiment: the project's assignment is adopted after the write
     assert rows["explicit"].arm_id == student
-    writer.first_assignments([(exp_id, "p77", control, "hash")])  # an orphan adopted later
+    writer.write_first([(exp_id, "p77", control, "hash")])  # an orphan adopted later
     assert stored(engine)["r77"].arm_id == control
 
 
@@ -139,12 +143,12 @@ def test_big_batch_of_two_experiments_resolves_each(engine, experiment):
     exp_id, control, student = experiment
     other_exp, other_control, other_student = make_experiment(engine, "e2")
     writer = writer_for(engine)
-    writer.first_assignments(
+    writer.write_first(
         [(exp_id, f"p{i}", control, "hash") for i in range(BIG)]
         + [(other_exp, f"p{i}", other_student, "hash") for i in range(BIG)]
     )
     batch = [export(f"x{i}", f"p{i}", (exp_id, other_exp)[i % 2]) for i in range(BIG)]
-    assert writer.write(batch).stored == BIG
+    assert writer.write_events(batch).stored == BIG
     rows = stored(engine)
     assert [rows[f"x{i}"].arm_id for i in range(BIG)] == [
         (control, other_student)[i % 2] for i in range(BIG)
@@ -159,15 +163,15 @@ def test_concurrent_writer_between_probe_and_copy(postgres_url, monkeypatch):
         db.upgrade(engine)
         exp_id, control, student = make_experiment(engine, "race")
         writer = writer_for(engine)
-        writer.first_assignments([(exp_id, "p0", student, "hash")])
+        writer.write_first([(exp_id, "p0", student, "hash")])
         other = writer_for(engine)
 
         def concurrent_insert():
-            other.write([export("c7", "p7", exp_id, control, served_by="other writer")])
+            other.write_events([export("c7", "p7", exp_id, control, served_by="other writer")])
 
         writer._before_copy = concurrent_insert
         batch = [export(f"c{i}", f"p{i}", exp_id) for i in range(BIG)]
-        result = writer.write(batch + batch[:3])
+        result = writer.write_events(batch + batch[:3])
         assert (result.stored, result.duplicates) == (BIG - 1, 4)
         assert result.new_ids == {f"c{i}" for i in range(BIG)} - {"c7"}
         rows = stored(engine)
@@ -175,7 +179,7 @@ def test_concurrent_writer_between_probe_and_copy(postgres_url, monkeypatch):
         assert rows["c7"].served_by == "other writer"
         assert rows["c0"].arm_id == student  # the fallback resolves arms too
         writer._before_copy = None
-        assert writer.write(batch).stored == 0
+        assert writer.write_events(batch).stored == 0
     finally:
         engine.dispose()
 
@@ -196,12 +200,12 @@ def test_invalid_references_are_refused_and_not_spooled(engine, experiment, tmp_
     }
     for message, bad in cases.items():
         with pytest.raises(InvalidEventReference, match=message):
-            writer.write(good + [bad])
+            writer.write_events(good + [bad])
     assert stored(engine) == {}  # the whole batch is refused
     assert spool.depth == 0 and not spool.path.exists()
-    assert writer.write(good + [export("ok", "p", other_exp, other_control)]).stored == size
+    assert writer.write_events(good + [export("ok", "p", other_exp, other_control)]).stored == size
     with pytest.raises(InvalidEventReference):  # a checked pair is cached, a bad one never
-        writer.write(good + [cases["arm_id 999999 does not exist"]])
+        writer.write_events(good + [cases["arm_id 999999 does not exist"]])
 
 
 def test_binary_copy_values_are_checked(postgres_url, tmp_path):
@@ -217,15 +221,15 @@ def test_binary_copy_values_are_checked(postgres_url, tmp_path):
         return [export(f"{prefix}{i}", f"p{i}", exp_id, control, **extra) for i in range(BIG)]
 
     with pytest.raises(Exception, match="tokens|integer|range|overflow"):  # noqa: B017
-        writer.write(batch("t", tokens=2**40))
+        writer.write_events(batch("t", tokens=2**40))
     with pytest.raises(Exception, match="boolean|bool"):  # noqa: B017
-        writer.write(batch("f", fallback="yes"))
+        writer.write_events(batch("f", fallback="yes"))
     assert stored(engine) == {} and spool.depth == 0
     naive = datetime(2026, 1, 2, 3, 4, 5)
     odd = {1: "int key", "big": 2**70, "when": datetime(2026, 1, 1, tzinfo=UTC)}
     rows = batch("ok", occurred_at=naive, tokens=7, fallback=None, attributes=odd)
     rows[0]["fallback"] = 1
-    assert writer.write(rows).stored == BIG
+    assert writer.write_events(rows).stored == BIG
     row = stored(engine)["ok0"]
     assert row.occurred_at == naive.replace(tzinfo=UTC)
     assert (row.tokens, row.fallback, stored(engine)["ok1"].fallback) == (7, True, False)

@@ -6,7 +6,7 @@ import asyncio
 import pytest
 
 from routing.assignment import ArmDef, ExperimentDef
-from routing.events import GroupCommit
+from routing.eventlog import GroupCommit
 from routing.router import ExperimentCatalog, RoutingError
 
 

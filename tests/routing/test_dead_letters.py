@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from abtest import db
-from routing.events import (
+from routing.eventlog import (
     EventSpool,
     UnstorableEvent,
     check_storable,

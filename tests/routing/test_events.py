@@ -7,13 +7,13 @@ import sqlalchemy as sa
 
 from abtest import db, services
 from abtest.runtime import TABLES
-from routing.events import (
+from routing.eventlog import (
     EventRecord,
     EventSpool,
-    EventWriter,
     GroupCommit,
     InvalidEventReference,
     is_unavailable,
+    open_event_store,
     replay_spool,
 )
 
@@ -54,10 +54,10 @@ def export(event_id, project, experiment_id=None, arm_id=None):
 
 def test_retries_are_stored_once(engine, experiment):
     exp_id, control, _ = experiment
-    writer = EventWriter(engine, TABLES, None)
+    writer = open_event_store(engine, TABLES, None)
     batch = [export(f"x{i}", f"p{i}", exp_id, control) for i in range(20)]
-    first = writer.write(batch + batch[:5])  # duplicates inside one batch too
-    second = writer.write(batch)
+    first = writer.write_events(batch + batch[:5])  # duplicates inside one batch too
+    second = writer.write_events(batch)
     assert (first.stored, first.duplicates) == (20, 5)
     assert (second.stored, second.duplicates) == (0, 20)
     assert len(rows_in(engine)) == 20
@@ -65,10 +65,10 @@ def test_retries_are_stored_once(engine, experiment):
 
 def test_large_batch_uses_the_bulk_path(engine, experiment):
     exp_id, control, student = experiment
-    writer = EventWriter(engine, TABLES, None)
+    writer = open_event_store(engine, TABLES, None)
     writer.copy_threshold = 100
     batch = [export(f"b{i}", f"p{i}", exp_id, (control, student)[i % 2]) for i in range(600)]
-    result = writer.write(batch + batch[:50])
+    result = writer.write_events(batch + batch[:50])
     assert result.stored == 600 and result.duplicates == 50
     assert result.new_ids == {f"b{i}" for i in range(600)}
     with engine.connect() as conn:
@@ -80,22 +80,22 @@ def test_large_batch_uses_the_bulk_path(engine, experiment):
 
 def test_export_before_start_is_reconciled(engine, experiment):
     exp_id, _, student = experiment
-    writer = EventWriter(engine, TABLES, None)
-    writer.write([export("early", "p1", exp_id), export("no-exp", "p1")])
+    writer = open_event_store(engine, TABLES, None)
+    writer.write_events([export("early", "p1", exp_id), export("no-exp", "p1")])
     assert [r.arm_id for r in rows_in(engine)] == [None, None]
-    stored = writer.first_assignments([(exp_id, "p1", student, "hash")])
+    stored = writer.write_first([(exp_id, "p1", student, "hash")])
     assert stored == {(exp_id, "p1"): (student, "hash")}
     assert {(r.experiment_id, r.arm_id) for r in rows_in(engine)} == {(exp_id, student)}
     # later exports of an assigned project get the arm at write time
-    writer.write([export("late", "p1", exp_id), export("late-no-exp", "p1")])
+    writer.write_events([export("late", "p1", exp_id), export("late-no-exp", "p1")])
     assert {(r.experiment_id, r.arm_id) for r in rows_in(engine)} == {(exp_id, student)}
 
 
 def test_first_assignment_wins(engine, experiment):
     exp_id, control, student = experiment
-    writer = EventWriter(engine, TABLES, None)
-    writer.first_assignments([(exp_id, "p1", control, "hash")])
-    again = writer.first_assignments(
+    writer = open_event_store(engine, TABLES, None)
+    writer.write_first([(exp_id, "p1", control, "hash")])
+    again = writer.write_first(
         [(exp_id, "p1", student, "hash"), (exp_id, "p2", student, "override")]
     )
     assert again == {(exp_id, "p1"): (control, "hash"), (exp_id, "p2"): (student, "override")}
@@ -106,8 +106,8 @@ def test_first_assignment_wins(engine, experiment):
 
 def test_reconcile_all_adopts_orphans(engine, experiment):
     exp_id, control, _ = experiment
-    writer = EventWriter(engine, TABLES, None)
-    writer.write([export("o1", "p9", exp_id)])
+    writer = open_event_store(engine, TABLES, None)
+    writer.write_events([export("o1", "p9", exp_id)])
     with engine.begin() as conn:  # an assignment written behind the writer's back
         conn.execute(
             sa.insert(TABLES.assignments).values(
@@ -121,9 +121,9 @@ def test_reconcile_all_adopts_orphans(engine, experiment):
 def test_unreachable_database_spools_and_replays(engine, experiment, tmp_path):
     exp_id, control, _ = experiment
     spool = EventSpool(tmp_path / "spool")
-    down = EventWriter(db.make_engine(UNREACHABLE), TABLES, spool)
+    down = open_event_store(db.make_engine(UNREACHABLE), TABLES, spool)
     batch = [export(f"s{i}", f"p{i}", exp_id, control) for i in range(30)]
-    result = down.write(batch)
+    result = down.write_events(batch)
     assert result.spooled == 30 and result.stored == 0 and spool.depth == 30
     spool.append(
         "assignment",
@@ -133,7 +133,7 @@ def test_unreachable_database_spools_and_replays(engine, experiment, tmp_path):
     spool.close()
     reopened = EventSpool(tmp_path / "spool")
     assert reopened.depth == 31
-    up = EventWriter(engine, TABLES, reopened)
+    up = open_event_store(engine, TABLES, reopened)
     assert replay_spool(up, reopened, limit=7) == 31
     assert reopened.depth == 0
     reopened.append("event", batch[:3])  # replaying rows already stored stores nothing new
@@ -145,7 +145,7 @@ def test_unreachable_database_spools_and_replays(engine, experiment, tmp_path):
 def test_replay_while_still_down_keeps_the_spool(tmp_path):
     spool = EventSpool(tmp_path)
     spool.append("event", [export("k", "p")])
-    down = EventWriter(db.make_engine(UNREACHABLE), TABLES, spool)
+    down = open_event_store(db.make_engine(UNREACHABLE), TABLES, spool)
     with pytest.raises(Exception) as error:  # noqa: B017 - SQLAlchemy's or psycopg's own
         replay_spool(down, spool)
     assert is_unavailable(error.value) and spool.depth == 1
@@ -153,9 +153,9 @@ def test_replay_while_still_down_keeps_the_spool(tmp_path):
 
 def test_bad_data_is_not_spooled(engine, tmp_path):
     spool = EventSpool(tmp_path)
-    writer = EventWriter(engine, TABLES, spool)
+    writer = open_event_store(engine, TABLES, spool)
     with pytest.raises(InvalidEventReference, match="experiment_id 999999 does not exist"):
-        writer.write([export("fk", "p", 999_999, 999_999)])  # no such experiment
+        writer.write_events([export("fk", "p", 999_999, 999_999)])  # no such experiment
     assert spool.depth == 0 and not spool.path.exists()  # no file unless something is spooled
 
 

@@ -30,7 +30,7 @@ from abtest.api import create_app
 from abtest.cli import app as cli
 from abtest.settings import Settings
 from models.dataset import load_split
-from routing.events import row_to_json
+from routing.eventlog import row_to_json
 from tests.conftest import unavailable
 from tests.routing.test_faults import ARMS, ThrowawayPostgres, free_port
 from tests.serving_setup import start_two_arm_experiment

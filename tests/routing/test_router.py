@@ -8,7 +8,7 @@ import pytest
 from models.arms.base import ArmError, Prediction
 from models.tools import Filter, ToolConfig
 from routing.assignment import ArmDef, ExperimentDef, MemoryStore
-from routing.events import EVENT_COLUMNS, WriteResult
+from routing.eventlog import EVENT_COLUMNS, WriteResult
 from routing.router import (
     CircuitBreaker,
     ExperimentCatalog,
@@ -48,12 +48,16 @@ class FakeWriter:
         self.rows = {}
         self.writes = 0
 
-    def write(self, rows):
+    def write_events(self, rows):
         self.writes += 1
         new = {r["client_event_id"] for r in rows if r["client_event_id"] not in self.rows}
         for r in rows:
             self.rows.setdefault(r["client_event_id"], r)
         return WriteResult(len(rows), len(new), len(rows) - len(new), 0, new)
+
+    def write_together(self, assignments, rows):  # the default gateway's route
+        assert not assignments  # MemoryStore has no recall: first assignments go to the store
+        return {}, self.write_events(rows)
 
 
 def exp(key="e1", status="running", coverage=1.0, weights=(0.0, 1.0), id=1):
