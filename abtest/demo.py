@@ -29,7 +29,7 @@ import os
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from rich.console import Console
@@ -272,14 +272,14 @@ async def simulate(
 
 def stamp_starts(engine: Any, stamps: list[tuple[str, datetime]]) -> None:
     """Give the projects' start events and assignments their simulated times."""
-    from sqlalchemy import bindparam, update
+    from sqlalchemy import Table, bindparam, update
 
     from abtest.tables import Assignment, Event
 
     if not stamps:
         return
     rows = [{"p": project_id, "t": at} for project_id, at in stamps]
-    events, assignments = Event.__table__, Assignment.__table__
+    events, assignments = cast(Table, Event.__table__), cast(Table, Assignment.__table__)
     with engine.begin() as connection:
         connection.execute(
             update(events)

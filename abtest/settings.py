@@ -163,7 +163,7 @@ def base_url_allowlist(settings: Settings) -> list[str]:
 
 def variable_names() -> list[str]:
     """Every environment variable the settings read, as a user would type it."""
-    names = set()
+    names: set[str] = set()
     for name, info in Settings.model_fields.items():
         alias = info.validation_alias
         if isinstance(alias, AliasChoices):

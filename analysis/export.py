@@ -29,7 +29,7 @@ import fcntl
 import json
 import os
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -232,7 +232,7 @@ def _selection(
     return query, max(last, top)
 
 
-def _partition_keys(source: Source, columns: dict[str, Sequence[Any]]) -> list[tuple[str, ...]]:
+def _partition_keys(source: Source, columns: Mapping[str, Sequence[Any]]) -> list[tuple[str, ...]]:
     experiment = (NULL_PARTITION if e is None else str(int(e)) for e in columns["experiment_id"])
     if not source.by_day:
         return [(f"experiment_id={e}",) for e in experiment]

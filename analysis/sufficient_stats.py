@@ -157,7 +157,7 @@ class SparkDialect(default.DefaultDialect):
     paramstyle = "named"
     positional = False
     supports_native_boolean = True
-    preparer = SparkIdentifierPreparer
+    preparer = SparkIdentifierPreparer  # type: ignore[assignment]  # a subclass, as dialects do
 
 
 # --- the statements ----------------------------------------------------------------------------
@@ -201,7 +201,7 @@ def _time_limits(scope: Scope) -> list[ColumnElement[bool]]:
 def projects_cte(scope: Scope, attributes: tuple[str, ...] = (), intent: bool = False) -> sa.CTE:
     """One row per started project: arm, first start, whether it counts as exported, the time
     it completed, its segment values and normalised intent."""
-    experiment = sa.bindparam("experiment_id")
+    experiment: sa.BindParameter[int] = sa.bindparam("experiment_id")
     is_start = events.c.type == "start"
 
     def first_start(value: ColumnElement[Any]) -> ColumnElement[Any]:
@@ -230,7 +230,7 @@ def projects_cte(scope: Scope, attributes: tuple[str, ...] = (), intent: bool = 
         .subquery("per_project")
     )
     p = per_project.c
-    exported = p.first_export.is_not(None)
+    exported: ColumnElement[bool] = p.first_export.is_not(None)
     if scope.export_window is not None:
         micros = round(scope.export_window / timedelta(microseconds=1))
         deadline = plus_micros(p.first_start, sa.bindparam("window_micros", micros, sa.BigInteger))
@@ -246,7 +246,7 @@ def projects_cte(scope: Scope, attributes: tuple[str, ...] = (), intent: bool = 
         selected.append(func.coalesce(p[f"seg{index}"], NO_SEGMENT).label(f"seg{index}"))
     if intent:
         selected.append(p.intent)
-    started = [p.first_start.is_not(None)]
+    started: list[ColumnElement[bool]] = [p.first_start.is_not(None)]
     if scope.mature_before is not None:
         started.append(p.first_start < sa.bindparam("mature_before", scope.mature_before))
     return sa.select(*selected).where(*started).cte("projects")

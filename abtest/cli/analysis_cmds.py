@@ -70,6 +70,11 @@ def _pts(value: float) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{100 * value:+.2f}"
 
 
+def _pair(interval: Any) -> tuple[float, float]:
+    low, high = interval
+    return low, high
+
+
 def _interval(low: float, high: float, fmt: Any = _pct) -> str:
     return f"[{fmt(low)}, {fmt(high)}]"
 
@@ -267,11 +272,11 @@ def _print_proportions(result: stats.ExperimentDecision) -> None:
     kind = "always-valid " if result.sequential else ""
     ci = f"{kind}{100 * (1 - result.alpha / k):.4g}% CI"
     add("difference (pts)", [_pts_label(d.comparison.difference) for d in decisions])
-    add(f"{ci} of the difference (pts, Newcombe)",
-        [_interval(*d.difference_interval, _pts) for d in decisions])  # fmt: skip
+    differences = [_interval(*_pair(d.difference_interval), _pts) for d in decisions]
+    add(f"{ci} of the difference (pts, Newcombe)", differences)
     add("ratio treatment/control (%)", [_ratio_pct(d.comparison.ratio) for d in decisions])
-    add(f"{ci} of the ratio (%, MOVER-R)",
-        [_interval(*d.ratio_interval, _ratio_pct) for d in decisions])  # fmt: skip
+    ratios = [_interval(*_pair(d.ratio_interval), _ratio_pct) for d in decisions]
+    add(f"{ci} of the ratio (%, MOVER-R)", ratios)
     add(_p_label(result), [_num(d.p_value) for d in decisions])
     margin = result.margin
     if margin is not None:
