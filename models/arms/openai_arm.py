@@ -38,7 +38,7 @@ import asyncio
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -207,12 +207,22 @@ class OpenAITeacherArm(_CountingArm):
 
     async def predict(self, intent: str) -> Prediction:
         started = time.perf_counter()
-        answers = await asyncio.gather(*(self._ask(tool, intent) for tool in TOOLS))
+        answers = await _all_settled(self._ask(tool, intent) for tool in TOOLS)
         texts = {tool: answer[0] for tool, answer in zip(TOOLS, answers, strict=True)}
         prompt_tokens = sum(a[1] for a in answers)
         completion_tokens = sum(a[2] for a in answers)
         cost = cost_usd(prompt_tokens, completion_tokens, self.price_per_mtok)
         return self._finish(texts, started, prompt_tokens, completion_tokens, cost)
+
+
+async def _all_settled(calls: Iterable[Awaitable[T]]) -> list[T]:
+    """Every call's answer; when one failed, its error, raised only after the others have
+    settled: no call of a failed prediction keeps retrying in the background, unobserved."""
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return cast(list[T], results)
 
 
 class OpenAIStudentArm(_CountingArm):
@@ -298,7 +308,7 @@ class OpenAIStudentArm(_CountingArm):
         if self.mode == "completions":
             outputs, prompt_tokens, completion_tokens = await self._complete(prompts)
         else:
-            answers = await asyncio.gather(*(self._chat(p) for p in prompts))
+            answers = await _all_settled(self._chat(p) for p in prompts)
             outputs = [a[0] for a in answers]
             prompt_tokens = sum(a[1] for a in answers)
             completion_tokens = sum(a[2] for a in answers)
