@@ -44,9 +44,10 @@ Counting rules (the project is the unit):
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy import Connection, column, func, table
@@ -473,31 +474,54 @@ def project_counts(
             .group_by(projects.c.arm_id, per_intent.c.calls)
         )
     rows = connection.execute(sa.union_all(*parts)).all()
+    waiting = {int(r.arm_id): int(r.starts) for r in rows if r.kind == "pending"}
+    keyed = (
+        KeyedCount(r.kind, int(r.arm_id), r.key, int(r.starts), int(r.exports or 0))
+        for r in rows
+        if r.kind != "pending"
+    )
+    return fold_keyed_counts(keyed, attributes, popularity, thresholds, waiting)
 
+
+class KeyedCount(NamedTuple):
+    """Projects started and exported in one arm for one key of one kind (start_day,
+    completion_day, attribute:NAME or popularity): what every engine's aggregation returns."""
+
+    kind: str
+    arm_id: int
+    key: Any
+    starts: int
+    exports: int
+
+
+def fold_keyed_counts(
+    counts: Iterable[KeyedCount],
+    attributes: Sequence[str],
+    popularity: bool,
+    thresholds: Sequence[int] = POPULARITY_THRESHOLDS,
+    pending: dict[int, int] | None = None,
+) -> ProjectCounts:
+    """Keyed counts -> daily counts per arm and segment counts (the popularity keys fold into
+    the nested subsets r_i: projects whose intent was started at least i times)."""
     by_day: dict[tuple[int, date], list[int]] = {}
     segments: dict[str, list[SegmentCounts]] = {a: [] for a in attributes}
     popular: dict[tuple[int, int], list[int]] = {}
-    waiting: dict[int, int] = {}
-    for row in rows:
-        arm_id = int(row.arm_id)
-        if row.kind == "pending":
-            waiting[arm_id] = int(row.starts)
-        elif row.kind == "start_day":
-            by_day.setdefault((arm_id, _as_date(row.key)), [0, 0])[0] += int(row.starts)
-        elif row.kind == "completion_day":
-            by_day.setdefault((arm_id, _as_date(row.key)), [0, 0])[1] += int(row.exports)
-        elif row.kind == "popularity":
-            # Few rows (arm x distinct popularity values): fold into the nested subsets r_i.
+    for c in counts:
+        if c.key is None and c.kind in ("completion_day", "popularity"):
+            continue  # not exported / no intent
+        if c.kind == "start_day":
+            by_day.setdefault((c.arm_id, _as_date(c.key)), [0, 0])[0] += c.starts
+        elif c.kind == "completion_day":
+            by_day.setdefault((c.arm_id, _as_date(c.key)), [0, 0])[1] += c.exports
+        elif c.kind == "popularity":
             for threshold in thresholds:
-                if int(row.key) >= threshold:
-                    counts = popular.setdefault((threshold, arm_id), [0, 0])
-                    counts[0] += int(row.starts)
-                    counts[1] += int(row.exports)
+                if int(c.key) >= threshold:
+                    subset = popular.setdefault((threshold, c.arm_id), [0, 0])
+                    subset[0] += c.starts
+                    subset[1] += c.exports
         else:
-            attribute = row.kind.removeprefix("attribute:")
-            segments[attribute].append(
-                SegmentCounts(arm_id, str(row.key), int(row.starts), int(row.exports))
-            )
+            attribute = c.kind.removeprefix("attribute:")
+            segments[attribute].append(SegmentCounts(c.arm_id, str(c.key), c.starts, c.exports))
     for attribute in attributes:
         segments[attribute].sort(key=lambda s: (s.segment, s.arm_id))
     if popularity:
@@ -509,7 +533,7 @@ def project_counts(
         ArmDay(arm_id, day, starts, exports)
         for (arm_id, day), (starts, exports) in sorted(by_day.items())
     ]
-    return ProjectCounts(daily, segments, waiting)
+    return ProjectCounts(daily, segments, pending or {})
 
 
 def arm_daily_counts(

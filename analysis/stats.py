@@ -863,6 +863,30 @@ class SampleSize:
     daily_projects: float | None = None
 
 
+def _sized(
+    baseline: float,
+    effect: float,
+    treatment_rate: float,
+    alpha: float,
+    power: float,
+    ratio: float,
+    exact: float,
+    daily_projects: float | None,
+) -> SampleSize:
+    """A plan from the exact control size: whole projects per arm, and the days they take."""
+    control = math.ceil(exact - 1e-9)
+    treatment = math.ceil(control * ratio - 1e-9)
+    days = None
+    if daily_projects is not None:
+        if not daily_projects > 0:
+            raise ValueError(f"daily projects must be positive, got {daily_projects}")
+        days = math.ceil((control + treatment) / daily_projects)
+    return SampleSize(
+        baseline, effect, treatment_rate, alpha, power, ratio, exact, control, treatment,
+        control + treatment, days, daily_projects,
+    )  # fmt: skip
+
+
 def sample_size(
     baseline: float,
     mde: float,
@@ -881,18 +905,7 @@ def sample_size(
         raise ValueError(f"power must be in (0, 1), got {power}")
     z_sum = _z(alpha) + float(sps.norm.ppf(power))
     exact = z_sum**2 * _unit_variance(baseline, treatment_rate, ratio) / mde**2
-    control = math.ceil(exact - 1e-9)
-    treatment = math.ceil(control * ratio - 1e-9)
-    total = control + treatment
-    days = None
-    if daily_projects is not None:
-        if not daily_projects > 0:
-            raise ValueError(f"daily projects must be positive, got {daily_projects}")
-        days = math.ceil(total / daily_projects)
-    return SampleSize(
-        baseline, mde, treatment_rate, alpha, power, ratio, exact, control, treatment, total,
-        days, daily_projects,
-    )  # fmt: skip
+    return _sized(baseline, mde, treatment_rate, alpha, power, ratio, exact, daily_projects)
 
 
 def non_inferiority_sample_size(
@@ -928,17 +941,7 @@ def non_inferiority_sample_size(
     distance = expected_difference - margin
     z_sum = _z(alpha) + float(sps.norm.ppf(power))
     exact = z_sum**2 * _unit_variance(baseline, treatment_rate, ratio) / distance**2
-    control = math.ceil(exact - 1e-9)
-    treatment = math.ceil(control * ratio - 1e-9)
-    days = None
-    if daily_projects is not None:
-        if not daily_projects > 0:
-            raise ValueError(f"daily projects must be positive, got {daily_projects}")
-        days = math.ceil((control + treatment) / daily_projects)
-    return SampleSize(
-        baseline, distance, treatment_rate, alpha, power, ratio, exact, control, treatment,
-        control + treatment, days, daily_projects,
-    )  # fmt: skip
+    return _sized(baseline, distance, treatment_rate, alpha, power, ratio, exact, daily_projects)
 
 
 def power_at(
@@ -1440,17 +1443,7 @@ def plan(
     z_sum = design_z(alpha, sequential) + float(special.ndtri(power))
     unit, distance = _design(baseline, effect, scale, kind, ratio)
     exact = z_sum**2 * unit / distance**2
-    control = math.ceil(exact - 1e-9)
-    treatment = math.ceil(control * ratio - 1e-9)
-    days = None
-    if daily_projects is not None:
-        if not daily_projects > 0:
-            raise ValueError(f"daily projects must be positive, got {daily_projects}")
-        days = math.ceil((control + treatment) / daily_projects)
-    return SampleSize(
-        baseline, effect, treatment_rate, alpha, power, ratio, exact, control, treatment,
-        control + treatment, days, daily_projects,
-    )  # fmt: skip
+    return _sized(baseline, effect, treatment_rate, alpha, power, ratio, exact, daily_projects)
 
 
 def plan_power(

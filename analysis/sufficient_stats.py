@@ -28,7 +28,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -42,14 +42,13 @@ from sqlalchemy.sql.functions import FunctionElement
 from analysis.queries import (
     NO_SEGMENT,
     POPULARITY_THRESHOLDS,
-    ArmDay,
     ArmGuardrails,
+    KeyedCount,
     ProjectCounts,
-    SegmentCounts,
-    _as_date,
     _check_attribute,
     assignments,
     events,
+    fold_keyed_counts,
     tune_for_analytics,
 )
 
@@ -378,44 +377,17 @@ def fold_counts(
     thresholds: tuple[int, ...] = POPULARITY_THRESHOLDS,
 ) -> ProjectCounts:
     """Rows of `counts_statement` -> daily counts per arm and segment counts."""
-    by_day: dict[tuple[int, date], list[int]] = {}
-    segments: dict[str, list[SegmentCounts]] = {a: [] for a in attributes}
-    popular: dict[tuple[int, int], list[int]] = {}
     kinds = _kinds(attributes, popularity)
-    for row in rows:
-        arm_id, starts, exports = int(row[0]), int(row[-2]), int(row[-1] or 0)
+
+    def keyed(row: Sequence[Any]) -> KeyedCount:
         grouped = [
             (kind, row[1 + 2 * i]) for i, kind in enumerate(kinds) if int(row[2 + 2 * i]) == 0
         ]
         (kind, key), *others = grouped
         assert not others, "one key per grouping set"
-        if key is None and kind in ("completion_day", "popularity"):
-            continue  # not exported / no intent
-        if kind == "start_day":
-            by_day.setdefault((arm_id, _as_date(key)), [0, 0])[0] += starts
-        elif kind == "completion_day":
-            by_day.setdefault((arm_id, _as_date(key)), [0, 0])[1] += exports
-        elif kind == "popularity":
-            for threshold in thresholds:
-                if int(key) >= threshold:
-                    counts = popular.setdefault((threshold, arm_id), [0, 0])
-                    counts[0] += starts
-                    counts[1] += exports
-        else:
-            attribute = kind.removeprefix("attribute:")
-            segments[attribute].append(SegmentCounts(arm_id, str(key), starts, exports))
-    for attribute in attributes:
-        segments[attribute].sort(key=lambda s: (s.segment, s.arm_id))
-    if popularity:
-        segments["popularity"] = [
-            SegmentCounts(arm_id, f"r{threshold}", starts, exports)
-            for (threshold, arm_id), (starts, exports) in sorted(popular.items())
-        ]
-    daily = [
-        ArmDay(arm_id, day, starts, exports)
-        for (arm_id, day), (starts, exports) in sorted(by_day.items())
-    ]
-    return ProjectCounts(daily, segments)
+        return KeyedCount(kind, int(row[0]), key, int(row[-2]), int(row[-1] or 0))
+
+    return fold_keyed_counts(map(keyed, rows), attributes, popularity, thresholds)
 
 
 def project_counts(

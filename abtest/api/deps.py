@@ -8,8 +8,9 @@ import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
@@ -20,6 +21,9 @@ from abtest import db
 from abtest.settings import Settings
 from analysis import rollup
 from routing.eventlog import is_unavailable
+
+if TYPE_CHECKING:
+    import jinja2
 
 log = logging.getLogger(__name__)
 ROLE_REDIS_TTL_S = 7 * 24 * 3600
@@ -263,3 +267,15 @@ def require_role(*roles: str):  # noqa: ANN201 - returns a FastAPI dependency
         return await authorize(app_state(request), request_api_key(request), roles)
 
     return _check
+
+
+@lru_cache(maxsize=1)
+def page_templates() -> jinja2.Environment:
+    """The HTML pages (dashboard, sign-in), escaped."""
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("abtest", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )

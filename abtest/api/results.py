@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 from datetime import date
-from functools import lru_cache
 from typing import Any
 
-import jinja2
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse
 from markupsafe import Markup
 from sqlalchemy.orm import Session
 
 from abtest import reporting, services
-from abtest.api.deps import db_session, require_role
+from abtest.api.deps import db_session, page_templates, require_role
 from abtest.api.signin import dashboard_viewer
 from analysis import reports
 
@@ -63,15 +61,6 @@ def stored_reports(key: str, session: Session = Depends(db_session)) -> list[dic
     ]
 
 
-@lru_cache(maxsize=1)
-def _templates() -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.PackageLoader("abtest", "templates"),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-    )
-
-
 @router.get("/dashboard", response_class=HTMLResponse, dependencies=[Depends(dashboard_viewer)])
 def dashboard(request: Request, session: Session = Depends(db_session)) -> HTMLResponse:
     """Every experiment; per experiment with traffic, the report's body: decision, SRM badge, arms
@@ -84,7 +73,7 @@ def dashboard(request: Request, session: Session = Depends(db_session)) -> HTMLR
         report = reporting.build(session, experiment.key)
         panels.append({"report": report, "html": Markup(reports.render_panel(report))})
     html = (
-        _templates()
+        page_templates()
         .get_template("dashboard.html")
         .render(
             experiments=experiments,

@@ -10,11 +10,9 @@ revoked key signs its browsers out at once.
 from __future__ import annotations
 
 import secrets
-from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qs, quote
 
-import jinja2
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -22,7 +20,7 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from sqlalchemy import select
 
 from abtest import auth, db
-from abtest.api.deps import AppState, app_state, authorize, request_api_key
+from abtest.api.deps import AppState, app_state, authorize, page_templates, request_api_key
 from abtest.tables import ApiKey
 
 router = APIRouter(tags=["dashboard"], include_in_schema=False)
@@ -82,15 +80,6 @@ def redirect_to_sign_in(_request: Request, exc: SignInRequired) -> Response:
     return RedirectResponse(f"/login?next={quote(exc.next_path)}", status_code=303)
 
 
-@lru_cache(maxsize=1)
-def _templates() -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.PackageLoader("abtest", "templates"),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-    )
-
-
 def _safe_next(value: str | None) -> str:
     """Only a local path (no `//host`, no scheme): an open redirect is refused."""
     if value and value.startswith("/") and not value.startswith("//") and "\\" not in value:
@@ -99,7 +88,7 @@ def _safe_next(value: str | None) -> str:
 
 
 def _form(next_path: str, error: str | None, status: int) -> HTMLResponse:
-    html = _templates().get_template("login.html").render(next=next_path, error=error)
+    html = page_templates().get_template("login.html").render(next=next_path, error=error)
     return HTMLResponse(html, status_code=status)
 
 
