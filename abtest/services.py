@@ -145,15 +145,23 @@ def archive_variant(session: Session, name: str, actor: str = "unknown") -> Vari
         raise Conflict("name", f"variant {name!r} is already archived")
     if variant.status == "champion":
         raise Conflict("name", f"variant {name!r} is the champion; ship another one first")
+    _refuse_if_serving(session, variant)
+    record_promotion(session, variant, variant.status, "archived", actor, "archived")
+    return variant
+
+
+def _refuse_if_serving(session: Session, variant: Variant) -> None:
+    """Conflict when `variant` is an arm of a running experiment (routing serves its stored
+    config, so an archive or a config edit would change what that arm serves)."""
     running = session.scalar(
         select(Experiment.key)
         .join(ExperimentArm, ExperimentArm.experiment_id == Experiment.id)
         .where(ExperimentArm.variant_id == variant.id, Experiment.status == "running")
     )
     if running is not None:
-        raise Conflict("name", f"variant {name!r} serves the running experiment {running!r}")
-    record_promotion(session, variant, variant.status, "archived", actor, "archived")
-    return variant
+        raise Conflict(
+            "name", f"variant {variant.name!r} serves the running experiment {running!r}"
+        )
 
 
 def update_variant_config(
@@ -164,7 +172,8 @@ def update_variant_config(
     settings: Settings | None = None,
 ) -> Variant:
     """Change a student's config: its version goes up and its gate no longer holds (an
-    approved variant goes back to `registered`). Refused for the champion and a reference."""
+    approved variant goes back to `registered`). Refused for the champion, a reference and an
+    arm of a running experiment (stop it first: the new config needs a new gate)."""
     from abtest.arms import check_variant_config
 
     variant = get_variant(session, name)
@@ -174,6 +183,7 @@ def update_variant_config(
         raise Conflict("name", f"variant {name!r} is {variant.status}; register a new variant")
     if not isinstance(config, dict):
         raise Invalid("config", "must be a JSON object")
+    _refuse_if_serving(session, variant)
     checked = check_variant_config(variant.kind, config, settings)
     if config_hash(checked) == config_hash(variant.config):
         return variant
