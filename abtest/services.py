@@ -228,8 +228,12 @@ def record_promotion(
     variant on its current config; "champion" needs a concluded experiment or the reference."""
     if to_status == "approved":
         _check_gate_run(session, variant, gate_run_id)
-    if to_status == "champion" and experiment_key is None and variant.kind not in TEACHER_KINDS:
-        raise Conflict("status", f"{variant.name!r} can become champion only by an experiment")
+    if to_status == "champion" and variant.kind not in TEACHER_KINDS:
+        if experiment_key is None:
+            raise Conflict("status", f"{variant.name!r} can become champion only by an experiment")
+        problem = clearance_problem(session, variant)
+        if problem is not None:
+            raise Conflict("gate", f"{variant.name!r} cannot become champion: {problem}")
     promotion = Promotion(
         variant_id=variant.id,
         from_status=from_status,
@@ -509,6 +513,8 @@ def stop_experiment(session: Session, key: str) -> Experiment:
 def update_arm_weights(session: Session, key: str, weights: dict[str, float]) -> Experiment:
     """Change weights mid-experiment; sticky assignments keep already-assigned projects."""
     experiment = get_experiment(session, key)
+    if experiment.status == "concluded":
+        raise Conflict("status", f"experiment {key!r} is concluded; its allocation is history")
     arms = {arm.name: arm for arm in experiment.arms}
     unknown = sorted(set(weights) - set(arms))
     if unknown:

@@ -6,12 +6,14 @@ Each test names the bypass it tries; it fails when the bypass works.
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import select
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
 
 from abtest import db, gating, services
+from abtest.api import create_app
 from abtest.errors import Conflict
 from abtest.settings import get_settings
-from abtest.tables import Promotion
+from abtest.tables import AllocationPeriod, Promotion
 from tests import online_data
 
 
@@ -61,3 +63,32 @@ def test_conclude_never_crowns_a_variant_whose_config_changed_after_its_gate(eng
         assert services.get_experiment(session, "exp").status == "stopped"
         crowned = select(Promotion.experiment_key).where(Promotion.to_status == "champion")
         assert session.scalars(crowned).all() == [None]  # only the reference's registration
+
+
+def test_no_service_crowns_an_ungated_student_with_a_made_up_experiment_key(engine):
+    online_data.create_experiment(engine, start=False)
+    with db.session_scope(engine) as session:
+        rogue = services.register_variant(session, "rogue", "knn_student", {"fit": "train"})
+        with pytest.raises(Conflict) as refused:
+            services.record_promotion(
+                session, rogue, "registered", "champion", "mallory", experiment_key="exp"
+            )
+        assert refused.value.field == "gate"
+    with db.session_scope(engine) as session:
+        assert services.champion(session).name == "teacher"
+        assert services.get_variant(session, "rogue").status == "registered"
+
+
+def test_weights_of_a_concluded_experiment_are_history(settings, engine):
+    online_data.create_experiment(engine)
+    with db.session_scope(engine) as session:
+        gating.conclude_experiment(session, "exp", "control", "x", override=True, reason="r")
+    with TestClient(create_app(settings)) as client:
+        weights = {"weights": {"control": 0.1, "treatment": 0.9}}
+        refused = client.patch("/v1/experiments/exp/weights", json=weights)
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["detail"][0]["loc"] == ["status"]
+        arms = client.get("/v1/experiments/exp").json()["arms"]
+        assert [a["weight"] for a in arms] == [0.5, 0.5]
+    with db.session_scope(engine) as session:
+        assert session.scalar(select(func.count()).select_from(AllocationPeriod)) == 1
