@@ -5,12 +5,16 @@ Each test names the bypass it tries; it fails when the bypass works.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
+from typer.testing import CliRunner
 
 from abtest import db, gating, services
 from abtest.api import create_app
+from abtest.cli import app as cli_app
 from abtest.errors import Conflict
 from abtest.settings import get_settings
 from abtest.tables import AllocationPeriod, Promotion
@@ -92,3 +96,36 @@ def test_weights_of_a_concluded_experiment_are_history(settings, engine):
         assert [a["weight"] for a in arms] == [0.5, 0.5]
     with db.session_scope(engine) as session:
         assert session.scalar(select(func.count()).select_from(AllocationPeriod)) == 1
+
+
+# --- issue 13: verdicts that overclaim ----------------------------------------------------------
+
+
+def _stats(*args: str):
+    return CliRunner().invoke(cli_app, ["stats", *args])
+
+
+def test_alpha_at_or_above_a_half_is_refused_rather_than_calling_ten_projects_equivalent():
+    counts = ["proportions", "--control", "5/10", "--treatment", "5/10", "--margin", "-50%"]
+    for alpha in ("0.5", "0.99"):
+        result = _stats(*counts, "--alpha", alpha)
+        assert result.exit_code == 1, result.output
+        assert "alpha" in result.output and "equivalent" not in result.output
+    allowed = _stats(*counts, "--alpha", "0.2", "--json")
+    assert allowed.exit_code == 0, allowed.output
+    decision = json.loads(allowed.stdout)["treatments"]["treatment"]["decision"]
+    assert decision not in ("equivalent", "non-inferior")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["proportions", "--control", "50/100", "--treatment", "51/100", "--days", "inf"],
+        ["power", "--baseline", "0.5", "--mde", "2%", "--daily-projects", "inf"],
+    ],
+)
+def test_infinite_days_are_a_one_line_error_not_a_traceback(args):
+    result = _stats(*args)
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "must be" in result.output and "Traceback" not in result.output
