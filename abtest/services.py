@@ -342,8 +342,12 @@ def _validate_settings(settings: dict[str, Any]) -> dict[str, Any]:
             f"unknown test setting; known: {sorted(DEFAULT_TEST_SETTINGS)}",
         )
     merged = {**DEFAULT_TEST_SETTINGS, **settings}
-    if not 0 < float(merged["alpha"]) < 0.5:
-        raise Invalid("settings.alpha", "must be between 0 and 0.5")
+    alpha = merged["alpha"]
+    if not _is_number(alpha) or not 0 < alpha < 0.5:
+        raise Invalid("settings.alpha", f"must be a number between 0 and 0.5, got {alpha!r}")
+    for flag in ("sequential", "cache"):
+        if not isinstance(merged[flag], bool):  # "no" would read as true
+            raise Invalid(f"settings.{flag}", f"must be true or false, got {merged[flag]!r}")
     if isinstance(merged["margin"], int | float) and not isinstance(merged["margin"], bool):
         # A bare number meant absolute points before margins became relative by default;
         # guessing either way could flip a verdict, so the unit must be spelled out.
@@ -364,9 +368,20 @@ def _validate_settings(settings: dict[str, Any]) -> dict[str, Any]:
         _check_number(merged, "baseline", 0, 1, "an expected control rate between 0 and 1")
     if merged["horizon"] is not None:
         _check_number(merged, "horizon", 0, 1e12, "a positive number of projects per arm")
-    if not isinstance(merged["overrides"], dict):
+    overrides = merged["overrides"]
+    if not isinstance(overrides, dict) or not all(isinstance(v, str) for v in overrides.values()):
         raise Invalid("settings.overrides", "must map project ids to arm names")
+    if merged["baseline"] is not None:
+        try:
+            planned_horizon(merged)
+        except ValueError as exc:  # e.g. baseline 0.5 with mde 10: a rate above 100%
+            field_name = "mde" if merged["margin"] is None else "margin"
+            raise Invalid(f"settings.{field_name}", f"cannot plan with baseline: {exc}") from None
     return merged
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _check_number(settings: dict[str, Any], name: str, low: float, high: float, what: str) -> None:

@@ -6,10 +6,11 @@ Each test names the bypass it tries; it fails when the bypass works.
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from typer.testing import CliRunner
 
 from abtest import db, gating, services
@@ -129,3 +130,97 @@ def test_infinite_days_are_a_one_line_error_not_a_traceback(args):
     assert result.exit_code == 1, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert "must be" in result.output and "Traceback" not in result.output
+
+
+def test_an_experiment_without_a_margin_does_not_take_the_dashboard_down(settings, engine):
+    online_data.create_experiment(engine, "plain")
+    online_data.create_experiment(engine, "no-margin", settings={"margin": None})
+    with TestClient(create_app(settings)) as client:
+        page = client.get("/dashboard")
+        assert page.status_code == 200, page.text[-300:]
+        assert "plain" in page.text and "no-margin" in page.text
+        assert client.get("/v1/experiments/no-margin/results").status_code == 200
+
+
+def _arms() -> list[dict]:
+    return [
+        {"name": "c", "variant": "teacher", "weight": 0.5, "control": True},
+        {"name": "t", "variant": "student", "weight": 0.5},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("test_settings", "field"),
+    [
+        ({"alpha": None}, "alpha"),
+        ({"alpha": [1]}, "alpha"),
+        ({"alpha": "0.1"}, "alpha"),  # stored as text before
+        ({"sequential": "no"}, "sequential"),  # "no" read as true before
+        ({"cache": "x"}, "cache"),
+        ({"overrides": {"p1": ["c"]}}, "overrides"),
+        ({"margin": None, "baseline": 0.5, "mde": 10}, "mde"),  # start and results 500 before
+    ],
+)
+def test_bad_test_settings_are_422_naming_the_field_and_store_nothing(
+    settings, engine, test_settings, field
+):
+    online_data.create_experiment(engine, "seed-variants", start=False)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        body = {"key": "e", "arms": _arms(), "settings": test_settings}
+        refused = client.post("/v1/experiments", json=body)
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["detail"][0]["loc"] == ["settings", field]
+        assert client.get("/v1/experiments/e").status_code == 404
+
+
+# --- issue 14: acknowledged events, stored exactly once and as sent ----------------------------
+
+
+def _stored_events(engine) -> dict[str, tuple[str, str, datetime]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT client_event_id, type, project_id, occurred_at FROM events")
+        ).all()
+    as_utc = [(r[0], r[1], r[2], _utc(r[3])) for r in rows]
+    assert len({r[0] for r in as_utc}) == len(as_utc)  # exactly once
+    return {r[0]: (r[1], r[2], r[3]) for r in as_utc}
+
+
+def _utc(value: datetime | str) -> datetime:
+    if isinstance(value, str):  # SQLite through a plain text() query
+        value = datetime.fromisoformat(value)
+    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def test_odd_but_valid_events_are_stored_once_at_the_instant_sent(settings, engine):
+    online_data.create_experiment(engine)
+    longest = "é" * 99 + "😀"  # 100 characters, 201 bytes in UTF-8
+    events = [
+        {"client_event_id": longest, "type": "start", "project_id": "😀" * 200},
+        {"client_event_id": "x" * 100, "type": "start", "project_id": "p" * 200},
+        {"client_event_id": "dup", "type": "start", "project_id": "first"},
+        {"client_event_id": "dup", "type": "export", "project_id": "second"},
+        {"client_event_id": "east", "type": "start", "project_id": "p",
+         "occurred_at": "2200-01-01T13:59:59+14:00"},
+        {"client_event_id": "west", "type": "start", "project_id": "p",
+         "occurred_at": "1969-12-31T23:00:00-01:00"},
+        {"client_event_id": "local", "type": "start", "project_id": "p",
+         "occurred_at": "2026-11-02T10:00:00+02:00"},
+    ]  # fmt: skip
+    with TestClient(create_app(settings)) as client:
+        answer = client.post("/v1/events:batch", json={"events": events})
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {"received": 7, "stored": 6, "duplicates": 1, "spooled": 0}
+        export = client.post(
+            "/v1/projects/p/export",
+            json={"client_event_id": "exp-1", "occurred_at": "2026-11-02T23:30:00-05:00"},
+        )
+        assert export.status_code == 200, export.text
+    stored = _stored_events(engine)
+    assert set(stored) == {longest, "x" * 100, "dup", "east", "west", "local", "exp-1"}
+    assert stored[longest][1] == "😀" * 200
+    assert stored["dup"][:2] == ("start", "first")  # the first of the duplicates wins
+    assert stored["east"][2] == datetime(2199, 12, 31, 23, 59, 59, tzinfo=UTC)
+    assert stored["west"][2] == datetime(1970, 1, 1, tzinfo=UTC)
+    assert stored["local"][2] == datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
+    assert stored["exp-1"][2] == datetime(2026, 11, 3, 4, 30, tzinfo=UTC)
