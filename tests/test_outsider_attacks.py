@@ -224,3 +224,19 @@ def test_odd_but_valid_events_are_stored_once_at_the_instant_sent(settings, engi
     assert stored["west"][2] == datetime(1970, 1, 1, tzinfo=UTC)
     assert stored["local"][2] == datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
     assert stored["exp-1"][2] == datetime(2026, 11, 3, 4, 30, tzinfo=UTC)
+
+
+# --- bad input never 500s -----------------------------------------------------------------------
+
+
+def test_many_or_repeated_segment_attributes_are_a_422_or_counted_once(settings, engine):
+    seeded = online_data.create_experiment(engine)
+    online_data.simulate(engine, seeded, {"control": 0.5, "treatment": 0.6}, 20, 1)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        url = "/v1/experiments/exp/results?segments="
+        repeated = client.get(url + ",".join(["platform"] * 600))  # SQLite: 500 before
+        assert repeated.status_code == 200, repeated.text[:300]
+        assert "platform" in repeated.json()["segments"]
+        many = client.get(url + ",".join(f"s{i}" for i in range(21)))
+        assert many.status_code == 422, many.text[:300]
+        assert many.json()["detail"][0]["loc"] == ["segments"]
