@@ -17,7 +17,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from abtest import generation  # noqa: F401 - registers the catalog-generation flush hook
+from abtest import (
+    generation,  # noqa: F401 - registers the catalog-generation flush hook
+    storable,  # noqa: F401 - registers the storable-values flush hook
+)
 from abtest.errors import Conflict, Invalid, NotFound
 from abtest.settings import Settings
 from abtest.tables import (

@@ -240,3 +240,65 @@ def test_many_or_repeated_segment_attributes_are_a_422_or_counted_once(settings,
         many = client.get(url + ",".join(f"s{i}" for i in range(21)))
         assert many.status_code == 422, many.text[:300]
         assert many.json()["detail"][0]["loc"] == ["segments"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/v1/variants", '{"name":"v","kind":"knn_student","config":{"fit":"train"},'
+         '"description":"a\\u0000b"}', "description"),
+        ("/v1/variants", '{"name":"v","kind":"knn_student","config":{"fit":"train"},'
+         '"description":"a\\ud83d"}', "description"),
+        ("/v1/variants", '{"name":"v","kind":"knn_student","config":{"fit":"train"},'
+         '"status":"champion"}', "status"),  # was ignored: 201 as if it meant something
+        ("/v1/experiments", '{"key":"x","arms":ARMS,"seed":"\\u0000"}', "seed"),
+        ("/v1/experiments", '{"key":"x","arms":ARMS,"settings":{"overrides":{"\\ud83d":"c"}}}',
+         "settings"),
+        ("/v1/experiments", '{"key":"x","arms":ARMS,"status":"running"}', "status"),
+        ("/v1/variants/student/archive", '{"actor":"\\u0000"}', "actor"),
+        ("/v1/variants/student/gate", '{"policy":{"version":"\\u0000"}}', "policy"),
+    ],
+)  # fmt: skip
+def test_admin_bodies_refuse_unknown_fields_and_unstorable_text(
+    settings, engine, path, body, field
+):
+    """On PostgreSQL each of these was a 500 (NUL or a lone surrogate reached the database)."""
+    online_data.create_experiment(engine, start=False)
+    body = body.replace("ARMS", json.dumps(_arms()))
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        answer = client.post(path, content=body, headers={"content-type": "application/json"})
+        assert answer.status_code == 422, answer.text[:300]
+        assert answer.json()["detail"][0]["loc"] == ["body", field]
+        assert [v["name"] for v in client.get("/v1/variants").json()] == ["teacher", "student"]
+        assert [e["key"] for e in client.get("/v1/experiments").json()] == ["exp"]
+        assert client.get("/v1/variants/student").json()["status"] == "approved"
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (["variants", "register", "v", "--kind", "knn_student", "--config", '{"fit":"train"}',
+          "--description", "\udcff"], "description"),  # undecodable argv bytes
+        (["experiments", "create", "x", "--arm", "c=teacher:0.5*", "--arm", "t=student:0.5",
+          "--seed", "\udcff"], "seed"),
+        (["experiments", "create", "x", "--arm", "c=teacher:0.5*", "--arm", "t=student:0.5",
+          "--settings", '{"overrides": {"p\\u0000": "c"}}'], "settings.overrides"),
+        (["variants", "archive", "student", "--actor", "\udcff"], "actor"),
+    ],
+)  # fmt: skip
+def test_cli_unstorable_text_is_one_line_naming_the_field(
+    settings, engine, monkeypatch, args, field
+):
+    """On PostgreSQL: tracebacks, or "cannot open the database" for a JSON \\u0000."""
+    online_data.create_experiment(engine, start=False)
+    monkeypatch.setenv("ABTEST_DATABASE_URL", settings.database_url)
+    get_settings.cache_clear()
+    result = CliRunner().invoke(cli_app, args)
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert result.output.strip().splitlines() == [result.output.strip()]
+    assert f"{field}:" in result.output and "database" not in result.output
+    with db.session_scope(engine) as session:
+        assert [v.name for v in services.list_variants(session)] == ["teacher", "student"]
+        assert [e.key for e in services.list_experiments(session)] == ["exp"]
+        assert services.get_variant(session, "student").status == "approved"
