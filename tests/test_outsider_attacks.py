@@ -149,6 +149,7 @@ def _arms() -> list[dict]:
     ]
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # the strict one
 @pytest.mark.parametrize(
     ("test_settings", "field"),
     [
@@ -242,6 +243,7 @@ def test_many_or_repeated_segment_attributes_are_a_422_or_counted_once(settings,
         assert many.json()["detail"][0]["loc"] == ["segments"]
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # the strict one
 @pytest.mark.parametrize(
     ("path", "body", "field"),
     [
