@@ -541,6 +541,13 @@ def conclude_experiment(
     winner = arms[ship_arm].variant
     if winner.status in services.INACTIVE_STATUSES:
         raise Conflict("ship", f"variant {winner.name!r} is {winner.status}")
+    uncleared = services.clearance_problem(session, winner)
+    if uncleared is not None:  # an override answers for the decision, never for the gate
+        raise Conflict(
+            "ship",
+            f"variant {winner.name!r} cannot become champion: {uncleared} "
+            f"(run `abtest gate {winner.name}` and promote it, then conclude)",
+        )
     previous = services.champion(session)
     now = utcnow()
     if experiment.status == "running":

@@ -69,11 +69,18 @@ def check_format(fmt: str) -> str:
     return fmt
 
 
+MAX_SEGMENTS = 20  # one query part per attribute: SQLite refuses a compound of 500
+
+
 def check_segments(attributes: Sequence[str]) -> tuple[str, ...]:
+    """Plain attribute names, each once, at most `MAX_SEGMENTS`; else `Invalid('segments')`."""
     for attribute in attributes:
         if not queries.ATTRIBUTE_PATTERN.match(attribute):
             raise Invalid("segments", f"{attribute!r} is not a plain attribute name")
-    return tuple(attributes)
+    unique = tuple(dict.fromkeys(attributes))
+    if len(unique) > MAX_SEGMENTS:
+        raise Invalid("segments", f"at most {MAX_SEGMENTS} attributes, got {len(unique)}")
+    return unique
 
 
 def previous_report(session: Session, experiment_id: int, period_end: datetime) -> Report | None:

@@ -17,7 +17,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from abtest import generation  # noqa: F401 - registers the catalog-generation flush hook
+from abtest import (
+    generation,  # noqa: F401 - registers the catalog-generation flush hook
+    storable,  # noqa: F401 - registers the storable-values flush hook
+)
 from abtest.errors import Conflict, Invalid, NotFound
 from abtest.settings import Settings
 from abtest.tables import (
@@ -145,15 +148,23 @@ def archive_variant(session: Session, name: str, actor: str = "unknown") -> Vari
         raise Conflict("name", f"variant {name!r} is already archived")
     if variant.status == "champion":
         raise Conflict("name", f"variant {name!r} is the champion; ship another one first")
+    _refuse_if_serving(session, variant)
+    record_promotion(session, variant, variant.status, "archived", actor, "archived")
+    return variant
+
+
+def _refuse_if_serving(session: Session, variant: Variant) -> None:
+    """Conflict when `variant` is an arm of a running experiment (routing serves its stored
+    config, so an archive or a config edit would change what that arm serves)."""
     running = session.scalar(
         select(Experiment.key)
         .join(ExperimentArm, ExperimentArm.experiment_id == Experiment.id)
         .where(ExperimentArm.variant_id == variant.id, Experiment.status == "running")
     )
     if running is not None:
-        raise Conflict("name", f"variant {name!r} serves the running experiment {running!r}")
-    record_promotion(session, variant, variant.status, "archived", actor, "archived")
-    return variant
+        raise Conflict(
+            "name", f"variant {variant.name!r} serves the running experiment {running!r}"
+        )
 
 
 def update_variant_config(
@@ -164,7 +175,8 @@ def update_variant_config(
     settings: Settings | None = None,
 ) -> Variant:
     """Change a student's config: its version goes up and its gate no longer holds (an
-    approved variant goes back to `registered`). Refused for the champion and a reference."""
+    approved variant goes back to `registered`). Refused for the champion, a reference and an
+    arm of a running experiment (stop it first: the new config needs a new gate)."""
     from abtest.arms import check_variant_config
 
     variant = get_variant(session, name)
@@ -174,6 +186,7 @@ def update_variant_config(
         raise Conflict("name", f"variant {name!r} is {variant.status}; register a new variant")
     if not isinstance(config, dict):
         raise Invalid("config", "must be a JSON object")
+    _refuse_if_serving(session, variant)
     checked = check_variant_config(variant.kind, config, settings)
     if config_hash(checked) == config_hash(variant.config):
         return variant
@@ -218,8 +231,12 @@ def record_promotion(
     variant on its current config; "champion" needs a concluded experiment or the reference."""
     if to_status == "approved":
         _check_gate_run(session, variant, gate_run_id)
-    if to_status == "champion" and experiment_key is None and variant.kind not in TEACHER_KINDS:
-        raise Conflict("status", f"{variant.name!r} can become champion only by an experiment")
+    if to_status == "champion" and variant.kind not in TEACHER_KINDS:
+        if experiment_key is None:
+            raise Conflict("status", f"{variant.name!r} can become champion only by an experiment")
+        problem = clearance_problem(session, variant)
+        if problem is not None:
+            raise Conflict("gate", f"{variant.name!r} cannot become champion: {problem}")
     promotion = Promotion(
         variant_id=variant.id,
         from_status=from_status,
@@ -328,8 +345,12 @@ def _validate_settings(settings: dict[str, Any]) -> dict[str, Any]:
             f"unknown test setting; known: {sorted(DEFAULT_TEST_SETTINGS)}",
         )
     merged = {**DEFAULT_TEST_SETTINGS, **settings}
-    if not 0 < float(merged["alpha"]) < 0.5:
-        raise Invalid("settings.alpha", "must be between 0 and 0.5")
+    alpha = merged["alpha"]
+    if not _is_number(alpha) or not 0 < alpha < 0.5:
+        raise Invalid("settings.alpha", f"must be a number between 0 and 0.5, got {alpha!r}")
+    for flag in ("sequential", "cache"):
+        if not isinstance(merged[flag], bool):  # "no" would read as true
+            raise Invalid(f"settings.{flag}", f"must be true or false, got {merged[flag]!r}")
     if isinstance(merged["margin"], int | float) and not isinstance(merged["margin"], bool):
         # A bare number meant absolute points before margins became relative by default;
         # guessing either way could flip a verdict, so the unit must be spelled out.
@@ -350,9 +371,20 @@ def _validate_settings(settings: dict[str, Any]) -> dict[str, Any]:
         _check_number(merged, "baseline", 0, 1, "an expected control rate between 0 and 1")
     if merged["horizon"] is not None:
         _check_number(merged, "horizon", 0, 1e12, "a positive number of projects per arm")
-    if not isinstance(merged["overrides"], dict):
+    overrides = merged["overrides"]
+    if not isinstance(overrides, dict) or not all(isinstance(v, str) for v in overrides.values()):
         raise Invalid("settings.overrides", "must map project ids to arm names")
+    if merged["baseline"] is not None:
+        try:
+            planned_horizon(merged)
+        except ValueError as exc:  # e.g. baseline 0.5 with mde 10: a rate above 100%
+            field_name = "mde" if merged["margin"] is None else "margin"
+            raise Invalid(f"settings.{field_name}", f"cannot plan with baseline: {exc}") from None
     return merged
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _check_number(settings: dict[str, Any], name: str, low: float, high: float, what: str) -> None:
@@ -499,6 +531,8 @@ def stop_experiment(session: Session, key: str) -> Experiment:
 def update_arm_weights(session: Session, key: str, weights: dict[str, float]) -> Experiment:
     """Change weights mid-experiment; sticky assignments keep already-assigned projects."""
     experiment = get_experiment(session, key)
+    if experiment.status == "concluded":
+        raise Conflict("status", f"experiment {key!r} is concluded; its allocation is history")
     arms = {arm.name: arm for arm in experiment.arms}
     unknown = sorted(set(weights) - set(arms))
     if unknown:

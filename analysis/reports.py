@@ -896,7 +896,7 @@ horizon {{ num(r.horizon, '.0f') }} projects per arm ({{ r.horizon_source }}), e
 <td class="n rate">{{ pct(a.rate) }}</td><td>{{ interval([a.ci_low, a.ci_high]) }}</td>
 <td class="n">{{ a.pending }}</td></tr>{% endfor %}</table>
 <p class="labels">Decided on: {{ r.labels.decision_interval }}; {{ r.labels.p_value_note }}.
-{% if r.labels.non_inferiority %}{{ r.labels.non_inferiority }}.{% endif %}</p>
+{% if r.labels.get('non_inferiority') %}{{ r.labels.non_inferiority }}.{% endif %}</p>
 <table class="comparisons"><tr><th>treatment</th><th>decision</th><th>difference (pts)</th>
 <th>interval (pts, Newcombe)</th><th>ratio (% of control)</th><th>interval (ratio, MOVER-R)</th>
 <th>{{ r.labels.p_value }}</th></tr>

@@ -335,7 +335,9 @@ def _storable_start(row: dict[str, Any]) -> dict[str, Any]:
 def _as_utc(value: datetime | None) -> datetime:
     if value is None:
         return datetime.now(UTC)
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    # in UTC, not merely tagged: SQLite stores the wall time and drops the offset, so
+    # 10:00+02:00 would read back as 10:00 UTC (two hours off) where PostgreSQL reads 08:00
+    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def unusable_reason(prediction: Any) -> str | None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, Field
+from pydantic import Field
 from sqlalchemy.orm import Session
 
 from abtest import services
+from abtest.api.bodies import StrictBody
 from abtest.api.deps import app_state, db_session, require_role
 
 router = APIRouter(prefix="/v1", tags=["admin"])
@@ -16,7 +17,7 @@ engineer = [Depends(require_role("engineer"))]
 reader = [Depends(require_role("engineer", "analyst"))]
 
 
-class VariantIn(BaseModel):
+class VariantIn(StrictBody):
     name: str = Field(min_length=1, max_length=100)
     kind: str
     config: dict[str, Any] = Field(default_factory=dict)
@@ -26,18 +27,18 @@ class VariantIn(BaseModel):
     )
 
 
-class ArchiveIn(BaseModel):
+class ArchiveIn(StrictBody):
     actor: str = Field(default="api", min_length=1, max_length=100)
 
 
-class ArmIn(BaseModel):
+class ArmIn(StrictBody):
     name: str = Field(min_length=1, max_length=100)
     variant: str
     weight: float = Field(ge=0, le=1)
     control: bool = False
 
 
-class ExperimentIn(BaseModel):
+class ExperimentIn(StrictBody):
     key: str = Field(min_length=1, max_length=100)
     arms: list[ArmIn] = Field(min_length=2)
     seed: str | None = None
@@ -48,7 +49,7 @@ class ExperimentIn(BaseModel):
     settings: dict[str, Any] = Field(default_factory=dict)
 
 
-class WeightsIn(BaseModel):
+class WeightsIn(StrictBody):
     weights: dict[str, float]
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, Field
+from pydantic import Field
 from sqlalchemy.orm import Session
 
 from abtest import gating, services
+from abtest.api.bodies import StrictBody
 from abtest.api.deps import app_state, db_session, require_role
 
 router = APIRouter(prefix="/v1", tags=["gates"])
@@ -16,18 +17,18 @@ engineer = [Depends(require_role("engineer"))]
 reader = [Depends(require_role("engineer", "analyst"))]
 
 
-class GateIn(BaseModel):
+class GateIn(StrictBody):
     policy: dict[str, Any] | None = Field(
         default=None, description="Gate policy settings (with `version`); default gate-v2."
     )
     actor: str = Field(default="api", min_length=1, max_length=100)
 
 
-class PromoteIn(BaseModel):
+class PromoteIn(StrictBody):
     actor: str = Field(default="api", min_length=1, max_length=100)
 
 
-class ConcludeIn(BaseModel):
+class ConcludeIn(StrictBody):
     ship: str = Field(min_length=1, max_length=100, description="The arm that won.")
     actor: str = Field(default="api", min_length=1, max_length=100)
     override: bool = Field(

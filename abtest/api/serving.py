@@ -10,13 +10,13 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from abtest.api.bodies import StrictBody as _Strict
 from abtest.api.deps import AppState, app_state, authorize, request_api_key, require_role
 from abtest.api.guard import safe_errors
 from abtest.errors import Conflict, Invalid, NotFound, ServiceError
 from abtest.runtime import get_router
-from routing.eventlog import json_problem
 from routing.router import Router, RoutingError
 
 router = APIRouter(tags=["serving"])
@@ -27,19 +27,6 @@ EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 
 
-def _no_nul(value: Any, path: str = "value") -> Any:
-    """Refuse up front what PostgreSQL cannot store (NUL characters, lone surrogates,
-    NaN/Infinity, JSON nested too deep), so that a request is either stored (or spooled) or a
-    422 naming the field: never a 500, never a spooled row that replay cannot store."""
-    if isinstance(value, list) and value and isinstance(value[0], BaseModel):
-        return value  # nested models check their own fields
-    found = json_problem(value, path)
-    if found is not None:
-        where, reason = found
-        raise ValueError(reason if where == path else f"{where.removeprefix(path + '.')} {reason}")
-    return value
-
-
 def _in_range(value: datetime | None) -> datetime | None:
     if value is None:
         return None
@@ -47,15 +34,6 @@ def _in_range(value: datetime | None) -> datetime | None:
     if not EARLIEST <= aware <= LATEST:
         raise ValueError("must be between 1970 and 2200")
     return aware
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    @field_validator("*", mode="after")
-    @classmethod
-    def _text_is_storable(cls, value: Any) -> Any:
-        return _no_nul(value)
 
 
 class ProjectIn(_Strict):

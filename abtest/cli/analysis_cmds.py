@@ -41,8 +41,10 @@ def parse_counts(option: str, text: str) -> tuple[int, int]:
 
 
 def _check_alpha(alpha: float) -> None:
-    if not 0 < alpha < 1:
-        fail(f"alpha: must be between 0 and 1, got {alpha}")
+    # the experiments' own bound (services): at alpha >= 0.5 the "confidence" interval is
+    # narrower than a coin flip, and 10 projects per arm read "equivalent"
+    if not 0 < alpha < 0.5:
+        fail(f"alpha: must be between 0 and 0.5 (exclusive), got {alpha}")
 
 
 def _json_ready(value: Any) -> Any:
@@ -142,7 +144,7 @@ def proportions(
         fail("mde: must be a non-zero change, e.g. 2%")
     if not 0 < target_power < 1:
         fail(f"power: must be between 0 and 1 (exclusive), got {target_power}")
-    if days is not None and not days > 0:
+    if days is not None and not (days > 0 and math.isfinite(days)):
         fail(f"days: must be a positive number of days, got {days}")
     if horizon is not None and not horizon > 0:
         fail(f"horizon: must be a positive number of projects per arm, got {horizon}")
@@ -377,7 +379,7 @@ def power(
         fail("mde: give --mde (detect a difference) or --margin (non-inferiority), not both")
     if not ratio > 0 or not math.isfinite(ratio):
         fail(f"ratio: must be a positive number, got {ratio}")
-    if daily_projects is not None and not daily_projects > 0:
+    if daily_projects is not None and not (daily_projects > 0 and math.isfinite(daily_projects)):
         fail(f"daily-projects: must be positive, got {daily_projects}")
     design = "sequential design" if sequential else "fixed horizon"
     if mde is not None:
