@@ -417,6 +417,7 @@ def run_demo(
             spool_dir=Path(database).resolve().parent / "abtest-demo-spool",
             # the committed students, and the cache a retrained one would land in
             model_dir=os.pathsep.join([str(bundled_path("train").parent), str(cache_dir)]),
+            gate_policy_minimum="demo-v2",  # the policy the demo gates its students under
         )
         console.print(f"demo database: {settings.database_url}")
         setup_platform(settings, console, cache_dir)

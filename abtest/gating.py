@@ -36,10 +36,17 @@ from sqlalchemy.orm import Session
 from abtest import services
 from abtest.arms import build_variant_arm
 from abtest.errors import Conflict, Invalid
-from abtest.settings import Settings
+from abtest.settings import Settings, get_settings
 from abtest.tables import Experiment, GateRun, Promotion, Variant, utcnow
 from analysis import offline
-from analysis.gate import GatePolicy, GateVerdict, PolicyError, evaluate_gate
+from analysis.gate import (
+    NAMED_POLICIES,
+    GatePolicy,
+    GateVerdict,
+    PolicyError,
+    evaluate_gate,
+    looser_than,
+)
 from models.arms.base import Arm, ArmError, Prediction
 from models.dataset import DatasetError, IntentRecord, bundled_path, file_hash, load_records
 
@@ -276,8 +283,10 @@ def run_gate(
     arm_builder: Callable[[Variant], Arm] | None = None,
     settings: Settings | None = None,
 ) -> GateRun:
-    """Evaluate `name` against the champion under `policy` and store the gate run."""
+    """Evaluate `name` against the champion under `policy` and store the gate run; a policy
+    looser than the configured minimum (`gate_policy_minimum`) is refused before it runs."""
     policy = policy or GatePolicy()
+    check_policy_minimum(policy, settings or get_settings())
     arm_builder = arm_builder or _default_builder(settings)
     variant = services.get_variant(session, name)
     if variant.kind in TEACHER_KINDS:
@@ -363,6 +372,25 @@ def run_gate(
     session.add(gate_run)
     session.flush()
     return gate_run
+
+
+def check_policy_minimum(policy: GatePolicy, settings: Settings) -> None:
+    """Refuse a policy that asks less than the configured minimum: otherwise whoever runs the
+    gate could pass any student with floors of 0."""
+    minimum = NAMED_POLICIES.get(settings.gate_policy_minimum)
+    if minimum is None:
+        raise Invalid(
+            "gate_policy_minimum",
+            f"ABTEST_GATE_POLICY_MINIMUM={settings.gate_policy_minimum!r} is not one of "
+            f"{sorted(NAMED_POLICIES)}",
+        )
+    looser = looser_than(policy, minimum)
+    if looser:
+        raise Invalid(
+            "policy",
+            f"policy {policy.version!r} is looser than the minimum {minimum.version!r} "
+            f"({'; '.join(looser)}); ABTEST_GATE_POLICY_MINIMUM names the minimum",
+        )
 
 
 def parse_policy(data: dict[str, Any] | None) -> GatePolicy:

@@ -71,6 +71,11 @@ class Settings(BaseSettings):
         "must lie under; relative paths resolve against the first. Default: the bundled "
         "models/data directory.",
     )
+    gate_policy_minimum: str = Field(
+        default="gate-v2",
+        description="The named gate policy (gate-v2, baseline-v2, demo-v2) that every gate run's "
+        "policy must be at least as strict as: a looser policy is refused before it runs.",
+    )
     arm_base_url_allowlist: str = Field(
         default="127.0.0.1,localhost,::1",
         description="Comma-separated hosts (or http(s) URL prefixes) that a variant's base_url "
@@ -138,6 +143,15 @@ class Settings(BaseSettings):
             make_url(value)
         except (ArgumentError, ValueError) as exc:
             raise ValueError(f"not a valid database URL ({exc})") from None
+        return value
+
+    @field_validator("gate_policy_minimum")
+    @classmethod
+    def _named_policy(cls, value: str) -> str:
+        from analysis.gate import NAMED_POLICIES  # a light import: no statistics stack
+
+        if value not in NAMED_POLICIES:
+            raise ValueError(f"must name a gate policy: {', '.join(sorted(NAMED_POLICIES))}")
         return value
 
     @field_validator("redis_url")

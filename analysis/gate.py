@@ -258,6 +258,24 @@ DEMO_POLICY = GatePolicy(version="demo-v2", overall_floor=0.55, tool_final_floor
 NAMED_POLICIES = {p.version: p for p in (GatePolicy(), BASELINE_POLICY, DEMO_POLICY)}
 
 
+def looser_than(policy: GatePolicy, minimum: GatePolicy) -> list[str]:
+    """The settings in which `policy` asks less than `minimum` (empty: at least as strict)."""
+    looser = [
+        f"{name} {getattr(policy, name):g} < {getattr(minimum, name):g}"
+        for name in ("overall_floor", "tool_final_floor", "bootstrap_confidence")
+        if getattr(policy, name) < getattr(minimum, name)
+    ]
+    looser += [
+        f"{name} {getattr(policy, name):g} > {getattr(minimum, name):g}"
+        for name in ("non_inferiority_margin", "max_parse_failure_rate", "max_repair_rate")
+        if getattr(policy, name) > getattr(minimum, name)
+    ]
+    budget, least = policy.latency_p95_budget_ms, minimum.latency_p95_budget_ms
+    if least is not None and (budget is None or budget > least):
+        looser.append(f"latency_p95_budget_ms {budget} > {least:g}")
+    return looser
+
+
 def policy_named_or_file(text: str) -> GatePolicy:
     """A named policy (`gate-v2`, `baseline-v2`, `demo-v2`) or a policy JSON file's path."""
     if text in NAMED_POLICIES:
@@ -279,5 +297,6 @@ __all__ = [
     "PolicyError",
     "evaluate_gate",
     "load_policy",
+    "looser_than",
     "policy_named_or_file",
 ]

@@ -304,3 +304,39 @@ def test_cli_unstorable_text_is_one_line_naming_the_field(
         assert [v.name for v in services.list_variants(session)] == ["teacher", "student"]
         assert [e.key for e in services.list_experiments(session)] == ["exp"]
         assert services.get_variant(session, "student").status == "approved"
+
+
+def test_a_policy_looser_than_the_minimum_is_refused_everywhere(tmp_path, monkeypatch):
+    """Whoever runs the gate cannot pass a student by lowering the floors on their own."""
+    from typer.testing import CliRunner
+
+    from abtest.cli import app as cli
+    from abtest.settings import get_settings
+
+    monkeypatch.setenv("ABTEST_DATABASE_URL", f"sqlite:///{tmp_path / 'a.db'}")
+    get_settings.cache_clear()
+    runner = CliRunner()
+    assert runner.invoke(cli, ["db", "upgrade"]).exit_code == 0
+    assert runner.invoke(cli, ["variants", "register", "teacher", "--kind", "teacher",
+                               "--reference"]).exit_code == 0  # fmt: skip
+    assert runner.invoke(cli, ["variants", "register", "knn", "--kind", "knn_student",
+                               "--config", '{"fit": "train"}']).exit_code == 0  # fmt: skip
+    policy = tmp_path / "zero.json"
+    policy.write_text('{"version": "zero", "overall_floor": 0, "tool_final_floor": 0}')
+    for name in (str(policy), "demo-v2", "baseline-v2"):
+        result = runner.invoke(cli, ["gate", "knn", "--policy", name])
+        assert result.exit_code == 1, result.output
+        assert "looser than the minimum 'gate-v2'" in result.output
+    import sqlalchemy as sa
+
+    from abtest import db as abtest_db
+    from abtest.tables import GateRun
+
+    engine = abtest_db.make_engine(f"sqlite:///{tmp_path / 'a.db'}")
+    with engine.connect() as connection:  # nothing was evaluated, nothing stored
+        assert connection.scalar(sa.select(sa.func.count()).select_from(GateRun)) == 0
+    engine.dispose()
+    monkeypatch.setenv("ABTEST_GATE_POLICY_MINIMUM", "gate-v9")
+    get_settings.cache_clear()
+    bad = runner.invoke(cli, ["gate", "knn"])
+    assert bad.exit_code == 2 and "ABTEST_GATE_POLICY_MINIMUM" in bad.output

@@ -14,7 +14,7 @@ from abtest import db, gating, services
 from abtest.api import create_app
 from abtest.cli import app as cli_app
 from abtest.errors import Conflict, Invalid, NotFound
-from abtest.settings import get_settings
+from abtest.settings import Settings, get_settings
 from abtest.tables import GateRun, Promotion
 from analysis.gate import BASELINE_POLICY, GatePolicy
 from models.arms.base import ArmError, Prediction
@@ -307,7 +307,12 @@ def test_knn_student_on_the_bundled_test_set_fails_the_default_gate(session):
     failed = {c["name"] for c in run.metrics["verdict"]["criteria"] if not c["passed"]}
     assert "overall_floor" in failed
     # the named baseline policy admits it as a comparison arm, and says so in the version
-    baseline = gating.run_gate(session, "good", "t", BASELINE_POLICY, progress=False)
+    with pytest.raises(Invalid, match="looser than the minimum 'gate-v2'"):
+        gating.run_gate(session, "good", "t", BASELINE_POLICY, progress=False)
+    lowered = Settings(gate_policy_minimum="baseline-v2")  # an operator's explicit choice
+    baseline = gating.run_gate(
+        session, "good", "t", BASELINE_POLICY, progress=False, settings=lowered
+    )
     assert baseline.passed and baseline.policy_version.startswith("baseline-v2+")
     assert gating.promote(session, "good", "t").gate_run_id == baseline.id
 
@@ -342,7 +347,15 @@ def test_api_gate_promote_conclude(client):
     bad_policy = client.post("/v1/variants/knn/gate", json={"policy": {"tool_final_floor": 2}})
     assert bad_policy.status_code == 422
     assert bad_policy.json()["detail"][0]["loc"] == ["policy", "version"]
-    passed = client.post("/v1/variants/knn/gate", json={"policy": LOOSE})
+    loose = client.post("/v1/variants/knn/gate", json={"policy": LOOSE})
+    assert loose.status_code == 422, loose.text  # floors below the minimum gate-v2
+    assert loose.json()["detail"][0]["loc"] == ["policy"]
+    assert "overall_floor 0.4 < 0.6" in loose.json()["detail"][0]["msg"]
+    client.app.state.abtest.settings = client.app.state.abtest.settings.model_copy(
+        update={"gate_policy_minimum": "baseline-v2"}
+    )  # the operator lowers the minimum: now the looser policy may run
+    at_minimum = {**LOOSE, "overall_floor": 0.45, "tool_final_floor": 0.4}
+    passed = client.post("/v1/variants/knn/gate", json={"policy": at_minimum})
     assert passed.status_code == 201 and passed.json()["passed"] is True, passed.text
     promoted = client.post("/v1/variants/knn/promote")
     assert promoted.status_code == 200, promoted.text
@@ -387,7 +400,7 @@ def cli(settings, monkeypatch):
     return lambda *args: runner.invoke(cli_app, list(args))
 
 
-def test_cli_gate_promote_conclude(cli, tmp_path):
+def test_cli_gate_promote_conclude(cli, tmp_path, monkeypatch):
     teacher = ("variants", "register", "teacher", "--kind", "teacher", "--reference")
     assert cli(*teacher).exit_code == 0
     knn = ("variants", "register", "knn", "--kind", "knn_student", "--config", json.dumps(FIT))
@@ -401,7 +414,11 @@ def test_cli_gate_promote_conclude(cli, tmp_path):
     assert refused.exit_code == 1
     assert "failed its latest gate run" in refused.output and "lower bound" in refused.output
     policy = tmp_path / "loose.json"
-    policy.write_text(json.dumps(LOOSE))
+    policy.write_text(json.dumps({**LOOSE, "overall_floor": 0.45, "tool_final_floor": 0.4}))
+    below = cli("gate", "knn", "--policy", str(policy))
+    assert below.exit_code == 1 and "looser than the minimum 'gate-v2'" in below.output
+    monkeypatch.setenv("ABTEST_GATE_POLICY_MINIMUM", "baseline-v2")  # the operator allows it
+    get_settings.cache_clear()
     loose = cli("gate", "knn", "--policy", str(policy))
     assert loose.exit_code == 0, loose.output
     assert "PASSED" in loose.output and "loose-1+" in loose.output
