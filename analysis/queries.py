@@ -615,12 +615,10 @@ def _as_int(flag: ColumnElement[Any]) -> ColumnElement[int]:
     return sa.case((flag, 1), else_=0)
 
 
-def guardrail_stats(
-    connection: Connection, experiment_id: int, until: datetime | None = None
-) -> list[ArmGuardrails]:
-    """Per arm: calls, latency p50/p95, fallback/error/cache-hit counts and total cost."""
-    calls = _calls(experiment_id, until)
-    sums = connection.execute(
+def guardrail_sums(calls: sa.Subquery) -> sa.Select:
+    """Per arm of `calls` (arm_id, latency_ms, fallback, error, cache_hit, cost_usd): calls,
+    latencies present, fallback/error/cache-hit counts and total cost, for every engine."""
+    return (
         sa.select(
             calls.c.arm_id,
             func.count().label("calls"),
@@ -632,8 +630,15 @@ def guardrail_stats(
         )
         .where(calls.c.arm_id.is_not(None))
         .group_by(calls.c.arm_id)
-        .order_by(calls.c.arm_id)
-    ).all()
+    )
+
+
+def guardrail_stats(
+    connection: Connection, experiment_id: int, until: datetime | None = None
+) -> list[ArmGuardrails]:
+    """Per arm: calls, latency p50/p95, fallback/error/cache-hit counts and total cost."""
+    calls = _calls(experiment_id, until)
+    sums = connection.execute(guardrail_sums(calls).order_by(calls.c.arm_id)).all()
     percentiles = _latency_percentiles(connection, calls)
     return [
         ArmGuardrails(

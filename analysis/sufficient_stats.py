@@ -49,6 +49,7 @@ from analysis.queries import (
     assignments,
     events,
     fold_keyed_counts,
+    guardrail_sums,
     tune_for_analytics,
 )
 
@@ -304,25 +305,8 @@ def _calls(scope: Scope) -> sa.Subquery:
     )
 
 
-def _flag(condition: ColumnElement[bool]) -> ColumnElement[int]:
-    return sa.case((condition, 1), else_=0)
-
-
 def guardrail_sums_statement(scope: Scope) -> sa.Select:
-    calls = _calls(scope)
-    return (
-        sa.select(
-            calls.c.arm_id,
-            func.count().label("calls"),
-            func.count(calls.c.latency_ms).label("latency_count"),
-            func.sum(_flag(calls.c.fallback)).label("fallbacks"),
-            func.sum(_flag(calls.c.error.is_not(None))).label("errors"),
-            func.sum(_flag(calls.c.cache_hit)).label("cache_hits"),
-            func.sum(calls.c.cost_usd).label("cost"),
-        )
-        .where(calls.c.arm_id.is_not(None))
-        .group_by(calls.c.arm_id)
-    )
+    return guardrail_sums(_calls(scope))
 
 
 def rank_positions(n: int, levels: Sequence[float] = LEVELS) -> list[tuple[int, int, float]]:
