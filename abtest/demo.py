@@ -186,14 +186,14 @@ def setup_platform(settings: Settings, console: Console, cache_dir: Path) -> lis
 
 
 def gate_student(settings: Settings, name: str, console: Console) -> bool:
-    """Run the offline gate under the demo's named policy (`analysis.gate.DEMO_POLICY`, lower
+    """Run the offline gate under the demo's named policy (`analysis.gate_policy.DEMO_POLICY`, lower
     floors than the default `gate-v2`, printed) and promote the student when it passes."""
-    from abtest import gating
-    from analysis.gate import DEMO_POLICY
+    from abtest import promotion
+    from analysis.gate_policy import DEMO_POLICY
 
     engine = db.get_engine(settings.database_url)
     with db.session_scope(engine) as session:
-        run = gating.run_gate(session, name, "demo", DEMO_POLICY, settings=settings)
+        run = promotion.run_gate(session, name, "demo", DEMO_POLICY, settings=settings)
         overall = run.metrics["candidate"]["subsets"]["all"]["overall"]
         verdict = "[green]PASS[/]" if run.passed else "[red]FAIL[/]"
         console.print(
@@ -202,7 +202,7 @@ def gate_student(settings: Settings, name: str, console: Console) -> bool:
         for failure in run.failures:
             console.print(f"  [red]- {failure}[/]")
         if run.passed:
-            gating.promote(session, name, "demo")
+            promotion.promote(session, name, "demo")
             console.print(f"{name} is approved for traffic")
         else:
             console.print(f"{name} stays out of the experiment")

@@ -90,7 +90,7 @@ def register_trained_student(
     return services.register_variant(session, name, "local_student", config, description, actor)
 
 
-# --- analysis.offline wired into models.distill (models never import analysis) ---------------
+# --- analysis.offline_metrics wired into models.distill (models never import analysis) ----
 
 
 def offline_evaluator(
@@ -99,7 +99,7 @@ def offline_evaluator(
     failures: Sequence[tuple[str, ...]],
 ) -> dict[str, Any]:
     """The paper's metric suite on all rows and the r3 / r5 subsets; `overall` on top."""
-    from analysis.offline import score_subsets
+    from analysis.offline_metrics import score_subsets
 
     subsets = score_subsets(
         configs, [r.teacher for r in records], [r.calls for r in records], failures
@@ -110,6 +110,6 @@ def offline_evaluator(
 def offline_mistakes(
     predictions: Sequence[ToolConfig], truth: Sequence[ToolConfig]
 ) -> dict[str, Any]:
-    from analysis.offline import mistakes
+    from analysis.offline_metrics import mistakes
 
     return mistakes(predictions, truth)

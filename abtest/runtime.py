@@ -6,7 +6,7 @@
 - first assignments live in the assignments table, cached in Redis when `redis_url` is set and
   always in an in-process LRU; when Redis is down the router keeps serving from the database;
 - arms are built per variant: an explicit `arms` mapping wins (keyed by variant name, or by
-  experiment arm name), then `abtest.arms.build_variant_arm` (the models factory);
+  experiment arm name), then `abtest.variant_arms.build_variant_arm` (the models factory);
 - events are group-committed to the database, spooled to `settings.spool_dir` when it is down.
 
 `serving_lifespan(state)` builds the router for the FastAPI app and runs the spool replayer.
@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from sqlalchemy import Engine, Table
 
 from abtest import generation
-from abtest.arms import build_variant_arm
 from abtest.db import bounded_postgres
 from abtest.settings import Settings
 from abtest.tables import Assignment, Event, Experiment, ExperimentArm, Variant
+from abtest.variant_arms import build_variant_arm
 from models.arms.base import Arm
 from models.cache import CachedArm, ResponseCache
 from routing.assignment import (
@@ -45,6 +45,7 @@ from routing.assignment import (
     experiments_from_json,
     experiments_to_json,
 )
+from routing.catalog import load_champion, load_experiments
 from routing.eventlog import (
     EventSpool,
     RoutingTables,
@@ -52,10 +53,10 @@ from routing.eventlog import (
     json_text,
     open_event_store,
 )
+from routing.eventlog.gateway import DatabaseGateway, DatabaseStore
+from routing.eventlog.pg_gateway import PostgresGateway
 from routing.metrics import RouterMetrics
-from routing.pg_gateway import PostgresGateway
 from routing.router import ExperimentCatalog, Router, RouterConfig
-from routing.storage import DatabaseGateway, DatabaseStore, load_champion, load_experiments
 
 if TYPE_CHECKING:
     from abtest.api.deps import AppState

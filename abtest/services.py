@@ -92,7 +92,7 @@ def register_variant(
     A `teacher` or `recorded` variant is the reference arm and needs no gate: registering one
     requires `reference=True` and is refused while another reference is active.
     """
-    from abtest.arms import check_variant_config
+    from abtest.variant_arms import check_variant_config
 
     _check_name(name, "name")
     if kind not in VARIANT_KINDS:
@@ -177,7 +177,7 @@ def update_variant_config(
     """Change a student's config: its version goes up and its gate no longer holds (an
     approved variant goes back to `registered`). Refused for the champion, a reference and an
     arm of a running experiment (stop it first: the new config needs a new gate)."""
-    from abtest.arms import check_variant_config
+    from abtest.variant_arms import check_variant_config
 
     variant = get_variant(session, name)
     if variant.kind in TEACHER_KINDS:

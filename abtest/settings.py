@@ -148,7 +148,7 @@ class Settings(BaseSettings):
     @field_validator("gate_policy_minimum")
     @classmethod
     def _named_policy(cls, value: str) -> str:
-        from analysis.gate import NAMED_POLICIES  # a light import: no statistics stack
+        from analysis.gate_policy import NAMED_POLICIES  # a light import: no statistics stack
 
         if value not in NAMED_POLICIES:
             raise ValueError(f"must name a gate policy: {', '.join(sorted(NAMED_POLICIES))}")

@@ -1,8 +1,9 @@
 """The paper's offline metrics written the straightforward way: a Python loop over rows.
 
-Slow on purpose and easy to read against section 3.3; the tests check `analysis.offline` (the
+Slow on purpose and easy to read against section 3.3; the tests check
+`analysis.offline_metrics` (the
 vectorised version) against it, and `bench/bench_offline.py` measures the speed-up. The edge-case
-conventions are the same as documented in `analysis.offline`.
+conventions are the same as documented in `analysis.offline_metrics`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Embedding student on the bundled 1,000-intent test split: offline scores and serving time.
 
-Scores (analysis.offline.score_subsets: all / r3 / r5, per tool selection, quality, final) for
+Scores (analysis.offline_metrics.score_subsets: all / r3 / r5, per tool selection, quality,
+final) for
 the committed embedding student and, in the same process, the kNN char-n-gram baseline; the
 time to serve the 1,000 intents through each arm's `predict_batch` (encoder already loaded).
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from analysis.offline import score_subsets
+from analysis.offline_metrics import score_subsets
 from models.arms.factory import build_arm
 from models.dataset import load_split
 from models.distill.embedding_student import embedding_variant_config, ensure_embedding_student

@@ -1,4 +1,4 @@
-"""Offline metrics on 1,000 rows: vectorised `analysis.offline` against a per-row Python loop.
+"""Offline metrics on 1,000 rows: vectorised `analysis.offline_metrics` against a per-row loop.
 
 Both run in this process on the same rows: the bundled test split as truth and the kNN student's
 predictions (fit on the train split). Prints the median time of each, the ratio, and the time of
@@ -13,7 +13,7 @@ import argparse
 import statistics
 import time
 
-from analysis import offline
+from analysis import offline_metrics
 from analysis.offline_reference import reference_scores
 from models.arms.knn import KnnStudent
 from models.dataset import load_split
@@ -39,12 +39,14 @@ def main() -> None:
     assert len(truth) == 1000
 
     loop_s, loop = timed(lambda: reference_scores(predictions, truth), args.repeats)
-    fast_s, fast = timed(lambda: offline.score(predictions, truth), args.repeats)
-    encoded_pred, encoded_truth = offline.encode(predictions), offline.encode(truth)
-    metrics_s, _ = timed(lambda: offline.score(encoded_pred, encoded_truth), args.repeats)
-    subsets_s, _ = timed(lambda: offline.score_subsets(predictions, truth, calls), args.repeats)
+    fast_s, fast = timed(lambda: offline_metrics.score(predictions, truth), args.repeats)
+    encoded_pred, encoded_truth = offline_metrics.encode(predictions), offline_metrics.encode(truth)
+    metrics_s, _ = timed(lambda: offline_metrics.score(encoded_pred, encoded_truth), args.repeats)
+    subsets_s, _ = timed(
+        lambda: offline_metrics.score_subsets(predictions, truth, calls), args.repeats
+    )
     boot_s, _ = timed(
-        lambda: offline.compare(predictions, truth, truth, resamples=1000),
+        lambda: offline_metrics.compare(predictions, truth, truth, resamples=1000),
         max(args.repeats // 2, 1),
     )
     assert abs(loop["overall"]["final"] - fast.overall) < 1e-9, "implementations disagree"

@@ -42,9 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scratch_db import create_database, drop_database  # noqa: E402
 
-from abtest import db, gating, services  # noqa: E402
+from abtest import db, promotion, services  # noqa: E402
 from analysis import queries, reports, rollup  # noqa: E402
-from analysis.gate import BASELINE_POLICY  # noqa: E402
+from analysis.gate_policy import BASELINE_POLICY  # noqa: E402
 
 DAY0 = datetime(2026, 10, 1, tzinfo=UTC)
 DAYS = 14
@@ -91,8 +91,8 @@ def generate(engine: sa.Engine, projects: int) -> queries.ExperimentInfo:
     with db.session_scope(engine) as session:
         services.register_variant(session, "teacher", "teacher", reference=True)
         services.register_variant(session, "student", "knn_student", {"fit": "train"})
-        gating.run_gate(session, "student", "bench", BASELINE_POLICY, progress=False)
-        gating.promote(session, "student", "bench")
+        promotion.run_gate(session, "student", "bench", BASELINE_POLICY, progress=False)
+        promotion.promote(session, "student", "bench")
         spec = services.ExperimentSpec(
             key=KEY,
             arms=[

@@ -49,13 +49,13 @@ def two_arm_experiment(session: Session, key: str = "bench", start: bool = False
     """Variants teacher (the reference) and student (the kNN baseline, admitted by the real
     gate under the named baseline policy), and experiment `key`: control=teacher,
     treatment=student, 50/50 (started when `start`). Benchmarks serve both with their own arms."""
-    from abtest import gating
-    from analysis.gate import BASELINE_POLICY
+    from abtest import promotion
+    from analysis.gate_policy import BASELINE_POLICY
 
     services.register_variant(session, "teacher", "teacher", reference=True)
     services.register_variant(session, "student", "knn_student", {"fit": "train"})
-    gating.run_gate(session, "student", "bench", BASELINE_POLICY, progress=False)
-    gating.promote(session, "student", "bench")
+    promotion.run_gate(session, "student", "bench", BASELINE_POLICY, progress=False)
+    promotion.promote(session, "student", "bench")
     experiment = services.create_experiment(
         session,
         services.ExperimentSpec(

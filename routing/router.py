@@ -47,8 +47,8 @@ from routing.eventlog import (
     text_problem,
     utcnow,
 )
+from routing.eventlog.gateway import DatabaseGateway, EventGateway
 from routing.metrics import RouterMetrics
-from routing.storage import DatabaseGateway, EventGateway
 
 EVENT_TYPES = ("start", "export")
 CHAMPION_LABEL = "(champion)"  # the metrics' experiment label of the default route
@@ -386,7 +386,8 @@ class Router:
         gateway: EventGateway | None = None,
     ) -> None:
         """`gateway` is the request path's one write route (default: the thread group commit
-        over `writer`; `routing.pg_gateway.PostgresGateway` on PostgreSQL); `writer` takes the
+        over `writer`; `routing.eventlog.pg_gateway.PostgresGateway` on PostgreSQL);
+        `writer` takes the
         batches of `ingest` and replays the spool."""
         self.catalog = catalog
         self.store = store

@@ -1,15 +1,15 @@
 """Test scaffolding: a student cleared for traffic without running the (slow) offline gate.
 
 It stores what a passing gate run stores (on the variant's current config, the current test set
-and champion) and approves through `gating.promote`, the production path; the gate itself is
-tested in tests/abtest/test_gating.py and tests/abtest/test_gate_integrity.py.
+and champion) and approves through `promotion.promote`, the production path; the gate itself is
+tested in tests/abtest/test_promotion.py and tests/abtest/test_gate_integrity.py.
 """
 
 from typing import Any
 
 from sqlalchemy.orm import Session
 
-from abtest import gating, services
+from abtest import promotion, services
 from abtest.tables import GateRun
 
 FIT = {"fit": "train"}
@@ -21,7 +21,7 @@ def pass_gate(session: Session, name: str) -> GateRun:
     run = GateRun(
         variant_id=variant.id,
         champion_id=champion.id if champion else None,
-        test_set_hash=gating.current_test_set_hash(),
+        test_set_hash=promotion.current_test_set_hash(),
         policy_version="test-scaffold",
         metrics={},
         failures=[],
@@ -38,7 +38,7 @@ def approved_student(session: Session, name: str, config: dict[str, Any] | None 
     """Register a kNN student and approve it as if it had passed its gate."""
     services.register_variant(session, name, "knn_student", config or FIT)
     pass_gate(session, name)
-    gating.promote(session, name, "test")
+    promotion.promote(session, name, "test")
 
 
 def reference_teacher(session: Session, name: str = "teacher", kind: str = "teacher") -> None:

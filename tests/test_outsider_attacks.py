@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select, text
 from typer.testing import CliRunner
 
-from abtest import db, gating, services
+from abtest import db, promotion, services
 from abtest.api import create_app
 from abtest.cli import app as cli_app
 from abtest.errors import Conflict
@@ -58,7 +58,7 @@ def test_conclude_never_crowns_a_variant_whose_config_changed_after_its_gate(eng
     for override in (False, True):
         with db.session_scope(engine) as session:
             with pytest.raises(Conflict) as refused:
-                gating.conclude_experiment(
+                promotion.conclude_experiment(
                     session, "exp", "treatment", "mallory", override=override, reason="go"
                 )
             assert refused.value.field == "ship"
@@ -87,7 +87,7 @@ def test_no_service_crowns_an_ungated_student_with_a_made_up_experiment_key(engi
 def test_weights_of_a_concluded_experiment_are_history(settings, engine):
     online_data.create_experiment(engine)
     with db.session_scope(engine) as session:
-        gating.conclude_experiment(session, "exp", "control", "x", override=True, reason="r")
+        promotion.conclude_experiment(session, "exp", "control", "x", override=True, reason="r")
     with TestClient(create_app(settings)) as client:
         weights = {"weights": {"control": 0.1, "treatment": 0.9}}
         refused = client.patch("/v1/experiments/exp/weights", json=weights)

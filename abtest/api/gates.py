@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import Field
 from sqlalchemy.orm import Session
 
-from abtest import gating, services
+from abtest import promotion, services
 from abtest.api.bodies import StrictBody
 from abtest.api.deps import app_state, db_session, require_role
 
@@ -46,16 +46,16 @@ def run_gate(
 ) -> dict[str, Any]:
     """Evaluate the variant on the current test set and store the gate run (passed or not)."""
     body = body or GateIn()
-    policy = gating.parse_policy(body.policy)
+    policy = promotion.parse_policy(body.policy)
     settings = app_state(request).settings
-    run = gating.run_gate(session, name, body.actor, policy, progress=False, settings=settings)
-    return gating.gate_run_summary(run)
+    run = promotion.run_gate(session, name, body.actor, policy, progress=False, settings=settings)
+    return promotion.gate_run_summary(run)
 
 
 @router.get("/variants/{name}/gate-runs", dependencies=reader)
 def list_gate_runs(name: str, session: Session = Depends(db_session)) -> list[dict[str, Any]]:
     """Gate runs of a variant, newest first."""
-    return [gating.gate_run_summary(run) for run in gating.gate_runs(session, name)]
+    return [promotion.gate_run_summary(run) for run in promotion.gate_runs(session, name)]
 
 
 @router.post("/variants/{name}/promote", dependencies=engineer)
@@ -64,10 +64,10 @@ def promote(
 ) -> dict[str, Any]:
     """Approve for traffic; 409 listing the failed criteria without a passing gate run."""
     body = body or PromoteIn()
-    promotion = gating.promote(session, name, body.actor)
+    promoted = promotion.promote(session, name, body.actor)
     return {
         "variant": services.variant_summary(services.get_variant(session, name)),
-        "promotion": gating.promotion_summary(promotion),
+        "promotion": promotion.promotion_summary(promoted),
     }
 
 
@@ -75,7 +75,7 @@ def promote(
 def conclude(key: str, body: ConcludeIn, session: Session = Depends(db_session)) -> dict[str, Any]:
     """Conclude the experiment; the shipped arm's variant becomes the champion. 409 naming the
     decision when it does not support the shipped arm (unless `override` with a `reason`)."""
-    experiment = gating.conclude_experiment(
+    experiment = promotion.conclude_experiment(
         session, key, body.ship, body.actor, override=body.override, reason=body.reason
     )
     champion = services.champion(session)

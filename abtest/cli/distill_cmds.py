@@ -1,7 +1,7 @@
 """Distillation commands: `dataset build`, `train`, `augment`, `lowdata`.
 
 Thin wiring: `models.distill` does the work; this layer reads the logs from the database, passes
-`analysis.offline` in as the evaluator and mistake finder, and registers trained students.
+`analysis.offline_metrics` in as the evaluator and mistake finder, and registers trained students.
 """
 
 from __future__ import annotations
@@ -144,8 +144,8 @@ def train(
     from models.distill.train import TrainError, TrainSettings, train_student
 
     if register:  # before minutes of training: a registered model must be in the model dir
-        from abtest.arms import under_model_dir
         from abtest.errors import ServiceError
+        from abtest.variant_arms import under_model_dir
 
         try:
             under_model_dir(out, "out")

@@ -124,10 +124,10 @@ def conclude(
 ) -> None:
     """Conclude an experiment and make the shipped arm's variant the champion; refused unless
     the experiment's decision supports the shipped arm (or --override --reason)."""
-    from abtest import gating
+    from abtest import promotion
 
     with session() as s:
-        experiment = gating.conclude_experiment(
+        experiment = promotion.conclude_experiment(
             s, key, ship, actor, override=override, reason=reason
         )
         summary = services.experiment_summary(experiment)

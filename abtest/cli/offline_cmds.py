@@ -8,17 +8,17 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from abtest import gating
+from abtest import promotion
 from abtest.cli.common import JSON_OPTION, console, fail, print_json, session, settings
-from analysis import offline
-from analysis.gate import GatePolicy, PolicyError, policy_named_or_file
+from analysis import offline_metrics
+from analysis.gate_policy import GatePolicy, PolicyError, policy_named_or_file
 from analysis.offline_io import match_files
 from models.dataset import DatasetError
 
 SUBSETS_OPTION = typer.Option(False, "--subsets", help="Also score the r3 and r5 subsets.")
 
 
-def _scores_table(title: str, scores: offline.OfflineScores, ci: Any = None) -> Table:
+def _scores_table(title: str, scores: offline_metrics.OfflineScores, ci: Any = None) -> Table:
     table = Table(title=title)
     for column in ("tool", "prec.", "recall", "select.", "quality", "final", "95% CI"):
         table.add_column(column, no_wrap=True)
@@ -38,7 +38,9 @@ def _scores_table(title: str, scores: offline.OfflineScores, ci: Any = None) -> 
     return table
 
 
-def _print_scores(subsets: dict[str, offline.OfflineScores], ci: offline.BootstrapResult) -> None:
+def _print_scores(
+    subsets: dict[str, offline_metrics.OfflineScores], ci: offline_metrics.BootstrapResult
+) -> None:
     for name, scores in subsets.items():
         title = f"{name}: {scores.n} intents, parse failures {scores.parse_failure_rate:.1%}"
         console.print(_scores_table(title, scores, ci if name == "all" else None))
@@ -61,7 +63,7 @@ def evaluate(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Score predictions with the paper's offline metrics (files, or a registered variant)."""
-    thresholds = offline.SUBSET_THRESHOLDS if subsets else (1,)
+    thresholds = offline_metrics.SUBSET_THRESHOLDS if subsets else (1,)
     if variant is not None:
         if predictions is not None or truth is not None:
             fail("--variant: use either --variant or --predictions/--truth, not both")
@@ -70,7 +72,7 @@ def evaluate(
         except PolicyError as exc:
             fail(f"--{exc.field.replace('bootstrap_', '')}: {exc.reason}")
         with session() as s:
-            result = gating.evaluate_variant(
+            result = promotion.evaluate_variant(
                 s, variant, test_set, progress=not as_json, policy=policy, settings=settings()
             )
         shown = {k: v for k, v in result.subsets.items() if k in _names(thresholds)}
@@ -91,12 +93,12 @@ def evaluate(
         matched = match_files(predictions, truth)
     except DatasetError as exc:
         fail(str(exc))
-    encoded_pred = offline.encode(matched.predictions)
-    encoded_truth = offline.encode([r.teacher for r in matched.truth])
-    scored = offline.score_subsets(
+    encoded_pred = offline_metrics.encode(matched.predictions)
+    encoded_truth = offline_metrics.encode([r.teacher for r in matched.truth])
+    scored = offline_metrics.score_subsets(
         encoded_pred, encoded_truth, matched.calls, matched.parse_failures, thresholds
     )
-    ci = offline.bootstrap(encoded_pred, encoded_truth, resamples=resamples, seed=seed)
+    ci = offline_metrics.bootstrap(encoded_pred, encoded_truth, resamples=resamples, seed=seed)
     if as_json:
         print_json(
             {
@@ -118,7 +120,7 @@ def evaluate(
 
 
 def _names(thresholds: tuple[int, ...]) -> set[str]:
-    return {offline.subset_name(t) for t in thresholds}
+    return {offline_metrics.subset_name(t) for t in thresholds}
 
 
 def gate(
@@ -145,10 +147,10 @@ def gate(
     except PolicyError as exc:
         fail(f"--policy: {exc}")
     with session() as s:
-        run = gating.run_gate(
+        run = promotion.run_gate(
             s, name, actor, policy, test_set, progress=not as_json, settings=settings()
         )
-        summary = gating.gate_run_summary(run)
+        summary = promotion.gate_run_summary(run)
     if html_out is not None:
         html_out.write_text(gate_html(name, summary), encoding="utf-8")
     if as_json:

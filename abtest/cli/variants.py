@@ -105,10 +105,10 @@ def promote_variant(
 ) -> None:
     """Approve a variant for traffic; refused unless its latest gate run on the current test
     set passed (`abtest gate NAME`)."""
-    from abtest import gating
+    from abtest import promotion
 
     with session() as s:
-        summary = gating.promotion_summary(gating.promote(s, name, actor))
+        summary = promotion.promotion_summary(promotion.promote(s, name, actor))
     if as_json:
         print_json(summary)
     else:

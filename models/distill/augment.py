@@ -2,7 +2,7 @@
 
 One iteration: predict a seeded random sample (1,000 by default) of the training set with the
 current student, mark the rows with a mistake in at least one tool (the injected
-`find_mistakes`; the CLI passes `analysis.offline.mistakes`: wrong filter name, cosine below
+`find_mistakes`; the CLI passes `analysis.offline_metrics.mistakes`: wrong filter name, cosine below
 the tool's mean), ask an LLM for a similar intent with the 3-shot prompt of figure 14
 (temperature 0, max_tokens 1500, top_p 1), and add each new intent with the teacher's ORIGINAL
 answer. New intents are deduplicated (normalised) against the training set and each other.

@@ -92,7 +92,8 @@ def ensure_demo_student(
 ) -> Path:
     """Path of the trained demo student under `cache_dir`, training it first if needed.
 
-    Pass the offline evaluator (the abtest layer wires `analysis.offline`) to score epochs on
+    Pass the offline evaluator (the abtest layer wires `analysis.offline_metrics`) to score
+    epochs on
     the bundled test split and keep the best of the last three; without it the last epoch is kept.
     """
     return cached_model_dir(

@@ -257,7 +257,8 @@ class SqlEventStore:
     ) -> tuple[dict[tuple[int, str], tuple[int, str]] | None, WriteResult]:
         """First assignments, then events (their starts taking the stored arms): the thread
         path of the request's group commit (SQLite; on PostgreSQL only batches holding an event
-        without an experiment, `routing.pg_gateway` writes the others in one statement). When
+        without an experiment, `routing.eventlog.pg_gateway` writes the others in one statement).
+        When
         the database is unreachable both are spooled: the assignments come back as None
         (unconfirmed) and the events as spooled. The rows were checked by the router
         (`check_storable`); the spool checks them again before it takes them."""

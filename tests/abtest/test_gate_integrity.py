@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select, update
 from typer.testing import CliRunner
 
-from abtest import db, gating, services
+from abtest import db, promotion, services
 from abtest.api import create_app
 from abtest.cli import app as cli_app
 from abtest.errors import Conflict, Invalid
@@ -113,7 +113,7 @@ def test_update_variant_config_demotes_and_needs_a_new_gate(session, tmp_path, m
     assert variant.status == "registered" and variant.version == 2
     assert variant.config == {"path": str(tmp_path / "knn.json")}
     with pytest.raises(Conflict, match="no gate run|another config"):
-        gating.promote(session, "s", "x")
+        promotion.promote(session, "s", "x")
 
 
 # --- 4. concluding -----------------------------------------------------------------------------
@@ -129,16 +129,16 @@ def worse(engine):
 def test_conclude_refuses_to_ship_a_worse_treatment_and_records_an_override(engine, worse):
     with db.session_scope(engine) as session:
         with pytest.raises(Conflict) as refused:
-            gating.conclude_experiment(session, "exp", "treatment", "carol")
+            promotion.conclude_experiment(session, "exp", "treatment", "carol")
         assert refused.value.field == "ship"
         assert "'treatment worse'" in refused.value.reason
     with db.session_scope(engine) as session:
         assert services.get_experiment(session, "exp").status == "running"
         assert services.champion(session).name == "teacher"
         with pytest.raises(Invalid, match="reason"):
-            gating.conclude_experiment(session, "exp", "treatment", "carol", override=True)
+            promotion.conclude_experiment(session, "exp", "treatment", "carol", override=True)
     with db.session_scope(engine) as session:
-        gating.conclude_experiment(
+        promotion.conclude_experiment(
             session, "exp", "treatment", "carol", override=True, reason="cost cut approved"
         )
     with db.session_scope(engine) as session:
@@ -155,14 +155,14 @@ def test_conclude_refuses_to_ship_a_worse_treatment_and_records_an_override(engi
 
 def test_keeping_the_champion_is_supported_when_the_treatment_is_worse(engine, worse):
     with db.session_scope(engine) as session:
-        experiment = gating.conclude_experiment(session, "exp", "control", "carol")
+        experiment = promotion.conclude_experiment(session, "exp", "control", "carol")
         assert experiment.status == "concluded" and services.champion(session).name == "teacher"
 
 
 def test_supportive_decisions_are_the_analysis_shippable_ones():
     from analysis import stats
 
-    assert set(gating.SUPPORTIVE) == set(stats.SHIPPABLE)
+    assert set(promotion.SUPPORTIVE) == set(stats.SHIPPABLE)
     assert set(stats.SHIPPABLE) < set(stats.DECISIONS)
 
 
@@ -175,12 +175,14 @@ def test_shipping_support_reads_only_explicit_support():
         }
 
     for ok in ("treatment better", "non-inferior", "equivalent"):
-        assert gating.shipping_support(report(ok), "t", "c") is None
+        assert promotion.shipping_support(report(ok), "t", "c") is None
     for bad in ("treatment worse", "inconclusive", "underpowered", "insufficient data"):
-        assert bad in gating.shipping_support(report(bad), "t", "c")
-    assert "sample ratio" in gating.shipping_support(report("treatment better", srm=True), "t", "c")
-    assert "no data" in gating.shipping_support(report("inconclusive", starts=0), "c", "c")
-    assert gating.shipping_support(None, "c", "c") is not None
+        assert bad in promotion.shipping_support(report(bad), "t", "c")
+    assert "sample ratio" in promotion.shipping_support(
+        report("treatment better", srm=True), "t", "c"
+    )
+    assert "no data" in promotion.shipping_support(report("inconclusive", starts=0), "c", "c")
+    assert promotion.shipping_support(None, "c", "c") is not None
 
 
 # --- 5. configs validated at registration; model paths; no pickle; base_url allowlist ----------
@@ -299,7 +301,7 @@ def test_archive(session):
     with pytest.raises(Conflict, match="archived"):
         services.create_experiment(session, services.ExperimentSpec("e2", arms))
     with pytest.raises(Conflict, match="archived"):
-        gating.promote(session, "s", "x")
+        promotion.promote(session, "s", "x")
 
 
 def test_cli_archive_and_api_archive(settings, monkeypatch):
@@ -359,7 +361,7 @@ def test_repairs_count_in_the_gate(session, tmp_path):
 
     reference_teacher(session)
     services.register_variant(session, "c", "knn_student", FIT)
-    run = gating.run_gate(
+    run = promotion.run_gate(
         session, "c", "t", test_set_path=path, progress=False, arm_builder=lambda v: Clamped()
     )
     assert not run.passed

@@ -9,7 +9,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from analysis.offline import score
+from analysis.offline_metrics import score
 from models.arms.base import Prediction
 from models.arms.factory import build_arm
 from models.dataset import IntentRecord, load_split

@@ -11,7 +11,7 @@ Per tool (adjust, selective adjust, filter):
 
 A missing or malformed prediction (`None`) counts as "no tool used" and as a parse failure.
 
-Edge cases (decided here, tested in tests/analysis/test_offline.py):
+Edge cases (decided here, tested in tests/analysis/test_offline_metrics.py):
 
 - Zero vectors: an all-zero adjust is "not used" by definition, so rows in the quality mean
   always have non-zero vectors. The per-sample cosine of a zero vector against anything is 0.

@@ -10,13 +10,13 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
-from abtest import db, gating, services
+from abtest import db, promotion, services
 from abtest.api import create_app
 from abtest.cli import app as cli_app
 from abtest.errors import Conflict, Invalid, NotFound
 from abtest.settings import Settings, get_settings
 from abtest.tables import GateRun, Promotion
-from analysis.gate import BASELINE_POLICY, GatePolicy
+from analysis.gate_policy import BASELINE_POLICY, GatePolicy
 from models.arms.base import ArmError, Prediction
 from models.dataset import IntentRecord, load_split, normalize_intent, write_records
 from models.tools import ToolConfig
@@ -80,7 +80,7 @@ MODES = {"good": "perfect", "bad": "empty", "flaky": "flaky", "champ": "perfect"
 def test_gate_runs_are_stored_passed_or_failed(session, small_test_set):
     path, sha = small_test_set
     setup_variants(session)
-    good = gating.run_gate(
+    good = promotion.run_gate(
         session, "good", "alice", test_set_path=path, progress=False, arm_builder=builder(MODES)
     )
     assert good.passed and good.failures == []
@@ -92,7 +92,7 @@ def test_gate_runs_are_stored_passed_or_failed(session, small_test_set):
     assert candidate["subsets"]["all"]["overall"] == 1.0
     assert candidate["subsets"]["all"]["n"] == len(SMALL)
     assert good.metrics["champion"]["kind"] == "teacher"
-    bad = gating.run_gate(
+    bad = promotion.run_gate(
         session, "bad", "bob", test_set_path=path, progress=False, arm_builder=builder(MODES)
     )
     assert not bad.passed
@@ -101,13 +101,13 @@ def test_gate_runs_are_stored_passed_or_failed(session, small_test_set):
     session.flush()
     stored = session.scalar(select(func.count()).select_from(GateRun))
     assert stored == 2
-    assert [r.id for r in gating.gate_runs(session, "bad")] == [bad.id]
+    assert [r.id for r in promotion.gate_runs(session, "bad")] == [bad.id]
 
 
 def test_arm_errors_become_missing_predictions_and_parse_failures(session, small_test_set):
     path, _ = small_test_set
     services.register_variant(session, "flaky", "knn_student", FIT)
-    run = gating.run_gate(
+    run = promotion.run_gate(
         session, "flaky", "t", test_set_path=path, progress=False, arm_builder=builder(MODES)
     )
     expected = sum(len(r.intent) % 4 == 0 for r in SMALL) / len(SMALL)
@@ -121,55 +121,55 @@ def test_promote_is_refused_with_the_failed_criteria_then_allowed(session, small
     path, sha = small_test_set
     setup_variants(session)
     with pytest.raises(Conflict, match="no gate run on the current test set"):
-        gating.promote(session, "bad", "alice", test_set_hash=sha)
-    gating.run_gate(
+        promotion.promote(session, "bad", "alice", test_set_hash=sha)
+    promotion.run_gate(
         session, "bad", "t", test_set_path=path, progress=False, arm_builder=builder(MODES)
     )
     with pytest.raises(Conflict) as refused:
-        gating.promote(session, "bad", "alice", test_set_hash=sha)
+        promotion.promote(session, "bad", "alice", test_set_hash=sha)
     assert refused.value.field == "gate"
     assert "filter final (95%): lower bound 0.0000" in refused.value.reason
     assert services.get_variant(session, "bad").status == "registered"
-    run = gating.run_gate(
+    run = promotion.run_gate(
         session, "good", "t", test_set_path=path, progress=False, arm_builder=builder(MODES)
     )
-    promotion = gating.promote(session, "good", "alice", test_set_hash=sha)
-    assert (promotion.from_status, promotion.to_status) == ("registered", "approved")
-    assert promotion.gate_run_id == run.id and promotion.actor == "alice"
+    promoted = promotion.promote(session, "good", "alice", test_set_hash=sha)
+    assert (promoted.from_status, promoted.to_status) == ("registered", "approved")
+    assert promoted.gate_run_id == run.id and promoted.actor == "alice"
     assert services.get_variant(session, "good").status == "approved"
     with pytest.raises(Conflict, match="already approved"):
-        gating.promote(session, "good", "alice", test_set_hash=sha)
+        promotion.promote(session, "good", "alice", test_set_hash=sha)
     with pytest.raises(Conflict, match="teacher"):
-        gating.promote(session, "teacher", "alice")
+        promotion.promote(session, "teacher", "alice")
     with pytest.raises(NotFound):
-        gating.promote(session, "nobody", "alice")
+        promotion.promote(session, "nobody", "alice")
 
 
 def test_a_later_failing_gate_run_supersedes_a_passing_one(session, small_test_set):
     path, sha = small_test_set
     setup_variants(session)
     modes = dict(MODES)
-    gating.run_gate(
+    promotion.run_gate(
         session, "good", "t", test_set_path=path, progress=False, arm_builder=builder(modes)
     )
     modes["good"] = "empty"
-    gating.run_gate(
+    promotion.run_gate(
         session, "good", "t", test_set_path=path, progress=False, arm_builder=builder(modes)
     )
     with pytest.raises(Conflict, match="failed its latest gate run"):
-        gating.promote(session, "good", "t", test_set_hash=sha)
+        promotion.promote(session, "good", "t", test_set_hash=sha)
 
 
 def test_a_new_test_set_invalidates_earlier_gate_runs(session, small_test_set):
     path, _ = small_test_set
     setup_variants(session)
-    gating.run_gate(
+    promotion.run_gate(
         session, "good", "t", test_set_path=path, progress=False, arm_builder=builder(MODES)
     )
     # the platform's current test set is the bundled one, not the small file gated on
     with pytest.raises(Conflict, match="older test set") as refused:
-        gating.promote(session, "good", "alice")
-    assert gating.current_test_set_hash()[:12] in refused.value.reason
+        promotion.promote(session, "good", "alice")
+    assert promotion.current_test_set_hash()[:12] in refused.value.reason
     assert session.scalar(select(func.count()).select_from(Promotion).where(
         Promotion.to_status == "approved")) == 0  # fmt: skip
 
@@ -187,21 +187,21 @@ def test_experiment_cannot_start_with_an_ungated_arm(session, small_test_set):
     services.create_experiment(session, spec)
     with pytest.raises(Conflict, match="without a passing gate"):
         services.start_experiment(session, "exp")
-    gating.run_gate(
+    promotion.run_gate(
         session, "good", "t", test_set_path=path, progress=False, arm_builder=builder(MODES)
     )
     with pytest.raises(Conflict):  # a passing run is not yet a promotion
         services.start_experiment(session, "exp")
-    gating.promote(session, "good", "t", test_set_hash=sha)
+    promotion.promote(session, "good", "t", test_set_hash=sha)
     assert services.start_experiment(session, "exp").status == "running"
 
 
 def _running_experiment(session, sha, path):
     setup_variants(session)
-    gating.run_gate(
+    promotion.run_gate(
         session, "good", "t", test_set_path=path, progress=False, arm_builder=builder(MODES)
     )
-    gating.promote(session, "good", "t", test_set_hash=sha)
+    promotion.promote(session, "good", "t", test_set_hash=sha)
     spec = services.ExperimentSpec(
         key="exp",
         arms=[
@@ -217,12 +217,12 @@ def test_conclude_makes_the_shipped_variant_champion(session, small_test_set):
     path, sha = small_test_set
     _running_experiment(session, sha, path)
     services.register_variant(session, "champ", "knn_student", FIT)
-    early = gating.run_gate(
+    early = promotion.run_gate(
         session, "champ", "t", test_set_path=path, progress=False, arm_builder=builder(MODES)
     )
     assert early.passed
     # no data: the decision supports nothing, so only an override (recorded) ships
-    experiment = gating.conclude_experiment(
+    experiment = promotion.conclude_experiment(
         session, "exp", "student", "carol", override=True, reason="test of champion mechanics"
     )
     assert experiment.status == "concluded" and experiment.shipped_arm == "student"
@@ -235,9 +235,9 @@ def test_conclude_makes_the_shipped_variant_champion(session, small_test_set):
         ("approved", "champion", "carol"),
     }
     with pytest.raises(Conflict, match="already concluded"):
-        gating.conclude_experiment(session, "exp", "student", "carol")
+        promotion.conclude_experiment(session, "exp", "student", "carol")
     # future gates compare against the new (student) champion with a paired bootstrap
-    run = gating.run_gate(
+    run = promotion.run_gate(
         session, "bad", "t", test_set_path=path, progress=False, arm_builder=builder(MODES)
     )
     assert run.champion_id == services.get_variant(session, "good").id
@@ -247,24 +247,24 @@ def test_conclude_makes_the_shipped_variant_champion(session, small_test_set):
     assert "non_inferiority" in names and "overall_floor" in names
     # a gate run against the previous champion no longer counts
     with pytest.raises(Conflict, match="earlier champion"):
-        gating.promote(session, "champ", "t", test_set_hash=sha)
-    again = gating.run_gate(
+        promotion.promote(session, "champ", "t", test_set_hash=sha)
+    again = promotion.run_gate(
         session, "champ", "t", test_set_path=path, progress=False, arm_builder=builder(MODES)
     )
     assert again.passed and again.metrics["difference"]["estimate"] == 0
-    assert gating.promote(session, "champ", "t", test_set_hash=sha).gate_run_id == again.id
+    assert promotion.promote(session, "champ", "t", test_set_hash=sha).gate_run_id == again.id
 
 
 def test_conclude_refuses_bad_requests_and_changes_nothing(session, small_test_set):
     path, sha = small_test_set
     _running_experiment(session, sha, path)
     with pytest.raises(Invalid) as bad_arm:
-        gating.conclude_experiment(session, "exp", "nope", "carol")
+        promotion.conclude_experiment(session, "exp", "nope", "carol")
     assert bad_arm.value.field == "ship"
     assert services.get_experiment(session, "exp").status == "running"
     assert services.champion(session).name == "teacher"
     with pytest.raises(NotFound):
-        gating.conclude_experiment(session, "missing", "student", "carol")
+        promotion.conclude_experiment(session, "missing", "student", "carol")
     services.create_experiment(
         session,
         services.ExperimentSpec(
@@ -276,20 +276,20 @@ def test_conclude_refuses_bad_requests_and_changes_nothing(session, small_test_s
         ),
     )
     with pytest.raises(Conflict, match="never ran"):
-        gating.conclude_experiment(session, "draft", "a", "carol")
+        promotion.conclude_experiment(session, "draft", "a", "carol")
 
 
 def test_teacher_needs_no_gate_and_bad_test_sets_are_errors(session, tmp_path):
     setup_variants(session)
     with pytest.raises(Invalid, match="teacher"):
-        gating.run_gate(session, "teacher", "t", progress=False)
+        promotion.run_gate(session, "teacher", "t", progress=False)
     with pytest.raises(Invalid) as missing:
-        gating.run_gate(session, "good", "t", test_set_path=tmp_path / "no.jsonl")
+        promotion.run_gate(session, "good", "t", test_set_path=tmp_path / "no.jsonl")
     assert missing.value.field == "test_set"
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"intent": "x", "calls": 0}\n')
     with pytest.raises(Invalid, match="broken.jsonl:1"):
-        gating.run_gate(session, "good", "t", test_set_path=broken, progress=False)
+        promotion.run_gate(session, "good", "t", test_set_path=broken, progress=False)
     with pytest.raises(Invalid) as bad_config:  # refused at registration, nothing stored
         services.register_variant(session, "unfit", "knn_student", {"fit": "everything"})
     assert bad_config.value.field == "config.fit"
@@ -299,22 +299,22 @@ def test_teacher_needs_no_gate_and_bad_test_sets_are_errors(session, tmp_path):
 def test_knn_student_on_the_bundled_test_set_fails_the_default_gate(session):
     """The real kNN baseline (fit on the train split) scored on the current test set."""
     setup_variants(session)
-    run = gating.run_gate(session, "good", "t", progress=False)  # kind knn_student
+    run = promotion.run_gate(session, "good", "t", progress=False)  # kind knn_student
     overall = run.metrics["candidate"]["subsets"]["all"]["overall"]
     assert 0.45 < overall < 0.55
-    assert run.test_set_hash == gating.current_test_set_hash()
+    assert run.test_set_hash == promotion.current_test_set_hash()
     assert not run.passed
     failed = {c["name"] for c in run.metrics["verdict"]["criteria"] if not c["passed"]}
     assert "overall_floor" in failed
     # the named baseline policy admits it as a comparison arm, and says so in the version
     with pytest.raises(Invalid, match="looser than the minimum 'gate-v2'"):
-        gating.run_gate(session, "good", "t", BASELINE_POLICY, progress=False)
+        promotion.run_gate(session, "good", "t", BASELINE_POLICY, progress=False)
     lowered = Settings(gate_policy_minimum="baseline-v2")  # an operator's explicit choice
-    baseline = gating.run_gate(
+    baseline = promotion.run_gate(
         session, "good", "t", BASELINE_POLICY, progress=False, settings=lowered
     )
     assert baseline.passed and baseline.policy_version.startswith("baseline-v2+")
-    assert gating.promote(session, "good", "t").gate_run_id == baseline.id
+    assert promotion.promote(session, "good", "t").gate_run_id == baseline.id
 
 
 # --- API ------------------------------------------------------------------------------------------

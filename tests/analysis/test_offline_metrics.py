@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from analysis import offline
+from analysis import offline_metrics
 from analysis.offline_io import match_files, parse_prediction
 from analysis.offline_reference import reference_scores
 from models.dataset import DatasetError
@@ -55,7 +55,7 @@ PRED = [
 
 
 def test_hand_computed_example_every_metric():
-    scores = offline.score(PRED, TRUTH)
+    scores = offline_metrics.score(PRED, TRUTH)
     a, s, f = (scores.tools[t] for t in ("adjust", "selective_adjust", "filter"))
     # adjust: TP=2 (rows 0, 1), FP=1 (row 3), FN=1 (row 2)
     assert a.precision == pytest.approx(2 / 3)
@@ -78,7 +78,7 @@ def test_hand_computed_example_every_metric():
 def test_cosine_is_computed_on_the_canonical_vectors():
     truth = [config(adjust(exposure=3, contrast=4))]
     pred = [config(adjust(exposure=4, contrast=3))]
-    scores = offline.score(pred, truth)
+    scores = offline_metrics.score(pred, truth)
     assert scores.tools["adjust"].quality == pytest.approx(24 / 25)
     assert scores.tools["adjust"].final == pytest.approx(2 * 0.96 / 1.96)
 
@@ -86,16 +86,20 @@ def test_cosine_is_computed_on_the_canonical_vectors():
 def test_selective_adjust_cosine_and_scale_invariance():
     truth = [config(None, selective(red_saturation=20, blue_luminance=-10))]
     pred = [config(None, selective(red_saturation=40, blue_luminance=-20))]
-    assert offline.score(pred, truth).tools["selective_adjust"].quality == pytest.approx(1.0)
+    assert offline_metrics.score(pred, truth).tools["selective_adjust"].quality == pytest.approx(
+        1.0
+    )
     pred = [config(None, selective(red_saturation=20))]
     expected = 400 / (math.sqrt(500) * 20)
-    assert offline.score(pred, truth).tools["selective_adjust"].quality == pytest.approx(expected)
+    assert offline_metrics.score(pred, truth).tools["selective_adjust"].quality == pytest.approx(
+        expected
+    )
 
 
 def test_precision_and_recall_differ_when_errors_are_one_sided():
     truth = [config(adjust(exposure=1)), config(adjust(exposure=1)), config()]
     pred = [config(adjust(exposure=1)), config(), config()]
-    scores = offline.score(pred, truth).tools["adjust"]
+    scores = offline_metrics.score(pred, truth).tools["adjust"]
     assert scores.precision == 1.0  # TP=1, FP=0
     assert scores.recall == 0.5  # TP=1, FN=1
     assert scores.selection == pytest.approx(2 / 3)
@@ -104,7 +108,7 @@ def test_precision_and_recall_differ_when_errors_are_one_sided():
 def test_negative_mean_cosine_is_reported_but_quality_clipped_at_zero():
     truth = [config(adjust(temperature=50))]
     pred = [config(adjust(temperature=-50))]
-    tool = offline.score(pred, truth).tools["adjust"]
+    tool = offline_metrics.score(pred, truth).tools["adjust"]
     assert tool.mean_cosine == pytest.approx(-1.0)
     assert tool.quality == 0.0
     assert tool.final == 0.0
@@ -113,7 +117,7 @@ def test_negative_mean_cosine_is_reported_but_quality_clipped_at_zero():
 def test_no_row_where_both_use_the_tool_scores_zero():
     truth = [config(None, None, "vivid"), config()]
     pred = [config(), config(None, None, "action")]
-    tool = offline.score(pred, truth).tools["filter"]
+    tool = offline_metrics.score(pred, truth).tools["filter"]
     assert tool.both_used == 0
     assert (tool.precision, tool.recall, tool.selection) == (0.0, 0.0, 0.0)
     assert (tool.quality, tool.final) == (0.0, 0.0)
@@ -121,61 +125,63 @@ def test_no_row_where_both_use_the_tool_scores_zero():
 
 def test_tool_missed_everywhere_has_precision_zero_and_never_used_is_perfect():
     truth = [config(adjust(exposure=1))]
-    tool = offline.score([config()], truth).tools["adjust"]
+    tool = offline_metrics.score([config()], truth).tools["adjust"]
     assert (tool.precision, tool.recall, tool.final) == (0.0, 0.0, 0.0)
-    tool = offline.score([config()], [config()]).tools["filter"]
+    tool = offline_metrics.score([config()], [config()]).tools["filter"]
     assert (tool.precision, tool.recall, tool.selection, tool.quality) == (1, 1, 1, 1)
 
 
 def test_filter_quality_ignores_intensity():
     truth = [ToolConfig(filter=Filter("vivid", 80))]
     pred = [ToolConfig(filter=Filter("vivid", 10))]
-    assert offline.score(pred, truth).tools["filter"].final == 1.0
+    assert offline_metrics.score(pred, truth).tools["filter"].final == 1.0
 
 
 def test_missing_predictions_count_as_not_used_and_as_parse_failures():
-    scores = offline.score([None, PRED[1], PRED[2], PRED[3]], TRUTH)
-    reference = offline.score([config(), PRED[1], PRED[2], PRED[3]], TRUTH)
+    scores = offline_metrics.score([None, PRED[1], PRED[2], PRED[3]], TRUTH)
+    reference = offline_metrics.score([config(), PRED[1], PRED[2], PRED[3]], TRUTH)
     assert scores.tools == reference.tools
     assert scores.parse_failure_rate == 0.25
     assert scores.parse_failures == 1
-    flagged = offline.score(PRED, TRUTH, parse_failures=[(), ("filter",), (), ()])
+    flagged = offline_metrics.score(PRED, TRUTH, parse_failures=[(), ("filter",), (), ()])
     assert flagged.parse_failure_rate == 0.25
 
 
 def test_r_i_subsets_keep_intents_with_at_least_i_calls():
     calls = [1, 3, 5, 7]
-    subsets = offline.score_subsets(PRED, TRUTH, calls)
+    subsets = offline_metrics.score_subsets(PRED, TRUTH, calls)
     assert list(subsets) == ["all", "r3", "r5"]
     assert [s.n for s in subsets.values()] == [4, 3, 2]
-    assert subsets["all"] == offline.score(PRED, TRUTH)
-    assert subsets["r5"] == offline.score(PRED[2:], TRUTH[2:])
-    assert offline.score(PRED, TRUTH, calls=calls, min_calls=3) == subsets["r3"]
+    assert subsets["all"] == offline_metrics.score(PRED, TRUTH)
+    assert subsets["r5"] == offline_metrics.score(PRED[2:], TRUTH[2:])
+    assert offline_metrics.score(PRED, TRUTH, calls=calls, min_calls=3) == subsets["r3"]
 
 
 def test_overall_score_callable_matches_score():
-    assert offline.overall_score(PRED, TRUTH) == pytest.approx(offline.score(PRED, TRUTH).overall)
+    assert offline_metrics.overall_score(PRED, TRUTH) == pytest.approx(
+        offline_metrics.score(PRED, TRUTH).overall
+    )
 
 
 def test_bad_input_is_a_clear_error():
     with pytest.raises(ValueError, match="predictions: 3 rows but truth has 4"):
-        offline.score(PRED[:3], TRUTH)
+        offline_metrics.score(PRED[:3], TRUTH)
     with pytest.raises(ValueError, match="truth"):
-        offline.score(PRED, [None, *TRUTH[1:]])
+        offline_metrics.score(PRED, [None, *TRUTH[1:]])
     with pytest.raises(ValueError, match="calls"):
-        offline.score_subsets(PRED, TRUTH, calls=[1, 2])
+        offline_metrics.score_subsets(PRED, TRUTH, calls=[1, 2])
     with pytest.raises(ValueError, match="parse_failures"):
-        offline.score(PRED, TRUTH, parse_failures=[False])
+        offline_metrics.score(PRED, TRUTH, parse_failures=[False])
     with pytest.raises(ValueError, match="calls: needed"):
-        offline.score(PRED, TRUTH, min_calls=3)
+        offline_metrics.score(PRED, TRUTH, min_calls=3)
     with pytest.raises(ValueError, match="confidence"):
-        offline.bootstrap(PRED, TRUTH, confidence=1.5)
+        offline_metrics.bootstrap(PRED, TRUTH, confidence=1.5)
 
 
 def test_as_dict_round_trips_and_is_json():
-    scores = offline.score(PRED, TRUTH)
+    scores = offline_metrics.score(PRED, TRUTH)
     data = json.loads(json.dumps(scores.as_dict()))
-    assert offline.OfflineScores.from_dict(data) == scores
+    assert offline_metrics.OfflineScores.from_dict(data) == scores
     assert set(data["tools"]) == {"adjust", "selective_adjust", "filter"}
 
 
@@ -183,7 +189,7 @@ def test_as_dict_round_trips_and_is_json():
 
 
 def test_sample_metrics_per_row():
-    samples = offline.sample_metrics(PRED, TRUTH)
+    samples = offline_metrics.sample_metrics(PRED, TRUTH)
     np.testing.assert_allclose(samples.adjust_cosine, [1.0, 0.0, 0.0, 0.0])
     assert np.isnan(samples.selective_adjust_cosine).all()
     np.testing.assert_array_equal(samples.filter_correct, [1.0, 0.0, 0.0, 0.0])
@@ -198,12 +204,12 @@ def test_mistakes_follow_the_paper_definition():
         config(adjust(exposure=1), None, None),  # cos .6, filter missed
         config(),  # nothing used anywhere: never a mistake
     ]
-    marks = offline.mistakes(pred, truth)
+    marks = offline_metrics.mistakes(pred, truth)
     # mean cosine = (1 + .96 + .6) / 3 = .8533: rows below it are mistakes
     np.testing.assert_array_equal(marks["adjust"], [False, False, True, False])
     np.testing.assert_array_equal(marks["filter"], [False, True, True, False])
     np.testing.assert_array_equal(marks["any"], [False, True, True, False])
-    marks = offline.mistakes(pred, truth, mean_cosines={"adjust": 0.97})
+    marks = offline_metrics.mistakes(pred, truth, mean_cosines={"adjust": 0.97})
     np.testing.assert_array_equal(marks["adjust"], [False, True, True, False])
 
 
@@ -213,13 +219,13 @@ def test_mistakes_follow_the_paper_definition():
 def test_bootstrap_is_seeded_and_brackets_the_estimate():
     rng = np.random.default_rng(1)
     truth, pred = random_rows(rng, 300)
-    first = offline.bootstrap(pred, truth, resamples=500, seed=3)
-    again = offline.bootstrap(pred, truth, resamples=500, seed=3)
-    other = offline.bootstrap(pred, truth, resamples=500, seed=4)
+    first = offline_metrics.bootstrap(pred, truth, resamples=500, seed=3)
+    again = offline_metrics.bootstrap(pred, truth, resamples=500, seed=3)
+    other = offline_metrics.bootstrap(pred, truth, resamples=500, seed=4)
     assert first == again
     assert first != other
     assert first.overall.low < first.overall.estimate < first.overall.high
-    assert first.overall.estimate == pytest.approx(offline.score(pred, truth).overall)
+    assert first.overall.estimate == pytest.approx(offline_metrics.score(pred, truth).overall)
     for interval in first.finals.values():
         assert 0 <= interval.low <= interval.high <= 1
 
@@ -227,28 +233,30 @@ def test_bootstrap_is_seeded_and_brackets_the_estimate():
 def test_bootstrap_totals_equal_explicit_resampling():
     rng = np.random.default_rng(2)
     truth, pred = random_rows(rng, 40)
-    stats = offline.row_statistics(pred, truth)
-    weights = offline.resample_weights(40, 5, seed=9)
-    totals = offline.bootstrap_totals(stats, weights)
+    stats = offline_metrics.row_statistics(pred, truth)
+    weights = offline_metrics.resample_weights(40, 5, seed=9)
+    totals = offline_metrics.bootstrap_totals(stats, weights)
     for b in range(5):
         indices = np.repeat(np.arange(40), weights[b].astype(int))
-        expected = offline.score([pred[i] for i in indices], [truth[i] for i in indices])
-        got = offline.scores_from_totals(totals[b])
+        expected = offline_metrics.score([pred[i] for i in indices], [truth[i] for i in indices])
+        got = offline_metrics.scores_from_totals(totals[b])
         assert got["overall"] == pytest.approx(expected.overall)
 
 
 def test_bootstrap_of_perfect_predictions_is_degenerate_at_one():
-    result = offline.bootstrap(TRUTH, TRUTH, resamples=200)
+    result = offline_metrics.bootstrap(TRUTH, TRUTH, resamples=200)
     assert (result.overall.low, result.overall.high) == (1.0, 1.0)
 
 
 def test_compare_is_paired():
     rng = np.random.default_rng(5)
     truth, pred = random_rows(rng, 200)
-    same = offline.compare(pred, pred, truth, resamples=300)
+    same = offline_metrics.compare(pred, pred, truth, resamples=300)
     assert (same.difference.low, same.difference.estimate, same.difference.high) == (0, 0, 0)
-    better = offline.compare(truth, pred, truth, resamples=300)
-    assert better.difference.estimate == pytest.approx(1 - offline.score(pred, truth).overall)
+    better = offline_metrics.compare(truth, pred, truth, resamples=300)
+    assert better.difference.estimate == pytest.approx(
+        1 - offline_metrics.score(pred, truth).overall
+    )
     assert better.difference.low > 0
     assert better.candidate.overall == 1.0
     assert set(better.final_differences) == {"adjust", "selective_adjust", "filter"}
@@ -292,7 +300,7 @@ pairs = st.lists(st.tuples(configs, st.none() | configs), min_size=1, max_size=2
 @settings(max_examples=60, deadline=None)
 @given(st.lists(configs, min_size=1, max_size=25))
 def test_perfect_predictions_score_one(truth):
-    scores = offline.score(truth, truth)
+    scores = offline_metrics.score(truth, truth)
     assert scores.overall == 1.0
     assert all(t.final == 1.0 for t in scores.tools.values())
 
@@ -302,7 +310,7 @@ def test_perfect_predictions_score_one(truth):
 def test_scores_stay_in_unit_interval_and_match_the_row_loop(rows):
     truth = [t for t, _ in rows]
     pred = [p for _, p in rows]
-    scores = offline.score(pred, truth)
+    scores = offline_metrics.score(pred, truth)
     reference = reference_scores(pred, truth)
     for tool, s in scores.tools.items():
         for name in ("precision", "recall", "selection", "quality", "final"):
@@ -318,8 +326,8 @@ def test_scores_stay_in_unit_interval_and_match_the_row_loop(rows):
 def test_row_order_does_not_matter(rows, random):
     shuffled = list(rows)
     random.shuffle(shuffled)
-    before = offline.score([p for _, p in rows], [t for t, _ in rows])
-    after = offline.score([p for _, p in shuffled], [t for t, _ in shuffled])
+    before = offline_metrics.score([p for _, p in rows], [t for t, _ in rows])
+    after = offline_metrics.score([p for _, p in shuffled], [t for t, _ in shuffled])
     assert after.overall == pytest.approx(before.overall, abs=1e-12)
     for tool in before.tools:
         assert after.tools[tool].final == pytest.approx(before.tools[tool].final, abs=1e-12)
@@ -346,9 +354,9 @@ def test_files_are_matched_by_normalized_intent(tmp_path):
     preds = [record(f"  INTENT {i} ", 1, PRED[i]) for i in reversed(range(4))]
     matched = match_files(write_jsonl(tmp_path / "pred.jsonl", preds), truth)
     assert matched.calls == [1, 2, 3, 4]
-    assert offline.score(matched.predictions, [r.teacher for r in matched.truth]) == offline.score(
-        PRED, TRUTH
-    )
+    assert offline_metrics.score(
+        matched.predictions, [r.teacher for r in matched.truth]
+    ) == offline_metrics.score(PRED, TRUTH)
 
 
 def test_broken_prediction_rows_count_as_parse_failures(tmp_path):

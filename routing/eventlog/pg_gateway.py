@@ -28,10 +28,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from routing.eventlog import EventStore, FirstAssignment, GroupCommit, WriteResult, is_unavailable
+from routing.eventlog.gateway import DatabaseGateway, Item, item_outcomes, split_items
 from routing.eventlog.postgres import batch_statement
 from routing.eventlog.schema import EVENT_COLUMNS, PG_EVENT_RECORD, json_text, rows_json
 from routing.eventlog.sql import batch_references
-from routing.storage import DatabaseGateway, Item, item_outcomes, split_items
 
 
 def conninfo(engine: sa.Engine) -> str:

@@ -1,7 +1,7 @@
 """The promotion gate as a platform rule: the only code that writes gate runs and approvals.
 
 - `evaluate_variant` runs a registered variant over a test set (batched, with a progress bar)
-  and scores it with `analysis.offline` (read-only).
+  and scores it with `analysis.offline_metrics` (read-only).
 - `run_gate` evaluates the candidate, compares it with the champion and stores a `GateRun`
   (test-set hash, metrics, policy version, verdict, failures, actor, time).
 - `promote` approves a variant for traffic only when its latest gate run on the *current* test
@@ -34,12 +34,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from abtest import services
-from abtest.arms import build_variant_arm
 from abtest.errors import Conflict, Invalid
 from abtest.settings import Settings, get_settings
 from abtest.tables import Experiment, GateRun, Promotion, Variant, utcnow
-from analysis import offline
-from analysis.gate import (
+from abtest.variant_arms import build_variant_arm
+from analysis import offline_metrics
+from analysis.gate_policy import (
     NAMED_POLICIES,
     GatePolicy,
     GateVerdict,
@@ -196,11 +196,11 @@ class VariantEvaluation:
     variant: str
     test_set: TestSet
     run: VariantRun
-    subsets: dict[str, offline.OfflineScores]
-    bootstrap: offline.BootstrapResult
+    subsets: dict[str, offline_metrics.OfflineScores]
+    bootstrap: offline_metrics.BootstrapResult
 
     @property
-    def scores(self) -> offline.OfflineScores:
+    def scores(self) -> offline_metrics.OfflineScores:
         return self.subsets["all"]
 
     def as_dict(self) -> dict[str, Any]:
@@ -248,10 +248,12 @@ def _evaluate(
     run = run_arm(
         arm, [r.intent for r in test_set.records], batch_size, progress, f"{variant.name}"
     )
-    encoded_truth = offline.encode(test_set.truth)
-    encoded_pred = offline.encode(run.configs)
-    subsets = offline.score_subsets(encoded_pred, encoded_truth, test_set.calls, run.parse_failures)
-    ci = offline.bootstrap(
+    encoded_truth = offline_metrics.encode(test_set.truth)
+    encoded_pred = offline_metrics.encode(run.configs)
+    subsets = offline_metrics.score_subsets(
+        encoded_pred, encoded_truth, test_set.calls, run.parse_failures
+    )
+    ci = offline_metrics.bootstrap(
         encoded_pred,
         encoded_truth,
         resamples=policy.bootstrap_resamples,
@@ -326,7 +328,7 @@ def run_gate(
             progress,
             f"{baseline.name} (champion)",
         )
-        comparison = offline.compare(
+        comparison = offline_metrics.compare(
             candidate.run.configs,
             champion_run.configs,
             test_set.truth,

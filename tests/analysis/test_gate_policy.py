@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from analysis.gate import GatePolicy, PolicyError, evaluate_gate, load_policy
-from analysis.offline import BootstrapResult, Interval, OfflineScores, ToolScores
+from analysis.gate_policy import GatePolicy, PolicyError, evaluate_gate, load_policy
+from analysis.offline_metrics import BootstrapResult, Interval, OfflineScores, ToolScores
 
 TOOLS = ("adjust", "selective_adjust", "filter")
 
@@ -151,7 +151,7 @@ def test_verdict_as_dict_is_json():
 
 
 def test_policies_by_name_or_file(tmp_path):
-    from analysis.gate import DEMO_POLICY, PolicyError, policy_named_or_file
+    from analysis.gate_policy import DEMO_POLICY, PolicyError, policy_named_or_file
 
     assert policy_named_or_file("demo-v2") is DEMO_POLICY
     assert policy_named_or_file("gate-v2").overall_floor == 0.60

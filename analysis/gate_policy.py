@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from analysis.offline import BootstrapResult, Interval, OfflineScores
+from analysis.offline_metrics import BootstrapResult, Interval, OfflineScores
 
 
 class PolicyError(ValueError):
