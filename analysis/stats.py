@@ -1335,6 +1335,9 @@ def _design(
         distance = -math.log1p(effect) if scale == RELATIVE else -effect
         return per_arm * (1 + 1 / ratio), distance
     treatment = baseline * (1 + effect) if scale == RELATIVE else baseline + effect
+    if not 0 < treatment < 1:  # impossible from this baseline: the other side is what can happen
+        mirrored = baseline * (1 - effect) if scale == RELATIVE else baseline - effect
+        treatment = mirrored if 0 < mirrored < 1 else treatment
     treatment = min(max(treatment, 1e-6), 1 - 1e-6)
     if scale == RELATIVE:
         unit = (1 - baseline) / baseline + (1 - treatment) / treatment / ratio
@@ -1369,6 +1372,15 @@ class PowerCheck:
         if self.scale == RELATIVE:
             return f"{100 * self.effect:+.4g}% relative"
         return f"{100 * self.effect:+.4g} pts"
+
+
+def planning_rate(exports: int, starts: int) -> float:
+    """The control rate a power figure is computed at: the observed rate, pulled off 0% and 100%
+    (the Jeffreys posterior mean there), where the plug-in variance is zero and any size would
+    look like enough."""
+    if 0 < exports < starts:
+        return exports / starts
+    return (exports + 0.5) / (starts + 1)
 
 
 def power_check(
@@ -1812,7 +1824,7 @@ def decide(
             arm_notes.extend(extra)
             has_margin = margin is not None and margin.value != 0
             check = power_check(
-                xc_total / nc_total,
+                planning_rate(xc_total, nc_total),
                 cmp.control.starts,
                 cmp.treatment.starts,
                 effect=margin.value if margin is not None and has_margin else mde,

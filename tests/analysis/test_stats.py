@@ -713,3 +713,28 @@ def test_power_progress_with_a_zero_start_arm_does_not_overflow():
     assert math.isinf(progress.days_remaining)
     check = stats.power_check(0.93, 5000, 0, effect=0.02, days_elapsed=3)
     assert check.power == 0.0 and check.days_more is None
+
+
+def test_power_at_a_full_baseline_is_for_the_change_that_can_happen():
+    # every control project exported: a +2% change is impossible, so the two-sided test can only
+    # detect the -2% one; clamping the impossible rate to ~100% used to report ~5% power and
+    # 80,000 more projects per arm for a change that is easy to see
+    full = stats.power_check(1.0, 1000, 1000, effect=0.02)
+    down = stats.power_check(0.999, 1000, 1000, effect=-0.02)
+    assert full.power > 0.8 and full.more_per_arm == 0
+    assert full.power == pytest.approx(down.power, abs=0.05)
+    empty = stats.power_check(0.0, 1000, 1000, effect=-0.5)  # a -50% change of 0% cannot happen
+    assert empty.power < 0.5  # the +50% one is the one left, and 0.05% of 1000 is nothing
+
+
+def test_a_degenerate_control_rate_does_not_make_equivalence_look_powered():
+    # 1000/1000 vs 999/1000: with the plug-in 100% baseline the variance is zero and 4 projects
+    # per arm "suffice"; the decision's power uses a rate pulled off the boundary instead
+    verdict = decide((1000, 1000), [(999, 1000)], margin="-2%").treatments["treatment"]
+    plug_in = stats.power_check(1.0, 1000, 1000, effect=-0.02, kind="non-inferiority")
+    assert plug_in.required_per_arm <= 4
+    assert (
+        verdict.power is not None and verdict.power.required_per_arm > 4 * plug_in.required_per_arm
+    )
+    assert stats.planning_rate(1000, 1000) == pytest.approx(1000.5 / 1001)
+    assert stats.planning_rate(3, 10) == 0.3
