@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from abtest import (
@@ -24,6 +25,8 @@ from abtest import (
 from abtest.errors import Conflict, Invalid, NotFound
 from abtest.settings import Settings
 from abtest.tables import (
+    INACTIVE_STATUSES,
+    TEACHER_KINDS,
     VARIANT_KINDS,
     AllocationPeriod,
     Experiment,
@@ -39,8 +42,6 @@ WEIGHT_TOLERANCE = 1e-6
 # The reference: the live teacher, or its recorded answers (the test truth itself). Registering
 # one needs an explicit confirmation (`reference=True`, CLI `--reference`), which is recorded;
 # at most one reference variant is active. Every other variant needs a passing gate run.
-TEACHER_KINDS = ("teacher", "recorded")
-INACTIVE_STATUSES = ("archived", "retired")
 DEFAULT_TEST_SETTINGS: dict[str, Any] = {
     "alpha": 0.05,
     # how much worse the treatment may be: "-2%" of the control rate (relative; a bare number is a
@@ -124,11 +125,25 @@ def register_variant(
         name=name, kind=kind, config=checked, description=description, status="registered"
     )
     session.add(variant)
-    session.flush()
+    _flush_new_variant(session, name, is_reference)
     if is_reference:
         reason = f"registered as the reference teacher (confirmed by {actor})"
         record_promotion(session, variant, "registered", status, actor, reason)
     return variant
+
+
+def _flush_new_variant(session: Session, name: str, is_reference: bool) -> None:
+    """Flush the new row; a registration that raced ours past the checks above loses here to
+    the database's unique indexes (name, one active reference) and gets the same 409."""
+    try:
+        session.flush()
+    except IntegrityError as error:
+        if is_reference and "one_reference" in str(error.orig):
+            raise Conflict("kind", "another reference teacher was registered at the same time; "
+                           "archive it first") from None  # fmt: skip
+        if "name" in str(error.orig):
+            raise Conflict("name", f"a variant named {name!r} already exists") from None
+        raise
 
 
 def reference_variant(session: Session) -> Variant | None:

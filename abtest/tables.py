@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    literal_column,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -38,6 +39,9 @@ BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 VARIANT_KINDS = ("teacher", "openai_student", "local_student", "recorded", "knn_student")
 VARIANT_STATUSES = ("registered", "approved", "champion", "retired", "archived")
+TEACHER_KINDS = ("teacher", "recorded")  # the reference: the live teacher or its recorded answers
+INACTIVE_STATUSES = ("archived", "retired")
+ACTIVE_REFERENCE = f"kind IN {TEACHER_KINDS} AND status NOT IN {INACTIVE_STATUSES}"
 EXPERIMENT_STATUSES = ("draft", "running", "stopped", "concluded")
 EVENT_TYPES = ("start", "export")
 ROLES = ("app", "engineer", "analyst")
@@ -67,6 +71,14 @@ class Variant(Base):
     __table_args__ = (
         CheckConstraint(f"kind IN {VARIANT_KINDS}", name="kind"),
         CheckConstraint(f"status IN {VARIANT_STATUSES}", name="status"),
+        # at most one active reference teacher, whatever races the service's check (0010)
+        Index(
+            "uq_variants_one_reference",
+            literal_column("(1)"),
+            unique=True,
+            postgresql_where=text(ACTIVE_REFERENCE),
+            sqlite_where=text(ACTIVE_REFERENCE),
+        ),
     )
 
 

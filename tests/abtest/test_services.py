@@ -133,3 +133,55 @@ def test_weight_update_validates_and_applies(session):
         services.update_arm_weights(session, "exp1", {"control": 0.9})
     experiment = services.update_arm_weights(session, "exp1", {"control": 0.8, "treatment": 0.2})
     assert [a.weight for a in experiment.arms] == [0.8, 0.2]
+
+
+def test_two_racing_reference_registrations_leave_one_reference(engine, monkeypatch):
+    """Both registrations pass the service's "no reference yet" check (as two requests at the
+    same moment would); the database's partial unique index refuses the second with a 409."""
+    with db.session_scope(engine) as first:
+        services.register_variant(first, "teacher", "teacher", reference=True)
+    monkeypatch.setattr(services, "reference_variant", lambda session: None)
+    with pytest.raises(Conflict) as refused, db.session_scope(engine) as second:
+        services.register_variant(second, "teacher2", "teacher", reference=True)
+    assert refused.value.field == "kind" and "same time" in refused.value.reason
+    with db.session_scope(engine) as check:
+        assert [v.name for v in check.scalars(select(Variant))] == ["teacher"]
+    # an archived reference leaves room for a new one (the index covers active ones only)
+    with db.session_scope(engine) as session:
+        session.execute(
+            Variant.__table__.update().where(Variant.name == "teacher").values(status="archived")
+        )
+    with db.session_scope(engine) as session:
+        services.register_variant(session, "teacher3", "teacher", reference=True)
+
+
+def test_racing_names_get_the_name_conflict(engine, monkeypatch):
+    with db.session_scope(engine) as first:
+        services.register_variant(first, "student", "knn_student", {"fit": "train"})
+    with pytest.raises(Conflict) as refused, db.session_scope(engine) as second:
+        monkeypatch.setattr(second, "scalar", lambda *a, **k: None)  # the name check raced
+        services.register_variant(second, "student", "knn_student", {"fit": "train"})
+    assert refused.value.field == "name"
+
+
+def test_upgrade_refuses_a_database_with_two_active_references(empty_engine):
+    import sqlalchemy as sa
+
+    db.upgrade(empty_engine, "0007_decisions")
+    variants = sa.table(
+        "variants", *map(sa.column, ("name", "kind", "status", "version", "description")),
+        sa.column("config", sa.JSON()), sa.column("created_at"),
+    )  # fmt: skip
+    with empty_engine.begin() as connection:
+        for name, kind in (("gpt", "teacher"), ("answers", "recorded")):
+            connection.execute(
+                variants.insert().values(name=name, kind=kind, config={}, status="registered",
+                                         version=1, description="", created_at=sa.func.now())
+            )  # fmt: skip
+    with pytest.raises(RuntimeError, match=r"2 active reference teachers \(gpt, answers\)"):
+        db.upgrade(empty_engine)
+    with empty_engine.begin() as connection:
+        connection.execute(variants.update().where(variants.c.name == "answers")
+                           .values(status="archived"))  # fmt: skip
+    db.upgrade(empty_engine)
+    assert db.current_revision(empty_engine) == db.head_revision()
