@@ -29,6 +29,7 @@ from sqlalchemy import Engine, Table
 
 from abtest import generation
 from abtest.db import bounded_postgres
+from abtest.rollup_refresher import refresh_forever
 from abtest.settings import Settings
 from abtest.tables import Assignment, Event, Experiment, ExperimentArm, Variant
 from abtest.variant_arms import build_variant_arm
@@ -257,10 +258,14 @@ async def serving_lifespan(state: AppState) -> AsyncIterator[None]:
     watcher = asyncio.create_task(
         generation.watch(state.engine, lambda: invalidate(state, router), executor=None)
     )
+    tasks = [replayer, watcher]
+    if state.settings.rollup_refresh_s > 0:
+        refresh = refresh_forever(state.engine, state.settings.rollup_refresh_s)
+        tasks.append(asyncio.create_task(refresh))
     try:
         yield
     finally:
-        for task in (replayer, watcher):
+        for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

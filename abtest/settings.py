@@ -117,6 +117,12 @@ class Settings(BaseSettings):
         description="Serve /docs, /redoc and /openapi.json; unset: only while auth is off.",
     )
     report_cron: str = "0 6 * * *"
+    rollup_refresh_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="How often `abtest serve` brings running experiments' report rollup up to "
+        "date (seconds; 0 turns it off), so results reads stay on the rollup; reads never write.",
+    )
     report_engine: Literal["rollup", "sql", "spark"] = Field(
         default="rollup",
         description="Where scheduled reports count: the database's rollup, the engine-neutral "

@@ -1,7 +1,7 @@
 """GET /v1/experiments/{key}/results and GET /dashboard issue no writes (every statement the
 database receives during them is counted), and still answer what the events say: from the
-rollup while it is fresh, from the event scan while it is stale (only the scheduler, ingest-side
-jobs and `reports run` refresh it)."""
+rollup while it is fresh, from the event scan while it is stale (only the scheduler, `reports run`
+and the server's background refresher, `abtest.rollup_refresher`, refresh it)."""
 
 import re
 from datetime import timedelta
