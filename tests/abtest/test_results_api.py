@@ -3,7 +3,7 @@
 import pytest
 from fastapi.testclient import TestClient
 
-from abtest import db, reporting
+from abtest import db, report_service
 from abtest.api import create_app
 from analysis import stats
 from tests.online_data import create_experiment, simulate
@@ -52,7 +52,7 @@ def test_results_with_segments(client, seeded):
 def test_stored_reports_listing(client, seeded):
     engine, _ = seeded
     with db.session_scope(engine) as session:
-        reporting.run_report(session, "exp")
+        report_service.run_report(session, "exp")
     (row,) = client.get("/v1/experiments/exp/reports").json()
     assert row["decision"] in stats.DECISIONS
 

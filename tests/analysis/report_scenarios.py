@@ -111,5 +111,5 @@ def srm_flagged() -> dict[str, Any]:
 SCENARIOS = {"three_arms": three_arms, "no_data": no_data, "srm_flagged": srm_flagged}
 
 
-def golden_text(name: str) -> str:
-    return (GOLDEN / f"{name}.json").read_text(encoding="utf-8")
+def golden_text(filename: str) -> str:
+    return (GOLDEN / filename).read_text(encoding="utf-8")
