@@ -2,7 +2,7 @@
 
 import base64
 import json
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select
@@ -15,6 +15,8 @@ from abtest.errors import Invalid, NotFound
 from abtest.settings import get_settings
 from abtest.tables import Report
 from analysis import report_render, stats
+from analysis.report_model import DecisionChanged
+from tests.analysis.report_scenarios import golden_text
 from tests.online_data import DAY0, assignment, create_experiment, event, insert, simulate
 
 SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -370,3 +372,33 @@ def test_degenerate_experiments_render_in_every_format(engine, kind):
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "Decision:" in result.output
+
+
+def test_a_report_stored_by_the_old_code_loads_and_feeds_the_callouts(engine, seeded):
+    """A body the dict code wrote (a literal old-format document) in the reports table."""
+    experiment, _ = seeded
+    body = json.loads(golden_text("three_arms.json"))
+    body["srm"]["flagged"] = True
+    body["comparisons"][0].update(arm="treatment", decision=stats.SRM_DO_NOT_TRUST)
+    period_end = datetime.fromisoformat(body["period_end"])  # before LAST_DAY's period
+    with db.session_scope(engine) as session:
+        session.add(
+            Report(
+                experiment_id=experiment.experiment_id, period_end=period_end,
+                decision=body["decision"], srm=True, body=body, created_at=datetime.now(UTC),
+            )
+        )  # fmt: skip
+    with db.session_scope(engine) as session:
+        old = report_service.latest_report(session, "exp")
+    assert old is not None and old.model_dump(mode="json") == body
+    model, _ = run(engine)
+    srm_cleared, changed = model.callouts  # the SRM has cleared, so has its decision
+    assert srm_cleared.kind == "srm_cleared" and isinstance(changed, DecisionChanged)
+    assert changed.from_ == stats.SRM_DO_NOT_TRUST and changed.arm == "treatment"
+    assert changed.previous_period_end == body["period_end"]
+
+
+def test_a_stored_report_reads_back_as_the_model_it_was(engine, seeded):
+    model, _ = run(engine)
+    with db.session_scope(engine) as session:
+        assert report_service.latest_report(session, "exp") == model
