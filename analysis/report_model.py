@@ -452,7 +452,7 @@ def assemble_report(
     alpha = float(settings.get("alpha", stats.DEFAULT_ALPHA))
     margin = _margin(settings)
     sequential = bool(settings.get("sequential", True))
-    control, treatments = info.arms[0], info.arms[1:]
+    treatments = info.arms[1:]
     names = {arm.id: arm.name for arm in info.arms}
     pending = pending or {}
 
@@ -461,29 +461,8 @@ def assemble_report(
     totals = {arm_id: (int(x.sum()), int(n.sum())) for arm_id, (x, n) in series.items()}
 
     horizon, horizon_source = planned_horizon(settings)
-    started = _utc(info.started_at) or (
-        datetime(days[0].year, days[0].month, days[0].day, tzinfo=UTC) if days else None
-    )
-    ended = min(x for x in (end, now, _utc(info.stopped_at)) if x is not None)
-    days_elapsed = max(0.0, (ended - started).total_seconds() / 86400) if started else 0.0
-    stat_periods = _stat_periods(periods, info) if periods else None
-    # One look at the cumulative totals: today's confidence sequence alone is always valid (it
-    # skips the intersection with earlier looks, so it is conservative). Daily arrays cannot be
-    # passed: exports are bucketed by completion day, so a day may have more exports than starts.
-    decision = stats.decide(
-        totals[control.id],
-        {arm.name: totals[arm.id] for arm in treatments},
-        margin=margin,
-        alpha=alpha,
-        sequential=sequential,
-        horizon=horizon,
-        weights=None if stat_periods else [arm.weight for arm in info.arms],
-        mde=float(settings.get("mde", stats.DEFAULT_MDE)),
-        power=float(settings.get("power", stats.DEFAULT_POWER)),
-        days_elapsed=days_elapsed or None,
-        periods=stat_periods,
-    )
-
+    days_elapsed = _days_elapsed(info, days, min(end, now))
+    decision = _decide(info, totals, horizon, days_elapsed, periods)
     comparisons = [
         _comparison_row(decision.treatments[arm.name], margin, decision) for arm in treatments
     ]
@@ -533,6 +512,48 @@ def assemble_report(
         timeline=_timeline(days, series, info, alpha, horizon),
         notes=notes,
         callouts=callouts(srm, comparisons, previous),
+    )
+
+
+def _days_elapsed(info: queries.ExperimentInfo, days: list[date], until: datetime) -> float:
+    """Days from the start (else the first day with data) to `until` or the stop, if earlier."""
+    started = _utc(info.started_at) or (
+        datetime(days[0].year, days[0].month, days[0].day, tzinfo=UTC) if days else None
+    )
+    if started is None:
+        return 0.0
+    ended = min(x for x in (until, _utc(info.stopped_at)) if x is not None)
+    return max(0.0, (ended - started).total_seconds() / 86400)
+
+
+def _decide(
+    info: queries.ExperimentInfo,
+    totals: dict[int, tuple[int, int]],
+    horizon: float,
+    days_elapsed: float,
+    periods: Sequence[queries.PeriodCounts] | None,
+) -> stats.ExperimentDecision:
+    """The verdicts on the cumulative totals, with the experiment's settings.
+
+    One look at the cumulative totals: today's confidence sequence alone is always valid (it
+    skips the intersection with earlier looks, so it is conservative). Daily arrays cannot be
+    passed: exports are bucketed by completion day, so a day may have more exports than starts.
+    """
+    settings = info.settings
+    control, treatments = info.arms[0], info.arms[1:]
+    stat_periods = _stat_periods(periods, info) if periods else None
+    return stats.decide(
+        totals[control.id],
+        {arm.name: totals[arm.id] for arm in treatments},
+        margin=_margin(settings),
+        alpha=float(settings.get("alpha", stats.DEFAULT_ALPHA)),
+        sequential=bool(settings.get("sequential", True)),
+        horizon=horizon,
+        weights=None if stat_periods else [arm.weight for arm in info.arms],
+        mde=float(settings.get("mde", stats.DEFAULT_MDE)),
+        power=float(settings.get("power", stats.DEFAULT_POWER)),
+        days_elapsed=days_elapsed or None,
+        periods=stat_periods,
     )
 
 
