@@ -29,7 +29,7 @@ import os
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from rich.console import Console
@@ -40,6 +40,9 @@ from abtest import db, services
 from abtest.settings import Settings
 from models.dataset import IntentRecord, bundled_path, load_split
 from models.tools import ToolConfig
+
+if TYPE_CHECKING:
+    from analysis.report_model import Report
 
 BASE = 0.35
 QUALITY_WEIGHT = 0.30
@@ -346,38 +349,38 @@ def _num(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2g}"
 
 
-def print_analysis(settings: Settings, console: Console, html_out: Path) -> dict[str, Any]:
+def print_analysis(settings: Settings, console: Console, html_out: Path) -> Report:
     """Store today's report, print the decision per treatment and write the HTML report."""
-    from abtest import reporting
-    from analysis.reports import render_html
+    from abtest import report_service
+    from analysis.report_render import render_html
 
     engine = db.get_engine(settings.database_url)
     with db.session_scope(engine) as session:
-        report, _ = reporting.run_report(session, EXPERIMENT_KEY)
-    for arm in report["arms"]:
+        report, _ = report_service.run_report(session, EXPERIMENT_KEY)
+    for arm in report.arms:
         console.print(
-            f"{arm['name']:>10}: {_pct(arm['rate'])} "
-            f"(95% CI {_pct(arm['ci_low'])} to {_pct(arm['ci_high'])}, {arm['starts']} projects"
-            f", {arm['pending']} pending)"
+            f"{arm.name:>10}: {_pct(arm.rate)} "
+            f"(95% CI {_pct(arm.ci_low)} to {_pct(arm.ci_high)}, {arm.starts} projects"
+            f", {arm.pending} pending)"
         )
-    for comparison in report["comparisons"]:
-        low, high = comparison["difference_ci"]
-        ratio_low, ratio_high = comparison["ratio_ci"]
+    for comparison in report.comparisons:
+        low, high = comparison.difference_ci
+        ratio_low, ratio_high = comparison.ratio_ci
         console.print(
-            f"{comparison['arm']} vs control: difference {_pts(comparison['difference'])} "
-            f"(95% CI {_pts(low)} to {_pts(high)}), ratio {_pct(comparison['ratio'])} of control "
+            f"{comparison.arm} vs control: difference {_pts(comparison.difference)} "
+            f"(95% CI {_pts(low)} to {_pts(high)}), ratio {_pct(comparison.ratio)} of control "
             f"(95% CI {_pct(ratio_low)} to {_pct(ratio_high)}), "
-            f"{report['labels']['p_value']} = {_num(comparison['p_value'])} "
-            f"-> [bold]{comparison['decision']}[/]"
+            f"{report.labels.p_value} = {_num(comparison.p_value)} "
+            f"-> [bold]{comparison.decision}[/]"
         )
-        non_inferior = comparison["non_inferiority"]
+        non_inferior = comparison.non_inferiority
         if non_inferior:
-            verdict = "non-inferior" if non_inferior["non_inferior"] else "not shown non-inferior"
-            console.print(f"  non-inferiority margin {report['margin']['label']}: {verdict}")
-        for note in comparison["notes"]:
+            verdict = "non-inferior" if non_inferior.non_inferior else "not shown non-inferior"
+            console.print(f"  non-inferiority margin {non_inferior.margin}: {verdict}")
+        for note in comparison.notes:
             console.print(f"  {note}")
-    if report["srm"]["flagged"]:
-        console.print(f"[bold red]sample ratio mismatch:[/] {report['srm']['message']}")
+    if report.srm.flagged:
+        console.print(f"[bold red]sample ratio mismatch:[/] {report.srm.message}")
     print_daily_intervals(report, console)
     html_out.write_text(render_html(report), encoding="utf-8")
     console.print(f"HTML report with plots: {html_out}")
@@ -388,16 +391,16 @@ def _pct_or_dash(value: float | None) -> str:
     return "–" if value is None or not np.isfinite(value) else f"{value:+.1%}"
 
 
-def print_daily_intervals(report: dict[str, Any], console: Console) -> None:
+def print_daily_intervals(report: Report, console: Console) -> None:
     """The always-valid interval of treatment/control - 1 after each day: it narrows."""
-    for arm in [c["arm"] for c in report["comparisons"]]:
+    for arm in [c.arm for c in report.comparisons]:
         console.print(f"{arm} vs control, relative difference after each day (always-valid):")
-        for point in report["timeline"]:
-            relative = point["relative"][arm]
-            starts = sum(a["starts"] for a in point["arms"].values())
+        for point in report.timeline:
+            relative = point.relative[arm]
+            starts = sum(a.starts for a in point.arms.values())
             console.print(
-                f"  {point['day']}  {starts:>6} projects  {_pct_or_dash(relative['estimate'])}"
-                f"  [{_pct_or_dash(relative['ci_low'])}, {_pct_or_dash(relative['ci_high'])}]"
+                f"  {point.day}  {starts:>6} projects  {_pct_or_dash(relative.estimate)}"
+                f"  [{_pct_or_dash(relative.ci_low)}, {_pct_or_dash(relative.ci_high)}]"
             )
 
 

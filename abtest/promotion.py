@@ -522,11 +522,11 @@ def shipping_support(report: dict[str, Any] | None, ship_arm: str, control_arm: 
 
 def _experiment_report(session: Session, key: str) -> dict[str, Any] | str:
     """The experiment's report now, or why it could not be computed (a refusal reason)."""
-    from abtest import reporting
+    from abtest import report_service
 
     try:
         with session.begin_nested():  # a failed report leaves nothing half-written
-            return reporting.build(session, key)
+            return report_service.build(session, key).model_dump(mode="json")
     except Exception as exc:  # noqa: BLE001 - no trustworthy decision: refuse, say why
         return f"the results could not be computed ({type(exc).__name__}: {exc})"
 

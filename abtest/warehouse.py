@@ -16,7 +16,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from analysis import export
-from analysis.reports import StatsSource
+from analysis.report_model import StatsSource
 from analysis.sufficient_stats import SqlSource
 
 ENGINES = ("rollup", "sql", "spark")

@@ -321,8 +321,9 @@ def completion_rate(exports: int, starts: int, alpha: float = DEFAULT_ALPHA) -> 
     _check_counts(exports, starts)
     if starts == 0:
         return RateEstimate(
-            int(exports), 0, NAN, NAN, NAN, alpha, message="no projects started in this arm"
-        )
+            exports=int(exports), starts=0, rate=NAN, ci_low=NAN, ci_high=NAN, alpha=alpha,
+            message="no projects started in this arm",
+        )  # fmt: skip
     low, high = wilson_interval(exports, starts, alpha)
     return RateEstimate(
         int(exports), int(starts), exports / starts, _float(low), _float(high), alpha
@@ -397,8 +398,10 @@ def compare(
     message = _comparison_message(control, treatment)
     if message is not None:
         return Comparison(
-            control, treatment, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, alpha, message=message
-        )
+            control=control, treatment=treatment, difference=NAN, difference_ci_low=NAN,
+            difference_ci_high=NAN, difference_se=NAN, p_value=NAN, ratio=NAN, ratio_ci_low=NAN,
+            ratio_ci_high=NAN, ratio_p_value=NAN, alpha=alpha, message=message,
+        )  # fmt: skip
     z = _z(alpha)
     notes = []
     diff, var = (
@@ -491,8 +494,8 @@ def non_inferiority(
     cmp = compare(control_exports, control_starts, treatment_exports, treatment_starts, alpha)
     if math.isnan(cmp.difference_ci_low):
         return NonInferiorityResult(
-            margin, cmp.difference, NAN, NAN, NAN, False, alpha,
-            message=cmp.message or "no interval",
+            margin=margin, difference=cmp.difference, ci_low=NAN, ci_high=NAN, p_value=NAN,
+            non_inferior=False, alpha=alpha, message=cmp.message or "no interval",
         )  # fmt: skip
     p_value = float(special.ndtr(-(cmp.difference - margin) / cmp.difference_se))
     return NonInferiorityResult(
@@ -543,7 +546,8 @@ def equivalence(
     cmp = compare(control_exports, control_starts, treatment_exports, treatment_starts, alpha)
     if math.isnan(cmp.difference_ci_low):
         return EquivalenceResult(
-            low, high, cmp.difference, NAN, NAN, NAN, NAN, NAN, False, alpha,
+            low=low, high=high, difference=cmp.difference, ci_low=NAN, ci_high=NAN, p_lower=NAN,
+            p_upper=NAN, p_value=NAN, equivalent=False, alpha=alpha,
             message=cmp.message or "no interval",
         )  # fmt: skip
     p_lower = float(special.ndtr(-(cmp.difference - low) / cmp.difference_se))
@@ -798,7 +802,8 @@ def sample_ratio_mismatch(
     base = (tuple(int(s) for s in observed), tuple(float(s) for s in shares))
     if total == 0:
         return SrmResult(
-            *base, tuple(0.0 for _ in shares), NAN, NAN, threshold, False,
+            starts=base[0], weights=base[1], expected=tuple(0.0 for _ in shares),
+            statistic=NAN, p_value=NAN, threshold=threshold, flagged=False,
             message="no projects started yet",
         )  # fmt: skip
     if np.any((expected == 0) & (observed > 0)):
@@ -1052,7 +1057,9 @@ def latency_percentiles(values: ArrayLike) -> LatencySummary:
     arr = np.asarray(values, dtype=float).ravel()
     arr = arr[~np.isnan(arr)]
     if arr.size == 0:
-        return LatencySummary(0, NAN, NAN, "values", message="no latencies recorded")
+        return LatencySummary(
+            count=0, p50=NAN, p95=NAN, method="values", message="no latencies recorded"
+        )
     if np.any(arr < 0):
         raise ValueError("latencies must not be negative")
     p50, p95 = np.quantile(arr, [0.5, 0.95])
@@ -1128,8 +1135,9 @@ def cost_per_project(
         raise ValueError("cost and project count must be non-negative")
     if projects == 0:
         return MeanEstimate(
-            float(total_cost), 0, NAN, NAN, NAN, alpha, message="no projects to divide the cost by"
-        )
+            total=float(total_cost), count=0, mean=NAN, ci_low=NAN, ci_high=NAN, alpha=alpha,
+            message="no projects to divide the cost by",
+        )  # fmt: skip
     mean = total_cost / projects
     if sum_of_squares is None or projects < 2:
         note = None if sum_of_squares is None else "an interval needs at least two projects"
@@ -1515,7 +1523,10 @@ def allocation_srm(
         return AllocationSrm(results, math.inf, 0, 0.0, threshold, True, bad.message)
     used = [r for r in results if math.isfinite(r.statistic)]
     if not used:
-        return AllocationSrm(results, NAN, 0, NAN, threshold, False, "no projects started yet")
+        return AllocationSrm(
+            periods=results, statistic=NAN, df=0, p_value=NAN, threshold=threshold,
+            flagged=False, message="no projects started yet",
+        )  # fmt: skip
     statistic = float(sum(r.statistic for r in used))
     df = int(sum(sum(1 for e in r.expected if e > 0) - 1 for r in used))
     p_value = float(sps.chi2.sf(statistic, df)) if df > 0 else 1.0

@@ -14,7 +14,7 @@ platform/country attributes and a skewed intent distribution. Then, in one proce
     only increments);
 (b) one more day of projects is inserted (indexes in place) and the rollup refreshed
     incrementally;
-(c) `analysis.reports.build_report` (its incremental refresh included, then the per-arm-and-day
+(c) `analysis.report_model.build_report` (its incremental refresh included, then the per-arm-and-day
     counts, guardrails, platform/country/popularity segments and all statistics from the
     rollup) — best of --repeat runs;
 (d) pandas: COPY the same rows (events of the experiment plus the unlabelled ones, and the
@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from scratch_db import create_database, drop_database  # noqa: E402
 
 from abtest import db, promotion, services  # noqa: E402
-from analysis import queries, reports, rollup  # noqa: E402
+from analysis import queries, report_model, rollup  # noqa: E402
 from analysis.gate_policy import BASELINE_POLICY  # noqa: E402
 
 DAY0 = datetime(2026, 10, 1, tzinfo=UTC)
@@ -182,9 +182,9 @@ def event_counts(engine: sa.Engine) -> str:
     return ", ".join(f"{t}={n:,}" for t, n in rows)
 
 
-def sql_report(engine: sa.Engine, period_end: datetime) -> dict:
+def sql_report(engine: sa.Engine, period_end: datetime) -> report_model.Report:
     with engine.connect() as connection:
-        return reports.build_report(connection, KEY, period_end)
+        return report_model.build_report(connection, KEY, period_end)
 
 
 # --- the pandas path ----------------------------------------------------------------------------
@@ -213,7 +213,9 @@ def _copy_frame(engine: sa.Engine, query: str) -> pd.DataFrame:
         raw.close()
 
 
-def pandas_report(engine: sa.Engine, info: queries.ExperimentInfo, period_end: datetime) -> dict:
+def pandas_report(
+    engine: sa.Engine, info: queries.ExperimentInfo, period_end: datetime
+) -> report_model.Report:
     end = period_end.isoformat()
     events = _copy_frame(
         engine,
@@ -257,7 +259,7 @@ def pandas_report(engine: sa.Engine, info: queries.ExperimentInfo, period_end: d
         for (arm, day), row in both.iterrows()
     ]
     segments = {}
-    for attribute in reports.DEFAULT_SEGMENT_ATTRIBUTES:
+    for attribute in report_model.DEFAULT_SEGMENT_ATTRIBUTES:
         values = projects[attribute].astype(object).fillna(queries.NO_SEGMENT)
         grouped = (
             projects.assign(segment=values, exported=exported)
@@ -301,7 +303,7 @@ def pandas_report(engine: sa.Engine, info: queries.ExperimentInfo, period_end: d
                 float(group["cost_usd"].sum()),
             )  # fmt: skip
         )
-    return reports.assemble_report(info, daily, guardrails, segments, period_end)
+    return report_model.assemble_report(info, daily, guardrails, segments, period_end)
 
 
 def main() -> None:
@@ -355,24 +357,25 @@ def main() -> None:
             f"(c) report from the rollup: best {sql_best:.2f} s "
             f"of {[round(t, 2) for t in sql_times]}"
         )
-        print("  arms:", [(a["name"], a["starts"], a["exports"]) for a in sql["arms"]])
-        print("  decision:", sql["decision"])
+        print("  arms:", [(a.name, a.starts, a.exports) for a in sql.arms])
+        print("  decision:", sql.decision)
         if args.skip_pandas:
             return
         began = time.perf_counter()
         frame = pandas_report(engine, info, period_end)
         pandas_time = time.perf_counter() - began
         print(f"(d) pandas report: {pandas_time:.2f} s")
-        same = [(a["starts"], a["exports"]) for a in sql["arms"]] == [
-            (a["starts"], a["exports"]) for a in frame["arms"]
+        same = [(a.starts, a.exports) for a in sql.arms] == [
+            (a.starts, a.exports) for a in frame.arms
         ]
-        same_segments = sql["segments"] == frame["segments"]
+        same_segments = sql.segments == frame.segments
         tolerance = rollup.BUCKET_BASE - 1  # histogram percentiles: within one bucket
         same_guardrails = all(
-            a["calls"] == b["calls"]
-            and abs(a["latency_p95_ms"] - b["latency_p95_ms"]) <= tolerance * b["latency_p95_ms"]
-            and abs(a["cost_usd"] - b["cost_usd"]) < 1e-6 * max(1.0, b["cost_usd"])
-            for a, b in zip(sql["guardrails"], frame["guardrails"], strict=True)
+            a.calls == b.calls
+            and abs((a.latency_p95_ms or 0) - (b.latency_p95_ms or 0))
+            <= tolerance * (b.latency_p95_ms or 0)
+            and abs((a.cost_usd or 0) - (b.cost_usd or 0)) < 1e-6 * max(1.0, b.cost_usd or 0)
+            for a, b in zip(sql.guardrails, frame.guardrails, strict=True)
         )
         print(
             f"same arm counts: {same}; same segments: {same_segments}; "

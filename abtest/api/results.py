@@ -10,10 +10,11 @@ from fastapi.responses import HTMLResponse
 from markupsafe import Markup
 from sqlalchemy.orm import Session
 
-from abtest import reporting, services
+from abtest import report_service, services
 from abtest.api.deps import db_session, page_templates, require_role
 from abtest.api.signin import dashboard_viewer
-from analysis import reports
+from analysis.report_model import DEFAULT_SEGMENT_ATTRIBUTES, Report
+from analysis.report_render import render_panel, template_helpers
 
 router = APIRouter(tags=["results"])
 reader = [Depends(require_role("engineer", "analyst"))]
@@ -22,8 +23,8 @@ DASHBOARD_STATUSES = ("running", "stopped", "concluded")
 
 def _segments(text: str | None) -> tuple[str, ...]:
     if text is None:
-        return reports.DEFAULT_SEGMENT_ATTRIBUTES
-    return reporting.check_segments(tuple(part.strip() for part in text.split(",") if part))
+        return DEFAULT_SEGMENT_ATTRIBUTES
+    return report_service.check_segments(tuple(part.strip() for part in text.split(",") if part))
 
 
 @router.get("/v1/experiments", dependencies=reader)
@@ -33,7 +34,7 @@ def list_experiments(
     return [services.experiment_summary(e) for e in services.list_experiments(session, status)]
 
 
-@router.get("/v1/experiments/{key}/results", dependencies=reader)
+@router.get("/v1/experiments/{key}/results", dependencies=reader, response_model=Report)
 def experiment_results(
     key: str,
     as_of: date | None = Query(None, description="Report day (UTC); default today."),
@@ -42,23 +43,21 @@ def experiment_results(
         description="Comma-separated event attributes to segment by (default platform,country).",
     ),
     session: Session = Depends(db_session),
-) -> dict[str, Any]:
+) -> Report:
     """The full report as JSON: arms, comparisons, SRM, power, guardrails, segments, timeline."""
-    return reporting.build(session, key, as_of, _segments(segments))
+    return report_service.build(session, key, as_of, _segments(segments))
 
 
-@router.get("/v1/experiments/{key}/reports", dependencies=reader)
-def stored_reports(key: str, session: Session = Depends(db_session)) -> list[dict[str, Any]]:
+@router.get(
+    "/v1/experiments/{key}/reports",
+    dependencies=reader,
+    response_model=list[report_service.StoredSummary],
+)
+def stored_reports(
+    key: str, session: Session = Depends(db_session)
+) -> list[report_service.StoredSummary]:
     """Stored reports (period end, decision, SRM flag), oldest first."""
-    return [
-        {
-            "period_end": r.period_end.isoformat(),
-            "decision": r.decision,
-            "srm": r.srm,
-            "created_at": r.created_at.isoformat(),
-        }
-        for r in reporting.stored_reports(session, key)
-    ]
+    return report_service.stored_summaries(session, key)
 
 
 @router.get("/dashboard", response_class=HTMLResponse, dependencies=[Depends(dashboard_viewer)])
@@ -70,8 +69,8 @@ def dashboard(request: Request, session: Session = Depends(db_session)) -> HTMLR
     for experiment in experiments:
         if experiment.status not in DASHBOARD_STATUSES:
             continue
-        report = reporting.build(session, experiment.key)
-        panels.append({"report": report, "html": Markup(reports.render_panel(report))})
+        report = report_service.build(session, experiment.key)
+        panels.append({"report": report, "html": Markup(render_panel(report))})
     html = (
         page_templates()
         .get_template("dashboard.html")
@@ -80,7 +79,7 @@ def dashboard(request: Request, session: Session = Depends(db_session)) -> HTMLR
             panels=panels,
             champion=services.champion(session),
             signed_in=getattr(request.state, "signed_in", False),
-            **reports.template_helpers(),
+            **template_helpers(),
         )
     )
     return HTMLResponse(html)

@@ -22,8 +22,8 @@ from abtest.cli.common import (
 from abtest.cli.common import settings as load_settings
 from abtest.errors import ServiceError
 
-reporting: Any = LazyModule("abtest.reporting")
-reports: Any = LazyModule("analysis.reports")
+report_service: Any = LazyModule("abtest.report_service")
+report_render: Any = LazyModule("analysis.report_render")
 warehouse_service: Any = LazyModule("abtest.warehouse")
 
 reports_app = typer.Typer(help="Run and list stored significance reports.")
@@ -77,22 +77,22 @@ def report(
     warehouse: Path = WAREHOUSE_OPTION,
 ) -> None:
     """Build, store and print the significance report of one experiment."""
-    if fmt not in reporting.FORMATS:
-        fail(f"format: {fmt!r} is not one of {', '.join(reporting.FORMATS)}")
+    if fmt not in report_service.FORMATS:
+        fail(f"format: {fmt!r} is not one of {', '.join(report_service.FORMATS)}")
     if out is not None and not out.parent.is_dir():
         fail(f"out: the folder {str(out.parent)!r} does not exist")
     day = parse_day(as_of)
     source = source_for(engine_name, warehouse)
     with session() as s:
-        body, stored = reporting.run_report(s, experiment, day, source=source(s))
-    text = reports.render(body, fmt)
+        body, stored = report_service.run_report(s, experiment, day, source=source(s))
+    text = report_render.render(body, fmt)
     if out is None:
         typer.echo(text)
         return
     out.write_text(text, encoding="utf-8")
     action = "stored" if stored.created else "updated"
     console.print(
-        f"{action} report {experiment} as of {body['as_of']}: {stored.decision}; wrote {out}"
+        f"{action} report {experiment} as of {body.as_of}: {stored.decision}; wrote {out}"
     )
 
 
@@ -116,7 +116,7 @@ def run(
         stored = []
         for key in experiments:
             with session() as s:
-                stored.append(reporting.run_report(s, key, day, source=source(s))[1])
+                stored.append(report_service.run_report(s, key, day, source=source(s))[1])
     rows = [
         {
             "experiment": r.key,
@@ -135,9 +135,9 @@ def run(
 
 def run_all_reports(
     day: date | None = None, source: warehouse_service.SourceFor | None = None
-) -> list[reporting.StoredReport]:
+) -> list[report_service.StoredReport]:
     try:
-        return reporting.run_all(engine(), day, source_for=source)
+        return report_service.run_all(engine(), day, source_for=source)
     except ServiceError as exc:
         fail(str(exc))
 
@@ -149,15 +149,7 @@ def list_reports(
 ) -> None:
     """Stored reports of one experiment, oldest first."""
     with session() as s:
-        rows = [
-            {
-                "period_end": r.period_end.isoformat(),
-                "decision": r.decision,
-                "srm": r.srm,
-                "created_at": r.created_at.isoformat(),
-            }
-            for r in reporting.stored_reports(s, experiment)
-        ]
+        rows = [r.model_dump(mode="json") for r in report_service.stored_summaries(s, experiment)]
     if as_json:
         print_json(rows)
     else:

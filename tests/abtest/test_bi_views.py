@@ -7,7 +7,7 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 
-from abtest import db, reporting
+from abtest import db, report_service
 from analysis import queries
 from tests.online_data import DAY0, assignment, create_experiment, event, insert, simulate
 
@@ -57,7 +57,7 @@ def test_results_view_has_totals_and_the_latest_decision(engine):
     before = {r["arm"]: r for r in view_rows(engine, "abtest_results")}
     assert before["control"]["latest_decision"] is None
     with db.session_scope(engine) as session:
-        _, stored = reporting.run_report(session, "exp", (DAY0 + timedelta(days=1)).date())
+        _, stored = report_service.run_report(session, "exp", (DAY0 + timedelta(days=1)).date())
     rows = {r["arm"]: r for r in view_rows(engine, "abtest_results")}
     for arm, (exports, starts) in truth.items():
         assert (int(rows[arm]["starts"]), int(rows[arm]["exports"])) == (starts, exports)

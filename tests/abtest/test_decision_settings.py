@@ -9,7 +9,7 @@ from sqlalchemy import select
 from abtest import db, services
 from abtest.errors import Invalid
 from abtest.tables import AllocationPeriod, Experiment
-from analysis import reports, stats
+from analysis import report_model, stats
 from tests.online_data import create_experiment
 
 
@@ -23,11 +23,16 @@ def test_horizon_is_planned_at_the_start_and_never_moves(engine):
         periods = session.scalars(select(AllocationPeriod)).all()
     plan = stats.plan(0.93, -0.02, kind="non-inferiority", sequential=True)
     assert horizon == plan.control
-    assert reports.planned_horizon(experiment.settings) == (horizon, "plan (fixed at the start)")
+    assert report_model.planned_horizon(experiment.settings) == (
+        horizon,
+        "plan (fixed at the start)",
+    )
     assert [p.version for p in periods] == [0]
     # without a baseline the horizon is a documented default of the settings, not of the data
-    assert reports.planned_horizon({"margin": "-2%"})[1].startswith("default")
-    assert reports.planned_horizon({"margin": "-2%"}) == reports.planned_horizon({"margin": "-2%"})
+    assert report_model.planned_horizon({"margin": "-2%"})[1].startswith("default")
+    assert report_model.planned_horizon({"margin": "-2%"}) == report_model.planned_horizon(
+        {"margin": "-2%"}
+    )
 
 
 def test_weight_changes_record_allocation_periods(engine):

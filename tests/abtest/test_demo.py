@@ -47,7 +47,7 @@ def test_projects_are_spread_evenly_over_the_days():
 def test_demo_end_to_end(tmp_path: Path, monkeypatch):
     import sqlalchemy as sa
 
-    from abtest import db, reporting
+    from abtest import db, report_service
 
     console = Console(record=True, width=120)
     database = tmp_path / "demo.db"
@@ -75,7 +75,7 @@ def test_demo_end_to_end(tmp_path: Path, monkeypatch):
     assert len(days) == demo.DAYS  # one group of starts per simulated day
     assert late == 0  # every export comes after its start
     with db.session_scope(engine) as session:
-        report = reporting.build(session, demo.EXPERIMENT_KEY)
+        report = report_service.build(session, demo.EXPERIMENT_KEY).model_dump(mode="json")
     engine.dispose()
     timeline = report["timeline"]
     assert len(timeline) == demo.DAYS

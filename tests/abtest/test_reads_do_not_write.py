@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from abtest import db, reporting
+from abtest import db, report_service
 from abtest.api import create_app
 from abtest.tables import Event
 from analysis import queries, rollup
@@ -86,7 +86,7 @@ def test_results_and_dashboard_issue_no_writes(client, seeded, statements):
 def test_a_stale_rollup_is_not_read_and_a_fresh_one_is(client, seeded, statements, scans):
     engine, seeded_experiment, truth = seeded
     with db.session_scope(engine) as session:  # what the scheduler does: refreshes the rollup
-        reporting.run_report(session, "exp")
+        report_service.run_report(session, "exp")
     scans.clear()
     fresh = client.get("/v1/experiments/exp/results", params=AS_OF).json()
     assert _arms(fresh) == truth

@@ -2,19 +2,21 @@
 
 import base64
 import json
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
-from abtest import db, reporting
+from abtest import db, report_service
 from abtest.cli import app
 from abtest.cli.reports_cmds import build_scheduler
 from abtest.errors import Invalid, NotFound
 from abtest.settings import get_settings
 from abtest.tables import Report
-from analysis import reports, stats
+from analysis import report_render, stats
+from analysis.report_model import DecisionChanged
+from tests.analysis.report_scenarios import golden_text
 from tests.online_data import DAY0, assignment, create_experiment, event, insert, simulate
 
 SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -36,7 +38,7 @@ def stored_count(engine):
 
 def run(engine, as_of=LAST_DAY, key="exp"):
     with db.session_scope(engine) as session:
-        return reporting.run_report(session, key, as_of)
+        return report_service.run_report(session, key, as_of)
 
 
 CLOSED = LAST_DAY + timedelta(days=2)  # every project's 24 h export window has closed
@@ -44,7 +46,8 @@ CLOSED = LAST_DAY + timedelta(days=2)  # every project's 24 h export window has 
 
 def test_report_numbers_and_shape(engine, seeded):
     _, truth = seeded
-    report, stored = run(engine, CLOSED)
+    model, stored = run(engine, CLOSED)
+    report = model.model_dump(mode="json")
     json.dumps(report, allow_nan=False)  # strictly JSON: no NaN or infinity
     arms = {a["name"]: (a["exports"], a["starts"]) for a in report["arms"]}
     assert arms == truth
@@ -88,14 +91,15 @@ def test_report_numbers_and_shape(engine, seeded):
 
 def test_young_projects_are_pending_until_their_window_closes(engine, seeded):
     _, truth = seeded
-    report, _ = run(engine, LAST_DAY)  # the last two start days are still in their window
+    model, _ = run(engine, LAST_DAY)  # the last two start days are still in their window
+    report = model.model_dump(mode="json")
     pending = {a["name"]: a["pending"] for a in report["arms"]}
     starts = {a["name"]: a["starts"] for a in report["arms"]}
     assert sum(pending.values()) > 0
     for arm, (_, total) in truth.items():
         assert starts[arm] + pending[arm] == total
     assert any("pending" in note for note in report["notes"])
-    assert "pending" in reports.render_markdown(report)
+    assert "pending" in report_render.render_markdown(model)
 
 
 def test_reading_twice_gives_identical_numbers(engine, seeded):
@@ -105,16 +109,16 @@ def test_reading_twice_gives_identical_numbers(engine, seeded):
     fourth, _ = run(engine, LAST_DAY)
     for a, b in ((first, again), (third, fourth)):
         for part in ("arms", "comparisons", "power", "srm", "horizon", "timeline", "decision"):
-            assert a[part] == b[part], part
-        assert not [c for c in b["callouts"] if c["kind"] == "decision_changed"]
-    assert first["horizon"] == third["horizon"]
+            assert getattr(a, part) == getattr(b, part), part
+        assert not [c for c in b.callouts if c.kind == "decision_changed"]
+    assert first.horizon == third.horizon
 
 
 def test_no_report_for_a_period_before_the_start(engine, seeded):
     before = (DAY0 - timedelta(days=2)).date()
     with pytest.raises(Invalid, match="before the experiment started"):
         run(engine, before)
-    stored = reporting.run_all(engine, as_of=before)
+    stored = report_service.run_all(engine, as_of=before)
     assert stored == [] and stored_count(engine) == 0
 
 
@@ -126,7 +130,7 @@ def test_rerunning_a_period_updates_instead_of_duplicating(engine, seeded):
     run(engine, LAST_DAY - timedelta(days=1))
     assert stored_count(engine) == 2
     with db.session_scope(engine) as session:
-        periods = [r.period_end.date() for r in reporting.stored_reports(session, "exp")]
+        periods = [r.period_end.date() for r in report_service.stored_reports(session, "exp")]
     assert periods == [LAST_DAY, LAST_DAY + timedelta(days=1)]
 
 
@@ -137,11 +141,12 @@ def test_changed_decision_is_called_out_at_the_top(engine, seeded):
         body = dict(row.body)
         body["comparisons"] = [dict(body["comparisons"][0], decision="treatment better")]
         row.body = body
-    report, _ = run(engine)
+    model, _ = run(engine)
+    report = model.model_dump(mode="json")
     changed = [c for c in report["callouts"] if c["kind"] == "decision_changed"]
     assert changed and changed[0]["from"] == "treatment better"
     assert changed[0]["to"] == report["comparisons"][0]["decision"]
-    markdown = reports.render_markdown(report).splitlines()
+    markdown = report_render.render_markdown(model).splitlines()
     assert "DECISION_CHANGED" in markdown[2]
 
 
@@ -154,23 +159,25 @@ def test_sample_ratio_mismatch_is_flagged_loudly(engine):
         assigned.append(assignment(seeded, f"s{i}", arm))
         rows.append(event(seeded, "start", f"s{i}", arm, DAY0))
     insert(engine, rows, assigned)
-    report, stored = run(engine)
+    model, stored = run(engine)
+    report = model.model_dump(mode="json")
     assert report["srm"]["flagged"] and stored.srm
     assert report["decision"] == stats.SRM_DO_NOT_TRUST
     assert report["callouts"][0]["kind"] == "srm"
-    assert "sample ratio mismatch" in reports.render_markdown(report).splitlines()[2]
-    html = reports.render_html(report)
+    assert "sample ratio mismatch" in report_render.render_markdown(model).splitlines()[2]
+    html = report_render.render_html(model)
     assert "SRM\nFLAGGED" in html
 
 
 @SQLITE_ONLY  # rendering does not depend on the backend
 def test_html_report_embeds_both_plots(engine, seeded):
-    report, _ = run(engine)
-    images = reports.plot_images(report)
+    model, _ = run(engine)
+    report = model.model_dump(mode="json")
+    images = report_render.plot_images(model)
     assert set(images) == {"completion_rate", "relative_difference"}
     for png in images.values():
         assert base64.b64decode(png)[:8] == b"\x89PNG\r\n\x1a\n"
-    html = reports.render_html(report, images)
+    html = report_render.render_html(model, images)
     assert html.count("data:image/png;base64,") == 2
     assert "control" in html and report["decision"] in html
 
@@ -178,10 +185,11 @@ def test_html_report_embeds_both_plots(engine, seeded):
 @SQLITE_ONLY  # rendering does not depend on the backend
 def test_experiment_without_events_gives_an_empty_report(engine):
     create_experiment(engine)
-    report, _ = run(engine)
+    model, _ = run(engine)
+    report = model.model_dump(mode="json")
     assert report["decision"] == stats.INSUFFICIENT_DATA
-    assert report["timeline"] == [] and reports.plot_images(report) == {}
-    assert "insufficient data" in reports.render_markdown(report)
+    assert report["timeline"] == [] and report_render.plot_images(model) == {}
+    assert "insufficient data" in report_render.render_markdown(model)
 
 
 def test_bad_requests_change_nothing(engine, seeded):
@@ -192,25 +200,25 @@ def test_bad_requests_change_nothing(engine, seeded):
         run(engine, as_of=date.today() + timedelta(days=3))
     assert info.value.field == "as_of"
     with db.session_scope(engine) as session, pytest.raises(Invalid) as info:
-        reporting.build(session, "exp", LAST_DAY, segments=("platform; drop",))
+        report_service.build(session, "exp", LAST_DAY, segments=("platform; drop",))
     assert info.value.field == "segments"
     assert stored_count(engine) == 0
 
 
 def test_results_frame(engine, seeded):
     _, truth = seeded
-    frame = reporting.results_frame(engine, "exp", CLOSED)
+    frame = report_service.results_frame(engine, "exp", CLOSED)
     assert list(frame["arm"]) == ["control", "treatment"]
     assert frame.set_index("arm").loc["treatment", "starts"] == truth["treatment"][1]
     assert frame["decision"].iloc[1] in stats.DECISIONS
     assert list(frame["pending"]) == [0, 0] and frame["scale"].iloc[1] == "relative"
-    timeline = reporting.timeline_frame(engine, "exp", CLOSED)
+    timeline = report_service.timeline_frame(engine, "exp", CLOSED)
     assert len(timeline) == 8 and set(timeline["arm"]) == {"control", "treatment"}
 
 
 def test_run_all_reports_running_experiments_yesterday_and_today(engine, seeded):
     create_experiment(engine, key="draft", start=False)
-    stored = reporting.run_all(engine)
+    stored = report_service.run_all(engine)
     assert {s.key for s in stored} == {"exp"}
     assert len(stored) == 2 and stored_count(engine) == 2
 
@@ -327,7 +335,8 @@ def test_ramp_is_checked_per_allocation_period_and_stratified(engine):
         ).all()
         assert [p.version for p in periods] == [0, 1]  # recorded at the start and the change
         periods[0].started_at, periods[1].started_at = DAY0, DAY0 + timedelta(days=3)
-    report, _ = run(engine, (DAY0 + timedelta(days=8)).date(), key="ramp")
+    model, _ = run(engine, (DAY0 + timedelta(days=8)).date(), key="ramp")
+    report = model.model_dump(mode="json")
     assert not report["srm"]["flagged"] and len(report["srm"]["periods"]) == 2
     assert any("stratified" in note for note in report["notes"])
     (comparison,) = report["comparisons"]
@@ -351,14 +360,45 @@ def test_degenerate_experiments_render_in_every_format(engine, kind):
     if kind == "zero exports":
         insert(engine, [event(seeded, "start", f"z{i}", ("control", "treatment")[i % 2], DAY0)
                         for i in range(10)])  # fmt: skip
-    report, _ = run(engine, CLOSED, key="odd")
+    model, _ = run(engine, CLOSED, key="odd")
+    report = model.model_dump(mode="json")
     json.dumps(report, allow_nan=False)
     assert report["comparisons"][0]["decision"] in stats.DECISIONS
     for fmt in ("md", "html", "json"):
-        assert reports.render(report, fmt)
+        assert report_render.render(model, fmt)
     result = runner.invoke(
         app, ["report", "odd", "--as-of", CLOSED.isoformat(), "--format", "md"],
         env={"ABTEST_DATABASE_URL": str(engine.url), "COLUMNS": "120"},
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "Decision:" in result.output
+
+
+def test_a_report_stored_by_the_old_code_loads_and_feeds_the_callouts(engine, seeded):
+    """A body the dict code wrote (a literal old-format document) in the reports table."""
+    experiment, _ = seeded
+    body = json.loads(golden_text("three_arms.json"))
+    body["srm"]["flagged"] = True
+    body["comparisons"][0].update(arm="treatment", decision=stats.SRM_DO_NOT_TRUST)
+    period_end = datetime.fromisoformat(body["period_end"])  # before LAST_DAY's period
+    with db.session_scope(engine) as session:
+        session.add(
+            Report(
+                experiment_id=experiment.experiment_id, period_end=period_end,
+                decision=body["decision"], srm=True, body=body, created_at=datetime.now(UTC),
+            )
+        )  # fmt: skip
+    with db.session_scope(engine) as session:
+        old = report_service.latest_report(session, "exp")
+    assert old is not None and old.model_dump(mode="json") == body
+    model, _ = run(engine)
+    srm_cleared, changed = model.callouts  # the SRM has cleared, so has its decision
+    assert srm_cleared.kind == "srm_cleared" and isinstance(changed, DecisionChanged)
+    assert changed.from_ == stats.SRM_DO_NOT_TRUST and changed.arm == "treatment"
+    assert changed.previous_period_end == body["period_end"]
+
+
+def test_a_stored_report_reads_back_as_the_model_it_was(engine, seeded):
+    model, _ = run(engine)
+    with db.session_scope(engine) as session:
+        assert report_service.latest_report(session, "exp") == model

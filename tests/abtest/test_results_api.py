@@ -1,11 +1,15 @@
 """Analysts' API on both backends: experiments, results with segments, stored reports, 4xx."""
 
+import json
+
 import pytest
 from fastapi.testclient import TestClient
 
-from abtest import db, reporting
+from abtest import db, report_service
 from abtest.api import create_app
 from analysis import stats
+from analysis.report_model import Report
+from tests.analysis.report_scenarios import golden_text
 from tests.online_data import create_experiment, simulate
 
 
@@ -52,7 +56,7 @@ def test_results_with_segments(client, seeded):
 def test_stored_reports_listing(client, seeded):
     engine, _ = seeded
     with db.session_scope(engine) as session:
-        reporting.run_report(session, "exp")
+        report_service.run_report(session, "exp")
     (row,) = client.get("/v1/experiments/exp/reports").json()
     assert row["decision"] in stats.DECISIONS
 
@@ -133,3 +137,32 @@ def test_dashboard_shows_what_the_report_shows(client, seeded):
                    "Decided on:", "export window", "pending"):  # fmt: skip
         assert needle in html, needle
     assert "p (adjusted)" not in html
+
+
+def test_results_are_the_report_model_and_say_so_in_the_schema(client, seeded):
+    body = client.get("/v1/experiments/exp/results", params={"as_of": "2026-11-05"}).json()
+    assert Report.model_validate(body).model_dump(mode="json") == body
+    # the same fields, in the same order, as the report the dict code wrote
+    assert list(body) == list(json.loads(golden_text("three_arms.json")))
+    paths = client.get("/openapi.json").json()["paths"]
+    ok = paths["/v1/experiments/{key}/results"]["get"]["responses"]["200"]["content"]
+    assert ok["application/json"]["schema"] == {"$ref": "#/components/schemas/Report"}
+    listing = paths["/v1/experiments/{key}/reports"]["get"]["responses"]["200"]["content"]
+    assert listing["application/json"]["schema"]["items"] == {
+        "$ref": "#/components/schemas/StoredSummary"
+    }
+
+
+def test_stored_reports_are_listed_as_before(client, seeded):
+    engine, _ = seeded
+    with db.session_scope(engine) as session:
+        report_service.run_report(session, "exp")
+    with db.session_scope(engine) as session:
+        (stored,) = report_service.stored_reports(session, "exp")
+        expected = {
+            "period_end": stored.period_end.isoformat(),
+            "decision": stored.decision,
+            "srm": stored.srm,
+            "created_at": stored.created_at.isoformat(),
+        }
+    assert client.get("/v1/experiments/exp/reports").json() == [expected]

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from abtest import db
 from abtest.cli import app
-from analysis import export, queries, reports, sufficient_stats
+from analysis import export, queries, report_model, sufficient_stats
 from analysis.spark import SparkSource
 from analysis.sufficient_stats import Scope, SqlSource
 from tests.online_data import DAY0, assignment, create_experiment, event, insert, simulate
@@ -167,9 +167,12 @@ def test_spark_matches_postgresql_on_the_same_events(pg, tmp_path, spark):
         # ... and whole reports agree: Spark vs the same SQL in PostgreSQL to 1e-12, and Spark vs
         # the rollup (default engine) on everything but its histogram latency percentiles.
         end, now = DAY0 + timedelta(days=3), datetime(2026, 12, 1, tzinfo=UTC)
-        by_spark = reports.build_report(connection, "exp", end, now=now, source=on_spark)
-        by_sql = reports.build_report(connection, "exp", end, now=now, source=in_pg)
-        by_rollup = reports.build_report(connection, "exp", end, now=now)
+        by_spark, by_sql, by_rollup = (
+            report_model.build_report(connection, "exp", end, now=now, source=source).model_dump(
+                mode="json"
+            )
+            for source in (on_spark, in_pg, None)
+        )
     assert close(by_spark, by_sql)
     assert close(
         without(by_spark, "latency_p50_ms", "latency_p95_ms"),

@@ -11,16 +11,27 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
 
 import pandas as pd
+from pydantic import BaseModel
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from abtest import db
 from abtest.errors import Invalid, NotFound
 from abtest.tables import Experiment, Report
-from analysis import queries, reports
+from analysis import queries
+from analysis.report_model import (
+    DEFAULT_SEGMENT_ATTRIBUTES,
+    ArmResult,
+    Comparison,
+    Instant,
+    PreviousReport,
+    StatsSource,
+    build_report,
+    period_end_for,
+)
+from analysis.report_model import Report as ReportModel
 
 FORMATS = ("md", "html", "json")
 REPORTED_STATUSES = ("running", "stopped")
@@ -100,6 +111,25 @@ def stored_reports(session: Session, key: str) -> Sequence[Report]:
     ).all()
 
 
+class StoredSummary(BaseModel):
+    """One stored report as listed by the API and `abtest reports list`."""
+
+    period_end: Instant
+    decision: str
+    srm: bool
+    created_at: Instant
+
+
+def stored_summaries(session: Session, key: str) -> list[StoredSummary]:
+    """The stored reports of `key`, oldest first, without their bodies."""
+    return [
+        StoredSummary(
+            period_end=r.period_end, decision=r.decision, srm=r.srm, created_at=r.created_at
+        )
+        for r in stored_reports(session, key)
+    ]
+
+
 def _experiment(session: Session, key: str) -> Experiment:
     experiment = session.scalar(select(Experiment).where(Experiment.key == key))
     if experiment is None:
@@ -111,36 +141,36 @@ def build(
     session: Session,
     key: str,
     as_of: date | None = None,
-    segments: Sequence[str] = reports.DEFAULT_SEGMENT_ATTRIBUTES,
+    segments: Sequence[str] = DEFAULT_SEGMENT_ATTRIBUTES,
     now: datetime | None = None,
-    source: reports.StatsSource | None = None,
-) -> dict[str, Any]:
+    source: StatsSource | None = None,
+) -> ReportModel:
     """The report for `key` as of a day, computed now from the events (not stored); the counts
     come from the rollup, or from `source` (e.g. Spark over exported events)."""
     experiment = _experiment(session, key)
-    period_end = reports.period_end_for(check_as_of(as_of, now))
+    period_end = period_end_for(check_as_of(as_of, now))
     check_after_start(experiment, period_end)
     segments = check_segments(segments)
     before = previous_report(session, experiment.id, period_end)
+    previous = PreviousReport.model_validate(before.body) if before else None
     connection = session.connection()
-    return reports.build_report(
-        connection, key, period_end, before.body if before else None, segments, now, source
-    )
+    return build_report(connection, key, period_end, previous, segments, now, source)
 
 
-def store(session: Session, experiment_id: int, report: dict[str, Any]) -> tuple[Report, bool]:
+def store(session: Session, experiment_id: int, report: ReportModel) -> tuple[Report, bool]:
     """Insert the report, or update the stored one for the same period; returns (row, created)."""
-    period_end = datetime.fromisoformat(report["period_end"])
     row = session.scalar(
-        select(Report).where(Report.experiment_id == experiment_id, Report.period_end == period_end)
+        select(Report).where(
+            Report.experiment_id == experiment_id, Report.period_end == report.period_end
+        )
     )
     created = row is None
     if row is None:
-        row = Report(experiment_id=experiment_id, period_end=period_end)
+        row = Report(experiment_id=experiment_id, period_end=report.period_end)
         session.add(row)
-    row.decision = report["decision"][:40]
-    row.srm = bool(report["srm"]["flagged"])
-    row.body = report
+    row.decision = report.decision.value[:40]
+    row.srm = report.srm.flagged
+    row.body = report.model_dump(mode="json")
     row.created_at = datetime.now(UTC)
     session.flush()
     return row, created
@@ -151,15 +181,12 @@ def run_report(
     key: str,
     as_of: date | None = None,
     now: datetime | None = None,
-    source: reports.StatsSource | None = None,
-) -> tuple[dict[str, Any], StoredReport]:
+    source: StatsSource | None = None,
+) -> tuple[ReportModel, StoredReport]:
     """Build and store the report for one experiment and day."""
     report = build(session, key, as_of, now=now, source=source)
-    row, created = store(session, report["experiment"]["id"], report)
-    stored = StoredReport(
-        key, datetime.fromisoformat(report["period_end"]), row.decision, row.srm, created
-    )
-    return report, stored
+    row, created = store(session, report.experiment.id, report)
+    return report, StoredReport(key, report.period_end, row.decision, row.srm, created)
 
 
 def run_all(
@@ -167,7 +194,7 @@ def run_all(
     as_of: date | None = None,
     statuses: tuple[str, ...] = REPORTED_STATUSES,
     now: datetime | None = None,
-    source_for: Callable[[Session], reports.StatsSource | None] | None = None,
+    source_for: Callable[[Session], StatsSource | None] | None = None,
 ) -> list[StoredReport]:
     """Store reports for every running/stopped experiment; the cron and scheduler entry point.
 
@@ -183,7 +210,7 @@ def run_all(
             with db.session_scope(engine) as session:
                 experiment = _experiment(session, key)
                 try:
-                    check_after_start(experiment, reports.period_end_for(day))
+                    check_after_start(experiment, period_end_for(day))
                 except Invalid:
                     continue  # no back-filled report for a period before the start
                 source = source_for(session) if source_for else None
@@ -196,9 +223,10 @@ def _default_days(now: datetime | None) -> list[date]:
     return [today - timedelta(days=1), today]
 
 
-def latest_report(session: Session, key: str) -> dict[str, Any] | None:
+def latest_report(session: Session, key: str) -> ReportModel | None:
+    """The stored report with the latest period end, read back into the model."""
     rows = stored_reports(session, key)
-    return rows[-1].body if rows else None
+    return ReportModel.model_validate(rows[-1].body) if rows else None
 
 
 # --- for analysts ------------------------------------------------------------------------------
@@ -217,43 +245,44 @@ def results_frame(engine_or_url: Engine | str, key: str, as_of: date | None = No
     p-values, always-valid interval and decision; plus the SRM flag. For notebooks."""
     with db.session_scope(_engine(engine_or_url)) as session:
         report = build(session, key, as_of, segments=())
-    comparisons = {c["arm"]: c for c in report["comparisons"]}
-    rows = []
-    for arm in report["arms"]:
-        c = comparisons.get(arm["name"])
-        seq = (c or {}).get("sequential") or {}
-        rows.append(
-            {
-                "experiment": key,
-                "as_of": report["as_of"],
-                "arm": arm["name"],
-                "control": arm["control"],
-                "starts": arm["starts"],
-                "exports": arm["exports"],
-                "rate": arm["rate"],
-                "ci_low": arm["ci_low"],
-                "ci_high": arm["ci_high"],
-                "difference": c["difference"] if c else None,
-                "difference_ci_low": c["difference_ci"][0] if c else None,
-                "difference_ci_high": c["difference_ci"][1] if c else None,
-                "ratio": c["ratio"] if c else None,
-                "ratio_ci_low": c["ratio_ci"][0] if c else None,
-                "ratio_ci_high": c["ratio_ci"][1] if c else None,
-                # the report's p-value (pooled z, or always-valid when sequential) is already
-                # Holm-adjusted with several treatments: both columns hold it
-                "p_value": c["p_value"] if c else None,
-                "p_value_adjusted": c["p_value"] if c else None,
-                "decision_interval_low": c["decision_interval"][0] if c else None,
-                "decision_interval_high": c["decision_interval"][1] if c else None,
-                "scale": c["scale"] if c else None,
-                "pending": arm["pending"],
-                "always_valid_low": (seq.get("difference_ci") or [None, None])[0],
-                "always_valid_high": (seq.get("difference_ci") or [None, None])[1],
-                "decision": c["decision"] if c else None,
-                "srm_flagged": report["srm"]["flagged"],
-            }
-        )
-    return pd.DataFrame(rows)
+    comparisons = {c.arm: c for c in report.comparisons}
+    return pd.DataFrame(
+        [_result_row(report, arm, comparisons.get(arm.name)) for arm in report.arms]
+    )
+
+
+def _result_row(report: ReportModel, arm: ArmResult, c: Comparison | None) -> dict[str, object]:
+    """One arm's row of `results_frame` (the control's comparison columns are None)."""
+    always_valid = c.sequential.difference_ci if c and c.sequential else (None, None)
+    return {
+        "experiment": report.experiment.key,
+        "as_of": report.as_of.isoformat(),
+        "arm": arm.name,
+        "control": arm.control,
+        "starts": arm.starts,
+        "exports": arm.exports,
+        "rate": arm.rate,
+        "ci_low": arm.ci_low,
+        "ci_high": arm.ci_high,
+        "difference": c.difference if c else None,
+        "difference_ci_low": c.difference_ci[0] if c else None,
+        "difference_ci_high": c.difference_ci[1] if c else None,
+        "ratio": c.ratio if c else None,
+        "ratio_ci_low": c.ratio_ci[0] if c else None,
+        "ratio_ci_high": c.ratio_ci[1] if c else None,
+        # the report's p-value (pooled z, or always-valid when sequential) is already
+        # Holm-adjusted with several treatments: both columns hold it
+        "p_value": c.p_value if c else None,
+        "p_value_adjusted": c.p_value if c else None,
+        "decision_interval_low": c.decision_interval[0] if c else None,
+        "decision_interval_high": c.decision_interval[1] if c else None,
+        "scale": c.scale if c else None,
+        "pending": arm.pending,
+        "always_valid_low": always_valid[0],
+        "always_valid_high": always_valid[1],
+        "decision": c.decision.value if c else None,
+        "srm_flagged": report.srm.flagged,
+    }
 
 
 def timeline_frame(
@@ -263,9 +292,9 @@ def timeline_frame(
     with db.session_scope(_engine(engine_or_url)) as session:
         report = build(session, key, as_of, segments=())
     rows = [
-        {"day": pd.Timestamp(point["day"]), "arm": name, **values}
-        for point in report["timeline"]
-        for name, values in point["arms"].items()
+        {"day": pd.Timestamp(point.day), "arm": name, **values.model_dump()}
+        for point in report.timeline
+        for name, values in point.arms.items()
     ]
     columns = ["day", "arm", "starts", "exports", "rate", "ci_low", "ci_high"]
     return pd.DataFrame(rows, columns=columns)
