@@ -8,12 +8,13 @@ is handed to the report so that a changed decision or a new SRM flag is called o
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 import pandas as pd
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
@@ -35,6 +36,8 @@ from analysis.report_model import Report as ReportModel
 
 FORMATS = ("md", "html", "json")
 REPORTED_STATUSES = ("running", "stopped")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -151,10 +154,22 @@ def build(
     period_end = period_end_for(check_as_of(as_of, now))
     check_after_start(experiment, period_end)
     segments = check_segments(segments)
-    before = previous_report(session, experiment.id, period_end)
-    previous = PreviousReport.model_validate(before.body) if before else None
+    previous = _readable(previous_report(session, experiment.id, period_end))
     connection = session.connection()
     return build_report(connection, key, period_end, previous, segments, now, source)
+
+
+def _readable(before: Report | None) -> PreviousReport | None:
+    """The previous report for the callouts; one whose stored body no longer reads (edited by
+    hand, written by a broken version) is left out with a warning rather than failing this one."""
+    if before is None:
+        return None
+    try:
+        return PreviousReport.model_validate(before.body)
+    except ValidationError as error:
+        log.warning("previous report %s is unreadable, no callouts against it: %s", before.id,
+                    error.errors()[0]["loc"])  # fmt: skip
+        return None
 
 
 def store(session: Session, experiment_id: int, report: ReportModel) -> tuple[Report, bool]:

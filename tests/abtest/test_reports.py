@@ -402,3 +402,21 @@ def test_a_stored_report_reads_back_as_the_model_it_was(engine, seeded):
     model, _ = run(engine)
     with db.session_scope(engine) as session:
         assert report_service.latest_report(session, "exp") == model
+
+
+def test_an_unreadable_previous_report_leaves_out_its_callouts_not_the_report(engine, seeded):
+    """A stored body that no longer reads (edited by hand: a decision that is not one) must not
+    take down the next report; the report is built without callouts against it."""
+    experiment, _ = seeded
+    body = json.loads(golden_text("three_arms.json"))
+    body["comparisons"][0]["decision"] = 42
+    with db.session_scope(engine) as session:
+        session.add(
+            Report(
+                experiment_id=experiment.experiment_id,
+                period_end=datetime.fromisoformat(body["period_end"]),
+                decision="?", srm=False, body=body, created_at=datetime.now(UTC),
+            )
+        )  # fmt: skip
+    model, _ = run(engine)
+    assert model.arms and model.callouts == []
