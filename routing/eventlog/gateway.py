@@ -126,7 +126,11 @@ class DatabaseStore:
 
     When the database is down, `get` answers a miss and `put_first` spools the proposed
     assignment (replayed later, first writer still wins) and returns it unconfirmed.
+    Used on its own, `put_first` stores assignments (`writes_with_events` is false); the
+    runtime puts a `CachedStore` in front of it, which lets the gateway write them instead.
     """
+
+    writes_with_events = False
 
     def __init__(
         self,
@@ -200,3 +204,14 @@ class DatabaseStore:
         if name is None:
             return StoredAssignment(proposed.arm, proposed.source, confirmed=False)
         return StoredAssignment(name, found[1])
+
+    async def recall(
+        self, experiment_id: int, project_id: str, *, deep: bool
+    ) -> StoredAssignment | None:
+        """The table is the only place to look, deep or not."""
+        return await self.get(experiment_id, project_id)
+
+    def remember(
+        self, experiment_id: int, project_id: str, value: StoredAssignment, *, shared: bool
+    ) -> None:
+        """Nothing to keep: an assignment the database confirmed is already in its table."""
