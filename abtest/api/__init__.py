@@ -8,10 +8,11 @@ from fastapi.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
 from abtest.api import admin, gates, health, results, serving, signin
-from abtest.api.deps import AppState
 from abtest.api.fastlane import answer_project, is_project_post
 from abtest.api.guard import RequestGuard, safe_errors
+from abtest.app_state import AppState
 from abtest.errors import ServiceError
+from abtest.runtime import serving_lifespan
 from abtest.settings import Settings, get_settings
 
 
@@ -44,7 +45,7 @@ def create_app(settings: Settings | None = None, *, check_migrated: bool = True)
         title="abtest",
         version="0.1.0",
         description="Traffic routing, events and results for LLM tool-chaining experiments.",
-        lifespan=state.lifespan,
+        lifespan=lambda _app: serving_lifespan(state),
         docs_url="/docs" if docs else None,
         redoc_url="/redoc" if docs else None,
         openapi_url="/openapi.json" if docs else None,
