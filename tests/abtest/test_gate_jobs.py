@@ -3,6 +3,7 @@ refusals still synchronous, roles kept, interrupted jobs reported and marked fai
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from datetime import timedelta
@@ -207,3 +208,24 @@ def test_closing_a_runner_lets_the_running_job_finish_and_marks_the_queued_inter
     assert done.status == "succeeded" and done.result == {"done": True}
     dropped = job_row(engine, second)
     assert dropped.status == "failed" and dropped.error == jobs.interrupted_error()
+
+
+def test_the_cli_shows_a_job_the_api_started(client, settings, monkeypatch):
+    from typer.testing import CliRunner
+
+    from abtest.cli import app as cli_app
+    from abtest.settings import get_settings
+
+    job = finished_job(client, client.post("/v1/variants/knn/gate", json={"actor": "dana"}))
+    monkeypatch.setenv("ABTEST_DATABASE_URL", settings.database_url)
+    get_settings.cache_clear()
+    runner = CliRunner()
+    shown = runner.invoke(cli_app, ["jobs", "show", str(job["id"]), "--json"])
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.output) == job
+    table = runner.invoke(cli_app, ["jobs", "show", str(job["id"])])
+    assert f"gate run #{job['result']['id']}: FAILED" in table.output
+    missing = runner.invoke(cli_app, ["jobs", "show", "99"])
+    assert missing.exit_code == 1 and "no job 99" in missing.output
+    assert len(missing.output.strip().splitlines()) == 1
+    assert runner.invoke(cli_app, ["jobs", "show", "0"]).exit_code == 2
