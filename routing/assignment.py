@@ -63,6 +63,11 @@ class ExperimentDef:
     # Bumped whenever the weights of a started experiment change: until then hashing alone
     # reproduces every stored assignment, so routing need not look them up.
     allocation_version: int = 0
+    # derived from the arms in __post_init__
+    _ranges: list[tuple[float, float]] = field(init=False, repr=False, compare=False)
+    _by_name: dict[str, ArmDef] = field(init=False, repr=False, compare=False)
+    _by_id: dict[int | None, ArmDef] = field(init=False, repr=False, compare=False)
+    _control: ArmDef = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         controls = [arm for arm in self.arms if arm.control]
@@ -76,20 +81,20 @@ class ExperimentDef:
 
     @property
     def ranges(self) -> list[tuple[float, float]]:
-        return self._ranges  # type: ignore[attr-defined]
+        return self._ranges
 
     @property
     def control(self) -> ArmDef:
-        return self._control  # type: ignore[attr-defined]
+        return self._control
 
     def arm(self, name: str) -> ArmDef:
-        return self._by_name[name]  # type: ignore[attr-defined]
+        return self._by_name[name]
 
     def arm_by_id(self, arm_id: int) -> ArmDef | None:
-        return self._by_id.get(arm_id)  # type: ignore[attr-defined]
+        return self._by_id.get(arm_id)
 
     def has_arm(self, name: str) -> bool:
-        return name in self._by_name  # type: ignore[attr-defined]
+        return name in self._by_name
 
 
 def arm_to_json(arm: ArmDef) -> dict[str, Any]:

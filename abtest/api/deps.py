@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -203,7 +203,7 @@ def _role_lookup(state: AppState, cache: Any, key: str) -> asyncio.Task[str | No
     return task
 
 
-def require_role(*roles: str):  # noqa: ANN201 - returns a FastAPI dependency
+def require_role(*roles: str) -> Callable[[Request], Awaitable[str | None]]:
     """Dependency: the request's API key must have one of `roles` (when auth is enabled)."""
 
     async def _check(request: Request) -> str | None:

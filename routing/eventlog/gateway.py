@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from routing.assignment import StoredAssignment
 from routing.eventlog.group_commit import GroupCommit
@@ -103,7 +103,7 @@ class DatabaseGateway:
     async def put_assignment(self, item: FirstAssignment) -> tuple[int, str] | None:
         """`(experiment_id, project_id, arm_id, source)` -> the stored `(arm_id, source)`, or
         None when the database is unreachable (the assignment was spooled)."""
-        return await self._commit.submit(Item(first=item))
+        return cast(tuple[int, str] | None, await self._commit.submit(Item(first=item)))
 
     async def write_first(
         self, item: FirstAssignment, row: dict[str, Any]
@@ -111,11 +111,12 @@ class DatabaseGateway:
         """A new project's first assignment and its start event, in the same commit: the
         stored `(arm_id, source)` (None when spooled) and the event's outcome. The event takes
         the stored arm, whichever request stored it."""
-        return await self._commit.submit(Item(item, row))
+        outcome = await self._commit.submit(Item(item, row))
+        return cast(tuple[tuple[int, str] | None, str], outcome)
 
     async def write_event(self, row: dict[str, Any]) -> str:
         """Store one event row: 'stored', 'duplicate' or 'spooled' (durable either way)."""
-        return await self._commit.submit(Item(row=row))
+        return cast(str, await self._commit.submit(Item(row=row)))
 
     async def close(self) -> None:
         return None
