@@ -29,7 +29,6 @@ from abtest import db
 from abtest.app_state import AppState
 from abtest.errors import NotFound, ServiceError
 from abtest.tables import Job, utcnow
-from routing.eventlog import is_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +138,8 @@ class JobRunner:
         self.engine = engine
         self.owner = process_owner()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="abtest-job")
+        self._unfinished = 0  # submitted here, not yet done: the heartbeat is idle without any
+        self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._beat = threading.Thread(target=self._beat_forever, name="abtest-job-beat")
         self._beat.daemon = True
@@ -146,7 +147,25 @@ class JobRunner:
 
     def submit(self, job_id: int, work: Work) -> None:
         """Run `work` for the committed, queued job `job_id`; its result (or error) is stored."""
-        self._executor.submit(self._run, job_id, work)
+        with self._lock:
+            self._unfinished += 1
+        try:
+            self._executor.submit(self._run_counted, job_id, work)
+        except RuntimeError:  # closed: the job stays queued and reads as interrupted
+            self._done()
+            raise
+
+    def _done(self) -> None:
+        with self._lock:
+            self._unfinished -= 1
+
+    def _run_counted(self, job_id: int, work: Work) -> None:
+        try:
+            self._run(job_id, work)
+        except Exception:  # noqa: BLE001 - the job could not even be marked: it reads as stale
+            log.exception("job %s could not be run", job_id)
+        finally:
+            self._done()
 
     def _run(self, job_id: int, work: Work) -> None:
         with db.session_scope(self.engine) as session:
@@ -182,6 +201,9 @@ class JobRunner:
 
     def beat(self) -> None:
         """Refresh the heartbeat of this process's unfinished jobs (quietly, if it cannot)."""
+        with self._lock:
+            if not self._unfinished:
+                return
         try:
             with db.session_scope(self.engine) as session:
                 session.execute(
@@ -207,18 +229,28 @@ class JobRunner:
             log.warning("could not mark this server's queued jobs interrupted: %s", exc)
 
 
+_RUNNER_LOCK = threading.Lock()
+
+
 def job_runner(state: AppState) -> JobRunner:
-    """The app's runner, started on first use."""
-    runner = state.extras.get("jobs")
-    if runner is None:
-        runner = state.extras["jobs"] = JobRunner(state.engine)
-    return runner
+    """The app's runner, started on first use (one per app, whichever request comes first)."""
+    with _RUNNER_LOCK:
+        runner = state.extras.get("jobs")
+        if runner is None:
+            runner = state.extras["jobs"] = JobRunner(state.engine)
+        return runner
 
 
 @asynccontextmanager
 async def jobs_lifespan(state: AppState) -> AsyncIterator[None]:
-    """At start, mark failed the jobs of servers that died; at the end, close this runner."""
-    await asyncio.to_thread(_fail_interrupted_at_start, state.engine)
+    """At start, mark failed the jobs of servers that died (in the background: a database
+    that is down or slow must not delay serving); at the end, close this runner."""
+    sweep = threading.Thread(
+        target=fail_interrupted_at_start, args=(state.engine,), name="abtest-job-sweep"
+    )
+    sweep.daemon = True
+    sweep.start()
+    state.extras["job_sweep"] = sweep  # joined by tests
     try:
         yield
     finally:
@@ -227,14 +259,13 @@ async def jobs_lifespan(state: AppState) -> AsyncIterator[None]:
             await asyncio.to_thread(runner.close)
 
 
-def _fail_interrupted_at_start(engine: Engine) -> None:
+def fail_interrupted_at_start(engine: Engine) -> None:
+    """`fail_interrupted`, logged; a failure is only logged (reads report them anyway)."""
     try:
         with db.session_scope(engine) as session:
             marked = fail_interrupted(session)
-    except Exception as exc:
-        if not is_unavailable(exc):
-            raise
-        log.warning("database unreachable at start: interrupted jobs are marked later (%s)", exc)
+    except Exception as exc:  # noqa: BLE001 - the next start, or a read, reports them
+        log.warning("interrupted jobs not marked at start: %s", exc)
         return
     if marked:
         log.warning("%d job(s) of a stopped server marked failed (interrupted)", marked)

@@ -136,6 +136,13 @@ def insert_job(engine, status: str, beat_ago_s: float, owner: str = "gone:1:x") 
         return job.id
 
 
+def swept(client) -> None:
+    """Wait for the start's sweep of interrupted jobs (it runs beside serving)."""
+    sweep = client.app.state.abtest.extras["job_sweep"]
+    sweep.join(10)
+    assert not sweep.is_alive()
+
+
 def job_row(engine, job_id: int) -> Job:
     with db.session_scope(engine) as session:
         return jobs.get_job(session, job_id)
@@ -147,6 +154,7 @@ def test_jobs_of_a_dead_server_are_marked_failed_when_a_server_starts(settings, 
     dead_queued = insert_job(engine, "queued", stale)
     alive = insert_job(engine, "running", 0, owner="other-server:2:y")
     with TestClient(create_app(settings)) as client:
+        swept(client)
         for job_id in (dead_running, dead_queued):
             row = job_row(engine, job_id)
             assert row.status == "failed" and row.error == jobs.interrupted_error()
@@ -157,6 +165,7 @@ def test_jobs_of_a_dead_server_are_marked_failed_when_a_server_starts(settings, 
 
 
 def test_a_job_whose_server_stopped_reads_as_failed_without_a_write(client, engine):
+    swept(client)
     job_id = insert_job(engine, "running", 2 * jobs.STALE_AFTER_S)  # died after this start
     seen = client.get(f"/v1/jobs/{job_id}").json()
     assert seen["status"] == "failed" and seen["error"]["type"] == "Interrupted"
@@ -229,3 +238,35 @@ def test_the_cli_shows_a_job_the_api_started(client, settings, monkeypatch):
     assert missing.exit_code == 1 and "no job 99" in missing.output
     assert len(missing.output.strip().splitlines()) == 1
     assert runner.invoke(cli_app, ["jobs", "show", "0"]).exit_code == 2
+
+
+def test_the_start_sweep_only_logs_when_it_cannot_mark(empty_engine, caplog):
+    jobs.fail_interrupted_at_start(empty_engine)  # no jobs table: logged, serving goes on
+    assert "interrupted jobs not marked at start" in caplog.text
+
+
+def test_the_heartbeat_keeps_this_servers_running_job_alive_and_no_other(engine):
+    runner = jobs.JobRunner(engine)
+    other = insert_job(engine, "running", 2 * jobs.STALE_AFTER_S)
+    runner.beat()  # nothing submitted here: no write at all
+    assert jobs.is_interrupted(job_row(engine, other))
+    with db.session_scope(engine) as session:
+        mine = jobs.create_job(session, "gate", "erin", {}, runner.owner).id
+    started, release = threading.Event(), threading.Event()
+
+    def slow(session):
+        started.set()
+        assert release.wait(10)
+        return {}
+
+    runner.submit(mine, slow)
+    assert started.wait(10)
+    with db.session_scope(engine) as session:
+        session.get(Job, mine).heartbeat_at = utcnow() - timedelta(seconds=2 * jobs.STALE_AFTER_S)
+    assert jobs.is_interrupted(job_row(engine, mine))
+    runner.beat()
+    assert not jobs.is_interrupted(job_row(engine, mine))  # a long gate run stays alive
+    assert jobs.is_interrupted(job_row(engine, other))  # another process's job is not touched
+    release.set()
+    runner.close()
+    assert job_row(engine, mine).status == "succeeded"
