@@ -22,7 +22,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
 from abtest import db
@@ -107,12 +107,19 @@ def _iso(moment: datetime | None) -> str | None:
 
 
 def fail_interrupted(session: Session, now: datetime | None = None) -> int:
-    """Mark failed every unfinished job whose server stopped beating; returns how many."""
+    """Mark failed every unfinished job whose server stopped beating; returns how many. Only
+    reads when there is none (the usual start), so a start writes nothing it need not."""
     now = now or utcnow()
-    stale = now - timedelta(seconds=STALE_AFTER_S)
+    interrupted = (
+        Job.status.in_(UNFINISHED),
+        Job.heartbeat_at < now - timedelta(seconds=STALE_AFTER_S),
+    )
+    stale = list(session.scalars(select(Job.id).where(*interrupted)))
+    if not stale:
+        return 0
     marked = session.execute(
         update(Job)
-        .where(Job.status.in_(UNFINISHED), Job.heartbeat_at < stale)
+        .where(Job.id.in_(stale), *interrupted)
         .values(status="failed", error=interrupted_error(), finished_at=now)
     )
     return int(getattr(marked, "rowcount", 0) or 0)

@@ -9,6 +9,7 @@ import time
 from datetime import timedelta
 
 import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
@@ -30,6 +31,11 @@ def client(settings, engine):
 def count(engine, table) -> int:
     with db.session_scope(engine) as session:
         return int(session.scalar(select(func.count()).select_from(table)) or 0)
+
+
+def count_status(engine, status: str) -> int:
+    with db.session_scope(engine) as session:
+        return int(session.scalar(select(func.count()).where(Job.status == status)) or 0)
 
 
 def without_timings(value):
@@ -270,3 +276,21 @@ def test_the_heartbeat_keeps_this_servers_running_job_alive_and_no_other(engine)
     release.set()
     runner.close()
     assert job_row(engine, mine).status == "succeeded"
+
+
+def test_a_start_with_no_interrupted_job_writes_nothing(engine):
+    insert_job(engine, "running", 0, owner="alive:1:z")
+    seen = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        seen.append(statement.lstrip().split()[0].upper())
+
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        jobs.fail_interrupted_at_start(engine)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
+    assert "SELECT" in seen and "UPDATE" not in seen
+    assert job_row(engine, insert_job(engine, "queued", 2 * jobs.STALE_AFTER_S)).status == "queued"
+    jobs.fail_interrupted_at_start(engine)
+    assert count_status(engine, "failed") == 1
