@@ -101,7 +101,7 @@ def check_can_open(url: str, *, create: bool) -> None:
         raise DatabaseUnavailable(connection_problem(url, exc)) from None
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -143,7 +143,7 @@ def make_engine(
     bounded = bounded_postgres(connect_timeout_s, statement_timeout_s)
 
     @event.listens_for(engine, "do_connect")
-    def _connect(_dialect, _record, cargs, cparams):  # noqa: ANN001, ANN202
+    def _connect(_dialect: Any, _record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
         cparams.update(bounded.params)
         return bounded.connection_class.connect(*cargs, **cparams)
 

@@ -33,10 +33,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from abtest import services
+from abtest import jobs, services
 from abtest.errors import Conflict, Invalid
 from abtest.settings import Settings, get_settings
-from abtest.tables import Experiment, GateRun, Promotion, Variant, utcnow
+from abtest.tables import Experiment, GateRun, Job, Promotion, Variant, utcnow
 from abtest.variant_arms import build_variant_arm
 from analysis import offline_metrics
 from analysis.gate_policy import (
@@ -288,13 +288,8 @@ def run_gate(
     """Evaluate `name` against the champion under `policy` and store the gate run; a policy
     looser than the configured minimum (`gate_policy_minimum`) is refused before it runs."""
     policy = policy or GatePolicy()
-    check_policy_minimum(policy, settings or get_settings())
+    variant = check_gate(session, name, policy, settings or get_settings())
     arm_builder = arm_builder or _default_builder(settings)
-    variant = services.get_variant(session, name)
-    if variant.kind in TEACHER_KINDS:
-        raise Invalid("name", f"{name!r} is the teacher: it is the reference and needs no gate")
-    if variant.status in services.INACTIVE_STATUSES:
-        raise Conflict("name", f"variant {name!r} is {variant.status}")
     test_set = load_test_set(test_set_path)
     candidate = _evaluate(variant, test_set, batch_size, progress, arm_builder, policy)
     baseline = _comparison_baseline(session, variant)
@@ -374,6 +369,34 @@ def run_gate(
     session.add(gate_run)
     session.flush()
     return gate_run
+
+
+def check_gate(session: Session, name: str, policy: GatePolicy, settings: Settings) -> Variant:
+    """The variant `run_gate` would evaluate, or what it refuses before evaluating anything: a
+    policy below the minimum, an unknown, teacher or inactive variant."""
+    check_policy_minimum(policy, settings)
+    variant = services.get_variant(session, name)
+    if variant.kind in TEACHER_KINDS:
+        raise Invalid("name", f"{name!r} is the teacher: it is the reference and needs no gate")
+    if variant.status in services.INACTIVE_STATUSES:
+        raise Conflict("name", f"variant {name!r} is {variant.status}")
+    return variant
+
+
+def start_gate_job(
+    session: Session, name: str, actor: str, policy: GatePolicy, settings: Settings, owner: str
+) -> tuple[Job, jobs.Work]:
+    """A queued gate job and the work that runs it (`run_gate`, nothing else). What `run_gate`
+    refuses at once (`check_gate`) is raised here, before a job exists."""
+    check_gate(session, name, policy, settings)
+    params = {"variant": name, "policy": policy.as_dict()}
+    job = jobs.create_job(session, "gate", actor, params, owner)
+
+    def work(job_session: Session) -> dict[str, Any]:
+        run = run_gate(job_session, name, actor, policy, progress=False, settings=settings)
+        return gate_run_summary(run)
+
+    return job, work
 
 
 def check_policy_minimum(policy: GatePolicy, settings: Settings) -> None:
@@ -624,6 +647,8 @@ def promotion_summary(promotion: Promotion) -> dict[str, Any]:
 
 __all__ = [
     "GateVerdict",
+    "check_gate",
+    "start_gate_job",
     "TestSet",
     "VariantEvaluation",
     "VariantRun",

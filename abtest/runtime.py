@@ -23,11 +23,12 @@ import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Engine, Table
 
 from abtest import generation
+from abtest.app_state import AppState, redis_client
 from abtest.db import bounded_postgres
 from abtest.rollup_refresher import refresh_forever
 from abtest.settings import Settings
@@ -59,9 +60,6 @@ from routing.eventlog.pg_gateway import PostgresGateway
 from routing.metrics import RouterMetrics
 from routing.router import ExperimentCatalog, Router, RouterConfig
 
-if TYPE_CHECKING:
-    from abtest.api.deps import AppState
-
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -72,15 +70,6 @@ TABLES = RoutingTables(
     assignments=cast(Table, Assignment.__table__),
     events=cast(Table, Event.__table__),
 )
-
-
-def redis_client(url: str) -> Any:
-    """An asyncio Redis client with short timeouts (a slow cache must not slow answers)."""
-    import redis.asyncio
-
-    return redis.asyncio.Redis.from_url(
-        url, socket_timeout=0.25, socket_connect_timeout=0.25, retry_on_timeout=False
-    )
 
 
 def response_cache(settings: Settings) -> ResponseCache:

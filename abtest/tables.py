@@ -45,6 +45,8 @@ ACTIVE_REFERENCE = f"kind IN {TEACHER_KINDS} AND status NOT IN {INACTIVE_STATUSE
 EXPERIMENT_STATUSES = ("draft", "running", "stopped", "concluded")
 EVENT_TYPES = ("start", "export")
 ROLES = ("app", "engineer", "analyst")
+JOB_KINDS = ("gate",)
+JOB_STATUSES = ("queued", "running", "succeeded", "failed")
 
 
 def utcnow() -> datetime:
@@ -100,6 +102,32 @@ class GateRun(Base):
     config_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     actor: Mapped[str] = mapped_column(String(100), default="unknown")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Job(Base):
+    """Long work asked for over the API (a gate run), done by a worker of the server that
+    accepted it (`abtest.jobs`). `heartbeat_at` is refreshed while that server lives: a queued
+    or running job whose heartbeat stopped was interrupted."""
+
+    __tablename__ = "jobs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(30))
+    status: Mapped[str] = mapped_column(String(20), default="queued")
+    actor: Mapped[str] = mapped_column(String(100))
+    params: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    owner: Mapped[str] = mapped_column(String(200))  # the process that runs it
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (
+        CheckConstraint(f"kind IN ({', '.join(map(repr, JOB_KINDS))})", name="kind"),
+        CheckConstraint(f"status IN {JOB_STATUSES}", name="status"),
+        Index("ix_jobs_status", "status", "heartbeat_at"),
+    )
 
 
 class Promotion(Base):

@@ -673,22 +673,21 @@ def _latency_percentiles(
     return _ranked_percentiles(connection, calls, levels)
 
 
+def ranked_latencies(calls: sa.Subquery, *extra: sa.ColumnElement[Any]) -> sa.Subquery:
+    """Each measured call's latency with its 0-based rank within its arm (fastest first)."""
+    rank = func.row_number().over(partition_by=calls.c.arm_id, order_by=calls.c.latency_ms) - 1
+    return (
+        sa.select(calls.c.arm_id, calls.c.latency_ms, rank.label("rank"), *extra)
+        .where(calls.c.arm_id.is_not(None), calls.c.latency_ms.is_not(None))
+        .subquery("ranked")
+    )
+
+
 def _ranked_percentiles(
     connection: Connection, calls: sa.Subquery, levels: tuple[float, ...]
 ) -> dict[int, tuple[float | None, float | None]]:
     """percentile_cont with window functions: fetch only the two ranks around each position."""
-    ranked = (
-        sa.select(
-            calls.c.arm_id,
-            calls.c.latency_ms,
-            (
-                func.row_number().over(partition_by=calls.c.arm_id, order_by=calls.c.latency_ms) - 1
-            ).label("rank"),
-            func.count().over(partition_by=calls.c.arm_id).label("n"),
-        )
-        .where(calls.c.arm_id.is_not(None), calls.c.latency_ms.is_not(None))
-        .subquery("ranked")
-    )
+    ranked = ranked_latencies(calls, func.count().over(partition_by=calls.c.arm_id).label("n"))
     columns: list[ColumnElement[Any]] = [ranked.c.arm_id, func.max(ranked.c.n).label("n")]
     for index, level in enumerate(levels):
         position = (ranked.c.n - 1) * level

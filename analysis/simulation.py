@@ -50,7 +50,9 @@ def aa_false_positive_rate(
     return _figure("A/A false-positive rate (fixed, ratio interval)", (low > 1) | (high < 1))
 
 
-def _daily(rng: np.random.Generator, experiments: int, days: int, daily: int, rates: tuple):
+def _daily(
+    rng: np.random.Generator, experiments: int, days: int, daily: int, rates: tuple[float, float]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     starts = rng.poisson(daily, size=(2, experiments, days))
     exports = rng.binomial(starts, np.asarray(rates)[:, None, None])
     cx, cn = np.cumsum(exports, axis=-1), np.cumsum(starts, axis=-1)

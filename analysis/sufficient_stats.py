@@ -50,6 +50,7 @@ from analysis.queries import (
     events,
     fold_keyed_counts,
     guardrail_sums,
+    ranked_latencies,
     tune_for_analytics,
 )
 
@@ -322,17 +323,7 @@ def rank_positions(n: int, levels: Sequence[float] = LEVELS) -> list[tuple[int, 
 def latency_ranks_statement(scope: Scope, wanted: dict[int, set[int]]) -> sa.Select:
     """The latencies at the wanted 0-based ranks per arm: rows (arm_id, rank, latency_ms)."""
     calls = _calls(scope)
-    ranked = (
-        sa.select(
-            calls.c.arm_id,
-            calls.c.latency_ms,
-            (
-                func.row_number().over(partition_by=calls.c.arm_id, order_by=calls.c.latency_ms) - 1
-            ).label("rank"),
-        )
-        .where(calls.c.arm_id.is_not(None), calls.c.latency_ms.is_not(None))
-        .subquery("ranked")
-    )
+    ranked = ranked_latencies(calls)
     picks = [
         sa.and_(ranked.c.arm_id == arm, sa.or_(*(ranked.c.rank == r for r in sorted(ranks))))
         for arm, ranks in sorted(wanted.items())

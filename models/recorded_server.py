@@ -154,6 +154,17 @@ def create_app(
             return _error(status, f"simulated failure {status}")
         return None
 
+    async def accepted_body(request: Request) -> dict[str, Any] | JSONResponse:
+        """The request's JSON object (recorded in `state.bodies`), or the answer to give
+        instead: a simulated failure, or a 400 for a body that is not a JSON object."""
+        failed = await preamble(request)
+        if failed is not None:
+            return failed
+        body = await _json_body(request)
+        if not isinstance(body, JSONResponse):
+            state.bodies.append(body)
+        return body
+
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
         return {
@@ -163,13 +174,9 @@ def create_app(
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(request: Request) -> JSONResponse | dict[str, Any]:
-        failed = await preamble(request)
-        if failed is not None:
-            return failed
-        body = await _json_body(request)
+        body = await accepted_body(request)
         if isinstance(body, JSONResponse):
             return body
-        state.bodies.append(body)
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             return _error(400, "messages: must be a non-empty list", param="messages")
@@ -193,13 +200,9 @@ def create_app(
 
     @app.post("/v1/completions", response_model=None)
     async def completions(request: Request) -> JSONResponse | dict[str, Any]:
-        failed = await preamble(request)
-        if failed is not None:
-            return failed
-        body = await _json_body(request)
+        body = await accepted_body(request)
         if isinstance(body, JSONResponse):
             return body
-        state.bodies.append(body)
         prompt = body.get("prompt")
         prompts = [prompt] if isinstance(prompt, str) else prompt
         if (

@@ -63,6 +63,11 @@ class ExperimentDef:
     # Bumped whenever the weights of a started experiment change: until then hashing alone
     # reproduces every stored assignment, so routing need not look them up.
     allocation_version: int = 0
+    # derived from the arms in __post_init__
+    _ranges: list[tuple[float, float]] = field(init=False, repr=False, compare=False)
+    _by_name: dict[str, ArmDef] = field(init=False, repr=False, compare=False)
+    _by_id: dict[int | None, ArmDef] = field(init=False, repr=False, compare=False)
+    _control: ArmDef = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         controls = [arm for arm in self.arms if arm.control]
@@ -76,20 +81,20 @@ class ExperimentDef:
 
     @property
     def ranges(self) -> list[tuple[float, float]]:
-        return self._ranges  # type: ignore[attr-defined]
+        return self._ranges
 
     @property
     def control(self) -> ArmDef:
-        return self._control  # type: ignore[attr-defined]
+        return self._control
 
     def arm(self, name: str) -> ArmDef:
-        return self._by_name[name]  # type: ignore[attr-defined]
+        return self._by_name[name]
 
     def arm_by_id(self, arm_id: int) -> ArmDef | None:
-        return self._by_id.get(arm_id)  # type: ignore[attr-defined]
+        return self._by_id.get(arm_id)
 
     def has_arm(self, name: str) -> bool:
-        return name in self._by_name  # type: ignore[attr-defined]
+        return name in self._by_name
 
 
 def arm_to_json(arm: ArmDef) -> dict[str, Any]:
@@ -213,13 +218,31 @@ def decide(experiment: ExperimentDef, project_id: str) -> Decision:
 
 class AssignmentStore(Protocol):
     """Where first assignments live. `put_first` stores `proposed` unless the project already
-    has an assignment, and returns the one that is stored (first writer wins)."""
+    has an assignment, and returns the one that is stored (first writer wins).
+
+    `writes_with_events`: when true, the router stores a new project's first assignment
+    together with its start event (the event gateway's first-writer-wins insert) and only
+    `recall`s and `remember`s assignments here; when false, it calls `put_first`."""
+
+    writes_with_events: bool
 
     async def get(self, experiment_id: int, project_id: str) -> StoredAssignment | None: ...
 
     async def put_first(
         self, experiment_id: int, project_id: str, proposed: StoredAssignment
     ) -> StoredAssignment: ...
+
+    async def recall(
+        self, experiment_id: int, project_id: str, *, deep: bool
+    ) -> StoredAssignment | None:
+        """The stored assignment as far as this store knows cheaply; with `deep`, everywhere."""
+        ...
+
+    def remember(
+        self, experiment_id: int, project_id: str, value: StoredAssignment, *, shared: bool
+    ) -> None:
+        """Keep an assignment the source of truth confirmed (`shared`: for other processes)."""
+        ...
 
 
 async def assign(experiment: ExperimentDef, project_id: str, store: AssignmentStore) -> Decision:
@@ -279,6 +302,8 @@ class LruCache:
 class MemoryStore:
     """An `AssignmentStore` in a dict: for tests and single-process experiments without a DB."""
 
+    writes_with_events = False  # the dict is the source of truth: `put_first` stores there
+
     def __init__(self) -> None:
         self.data: dict[tuple[int, str], StoredAssignment] = {}
 
@@ -289,6 +314,16 @@ class MemoryStore:
         self, experiment_id: int, project_id: str, proposed: StoredAssignment
     ) -> StoredAssignment:
         return self.data.setdefault((experiment_id, project_id), proposed)
+
+    async def recall(
+        self, experiment_id: int, project_id: str, *, deep: bool
+    ) -> StoredAssignment | None:
+        return self.data.get((experiment_id, project_id))
+
+    def remember(
+        self, experiment_id: int, project_id: str, value: StoredAssignment, *, shared: bool
+    ) -> None:
+        self.data.setdefault((experiment_id, project_id), value)
 
 
 class RedisCache:
@@ -380,7 +415,10 @@ class RedisCache:
 
 
 class CachedStore:
-    """The layered store: in-process LRU, then Redis (optional), then the source of truth."""
+    """The layered store: in-process LRU, then Redis (optional), then the source of truth.
+    New first assignments are written with their start events (`writes_with_events`)."""
+
+    writes_with_events = True
 
     def __init__(
         self,

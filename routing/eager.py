@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import types
 from collections.abc import Awaitable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 T = TypeVar("T")
 
@@ -31,9 +31,9 @@ async def within(awaitable: Awaitable[T], timeout_s: float) -> T:
     try:
         pending = awaitable.send(None)
     except StopIteration as done:
-        return done.value
+        return cast(T, done.value)
     async with asyncio.timeout(timeout_s):
-        return await _resume(awaitable, pending)
+        return cast(T, await _resume(awaitable, pending))
 
 
 @types.coroutine

@@ -633,12 +633,12 @@ class Router:
         a weight change, Redis and the database are asked first. Either way the database's
         first-writer-wins insert decides: a project never moves.
         """
-        recall = getattr(self.store, "recall", None)
-        if recall is None:
+        if not self.store.writes_with_events:
             return await assign(experiment, project_id, self.store), None
         fresh = decide(experiment, project_id)
         experiment_id = experiment.id if experiment.id is not None else 0
-        stored = await recall(experiment_id, project_id, deep=experiment.allocation_version > 0)
+        deep = experiment.allocation_version > 0
+        stored = await self.store.recall(experiment_id, project_id, deep=deep)
         kept = sticky(experiment, fresh, stored)
         if kept is not None:
             return kept, None
@@ -662,14 +662,12 @@ class Router:
         if stored is None:  # spooled: unconfirmed, so not cached
             return proposed, outcome
         arm = experiment.arm_by_id(stored[0]) or proposed
-        remember = getattr(self.store, "remember", None)
-        if remember is not None:
-            remember(
-                first[0],
-                first[1],
-                StoredAssignment(arm.name, stored[1]),
-                shared=experiment.allocation_version > 0,
-            )
+        self.store.remember(
+            first[0],
+            first[1],
+            StoredAssignment(arm.name, stored[1]),
+            shared=experiment.allocation_version > 0,
+        )
         if arm.name != proposed.name:
             self.metrics.assignment_conflicts.inc()
         return arm, outcome

@@ -43,3 +43,20 @@ def approved_student(session: Session, name: str, config: dict[str, Any] | None 
 
 def reference_teacher(session: Session, name: str = "teacher", kind: str = "teacher") -> None:
     services.register_variant(session, name, kind, reference=True)
+
+
+def finished_job(client: Any, accepted: Any, timeout_s: float = 120.0) -> dict[str, Any]:
+    """Poll the job a `202 Accepted` answer names (its `Location`) until it has finished."""
+    import time
+
+    assert accepted.status_code == 202, accepted.text
+    location = accepted.headers["location"]
+    assert location == accepted.json()["url"]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        job = client.get(location)
+        assert job.status_code == 200, job.text
+        if job.json()["status"] in ("succeeded", "failed"):
+            return job.json()
+        assert time.monotonic() < deadline, f"job still {job.json()['status']}"
+        time.sleep(0.05)

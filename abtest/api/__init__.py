@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
-from abtest.api import admin, gates, health, results, serving, signin
-from abtest.api.deps import AppState
+from abtest.api import admin, gates, health, jobs, results, serving, signin
 from abtest.api.fastlane import answer_project, is_project_post
 from abtest.api.guard import RequestGuard, safe_errors
+from abtest.app_state import AppState
 from abtest.errors import ServiceError
+from abtest.jobs import jobs_lifespan
+from abtest.runtime import serving_lifespan
 from abtest.settings import Settings, get_settings
 
 
@@ -35,6 +40,13 @@ class AbtestAPI(FastAPI):
         await super().__call__(scope, receive, send)
 
 
+@asynccontextmanager
+async def lifespan(state: AppState) -> AsyncIterator[None]:
+    """The router and its spool replayer (`abtest.runtime`), and the job runner."""
+    async with serving_lifespan(state), jobs_lifespan(state):
+        yield
+
+
 def create_app(settings: Settings | None = None, *, check_migrated: bool = True) -> FastAPI:
     """Build the app; fails fast (DatabaseNotMigrated) when the database is not at head."""
     settings = settings or get_settings()
@@ -44,7 +56,7 @@ def create_app(settings: Settings | None = None, *, check_migrated: bool = True)
         title="abtest",
         version="0.1.0",
         description="Traffic routing, events and results for LLM tool-chaining experiments.",
-        lifespan=state.lifespan,
+        lifespan=lambda _app: lifespan(state),
         docs_url="/docs" if docs else None,
         redoc_url="/redoc" if docs else None,
         openapi_url="/openapi.json" if docs else None,
@@ -61,7 +73,7 @@ def create_app(settings: Settings | None = None, *, check_migrated: bool = True)
         return JSONResponse(status_code=422, content={"detail": safe_errors(exc.errors())})
 
     # serving first: its routes are the hot path, matched before the others are tried
-    for module in (serving, health, admin, results, gates):
+    for module in (serving, health, admin, results, gates, jobs):
         app.include_router(module.router)
     signin.install(app)
     return app

@@ -1,25 +1,22 @@
-"""Shared request dependencies: the app state (engine, settings) and database sessions."""
+"""Shared request dependencies: the app state (`abtest.app_state.AppState`), database sessions,
+API-key roles."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import Engine
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from abtest import db
-from abtest.settings import Settings
-from analysis import rollup
+from abtest.app_state import AppState, redis_client
 from routing.eventlog import is_unavailable
 
 if TYPE_CHECKING:
@@ -27,58 +24,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 ROLE_REDIS_TTL_S = 7 * 24 * 3600
-
-
-@dataclass
-class AppState:
-    settings: Settings
-    engine: Engine  # admin and results requests
-    sessions: sessionmaker[Session]
-    extras: dict[str, Any] = field(default_factory=dict)
-    serving_engine: Engine | None = None  # routing, events, auth, readiness: tighter bounds
-
-    @classmethod
-    def build(cls, settings: Settings, *, check_migrated: bool = True) -> AppState:
-        """The app's engines (bounded: a down or hung PostgreSQL fails fast, see
-        `db.make_engine`). The migration check needs the database: when it is unreachable
-        the app starts anyway, degraded (events are spooled), and says so in the log."""
-        url = settings.database_url
-        engine = db.get_engine(
-            url, settings.db_connect_timeout_s, settings.db_admin_statement_timeout_s
-        )
-        serving = db.get_engine(url, settings.db_connect_timeout_s, settings.db_statement_timeout_s)
-        if check_migrated:
-            try:
-                db.ensure_migrated(serving)
-            except db.DatabaseNotMigrated:
-                raise
-            except Exception as exc:
-                if not is_unavailable(exc):
-                    raise
-                log.warning("database unreachable at start (%s): serving degraded", exc)
-        return cls(settings, engine, db.session_factory(engine), serving_engine=serving)
-
-    @property
-    def read_engine(self) -> Engine:
-        """The admin engine for GET requests: its connections carry `analysis.rollup.READ_ONLY`,
-        so a report read there never refreshes the rollup (reads do not write)."""
-        cached = self.extras.get("read_engine")
-        if cached is None or cached[0] is not self.engine:
-            cached = (self.engine, self.engine.execution_options(**{rollup.READ_ONLY: True}))
-            self.extras["read_engine"] = cached
-        return cached[1]
-
-    @property
-    def fast_engine(self) -> Engine:
-        """The serving path's engine."""
-        return self.serving_engine or self.engine
-
-    @asynccontextmanager
-    async def lifespan(self, _app: FastAPI) -> AsyncIterator[None]:
-        from abtest.runtime import serving_lifespan
-
-        async with serving_lifespan(self):
-            yield
 
 
 def app_state(request: Request) -> AppState:
@@ -176,8 +121,6 @@ def _roles_redis(state: AppState) -> Any:
         return None
     client = state.extras.get("roles_redis")
     if client is None:
-        from abtest.runtime import redis_client
-
         client = state.extras["roles_redis"] = redis_client(state.settings.redis_url)
     return client
 
@@ -260,7 +203,7 @@ def _role_lookup(state: AppState, cache: Any, key: str) -> asyncio.Task[str | No
     return task
 
 
-def require_role(*roles: str):  # noqa: ANN201 - returns a FastAPI dependency
+def require_role(*roles: str) -> Callable[[Request], Awaitable[str | None]]:
     """Dependency: the request's API key must have one of `roles` (when auth is enabled)."""
 
     async def _check(request: Request) -> str | None:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 from pydantic import Field
 from sqlalchemy.orm import Session
 
-from abtest import promotion, services
+from abtest import db, jobs, promotion, services
 from abtest.api.bodies import StrictBody
 from abtest.api.deps import app_state, db_session, require_role
 
@@ -37,19 +37,26 @@ class ConcludeIn(StrictBody):
     reason: str | None = Field(default=None, max_length=2000, description="Needed to override.")
 
 
-@router.post("/variants/{name}/gate", status_code=201, dependencies=engineer)
+@router.post("/variants/{name}/gate", status_code=202, dependencies=engineer)
 def run_gate(
-    name: str,
-    request: Request,
-    body: GateIn | None = None,
-    session: Session = Depends(db_session),
+    name: str, request: Request, response: Response, body: GateIn | None = None
 ) -> dict[str, Any]:
-    """Evaluate the variant on the current test set and store the gate run (passed or not)."""
+    """Queue a gate job: the variant is evaluated on the current test set in the background
+    and the gate run stored (passed or not). 202 with the job; `GET /v1/jobs/{id}` (the
+    `Location`) gives its status and, once it succeeded, the gate run. A policy below the
+    minimum or an unknown, teacher or inactive variant is refused at once (no job)."""
     body = body or GateIn()
     policy = promotion.parse_policy(body.policy)
-    settings = app_state(request).settings
-    run = promotion.run_gate(session, name, body.actor, policy, progress=False, settings=settings)
-    return promotion.gate_run_summary(run)
+    state = app_state(request)
+    runner = jobs.job_runner(state)
+    with db.session_scope(state.engine) as session:
+        job, work = promotion.start_gate_job(
+            session, name, body.actor, policy, state.settings, runner.owner
+        )
+        summary = jobs.job_summary(job)
+    runner.submit(job.id, work)  # after the commit: the worker reads the job's row
+    response.headers["Location"] = summary["url"]
+    return summary
 
 
 @router.get("/variants/{name}/gate-runs", dependencies=reader)

@@ -9,6 +9,7 @@ from abtest.cli import (
     core,
     distill_cmds,
     experiments,
+    jobs_cmds,
     models_cmds,
     offline_cmds,
     reports_cmds,
@@ -36,6 +37,7 @@ def _read_settings_afresh() -> None:
 core.register(app)
 app.add_typer(variants.app, name="variants")
 app.add_typer(experiments.app, name="experiments")
+app.add_typer(jobs_cmds.app, name="jobs")
 for module in (
     analysis_cmds,
     reports_cmds,

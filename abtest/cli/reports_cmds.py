@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -21,6 +21,9 @@ from abtest.cli.common import (
 )
 from abtest.cli.common import settings as load_settings
 from abtest.errors import ServiceError
+
+if TYPE_CHECKING:
+    from apscheduler.schedulers.blocking import BlockingScheduler
 
 report_service: Any = LazyModule("abtest.report_service")
 report_render: Any = LazyModule("analysis.report_render")
@@ -158,7 +161,7 @@ def list_reports(
         )
 
 
-def build_scheduler(cron: str, job: Callable[[], object]):  # noqa: ANN201 - BlockingScheduler
+def build_scheduler(cron: str, job: Callable[[], object]) -> BlockingScheduler:
     """A BlockingScheduler that runs `job` on the crontab expression `cron` (UTC)."""
     from apscheduler.schedulers.blocking import BlockingScheduler
     from apscheduler.triggers.cron import CronTrigger

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from routing.assignment import StoredAssignment
 from routing.eventlog.group_commit import GroupCommit
@@ -103,7 +103,7 @@ class DatabaseGateway:
     async def put_assignment(self, item: FirstAssignment) -> tuple[int, str] | None:
         """`(experiment_id, project_id, arm_id, source)` -> the stored `(arm_id, source)`, or
         None when the database is unreachable (the assignment was spooled)."""
-        return await self._commit.submit(Item(first=item))
+        return cast(tuple[int, str] | None, await self._commit.submit(Item(first=item)))
 
     async def write_first(
         self, item: FirstAssignment, row: dict[str, Any]
@@ -111,11 +111,12 @@ class DatabaseGateway:
         """A new project's first assignment and its start event, in the same commit: the
         stored `(arm_id, source)` (None when spooled) and the event's outcome. The event takes
         the stored arm, whichever request stored it."""
-        return await self._commit.submit(Item(item, row))
+        outcome = await self._commit.submit(Item(item, row))
+        return cast(tuple[tuple[int, str] | None, str], outcome)
 
     async def write_event(self, row: dict[str, Any]) -> str:
         """Store one event row: 'stored', 'duplicate' or 'spooled' (durable either way)."""
-        return await self._commit.submit(Item(row=row))
+        return cast(str, await self._commit.submit(Item(row=row)))
 
     async def close(self) -> None:
         return None
@@ -126,7 +127,11 @@ class DatabaseStore:
 
     When the database is down, `get` answers a miss and `put_first` spools the proposed
     assignment (replayed later, first writer still wins) and returns it unconfirmed.
+    Used on its own, `put_first` stores assignments (`writes_with_events` is false); the
+    runtime puts a `CachedStore` in front of it, which lets the gateway write them instead.
     """
+
+    writes_with_events = False
 
     def __init__(
         self,
@@ -200,3 +205,14 @@ class DatabaseStore:
         if name is None:
             return StoredAssignment(proposed.arm, proposed.source, confirmed=False)
         return StoredAssignment(name, found[1])
+
+    async def recall(
+        self, experiment_id: int, project_id: str, *, deep: bool
+    ) -> StoredAssignment | None:
+        """The table is the only place to look, deep or not."""
+        return await self.get(experiment_id, project_id)
+
+    def remember(
+        self, experiment_id: int, project_id: str, value: StoredAssignment, *, shared: bool
+    ) -> None:
+        """Nothing to keep: an assignment the database confirmed is already in its table."""

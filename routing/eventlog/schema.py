@@ -95,7 +95,7 @@ def row_to_json(row: dict[str, Any]) -> str:
 
 
 def row_from_json(text: str) -> dict[str, Any]:
-    row = json.loads(text)
+    row: dict[str, Any] = json.loads(text)
     for name in TIME_COLUMNS:
         if isinstance(row.get(name), str):
             row[name] = datetime.fromisoformat(row[name])

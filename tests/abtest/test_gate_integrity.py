@@ -20,7 +20,7 @@ from abtest.errors import Conflict, Invalid
 from abtest.settings import get_settings
 from abtest.tables import GateRun, Promotion, Variant
 from tests import online_data
-from tests.gate_helpers import FIT, approved_student, pass_gate, reference_teacher
+from tests.gate_helpers import FIT, approved_student, finished_job, pass_gate, reference_teacher
 
 
 @pytest.fixture
@@ -247,10 +247,11 @@ def test_a_pickle_payload_is_refused_and_never_unpickled(settings, tmp_path, mon
     with TestClient(create_app(settings)) as client:
         body = {"name": "evil", "kind": "knn_student", "config": {"path": "evil.pkl"}}
         assert client.post("/v1/variants", json=body).status_code == 201
-        gate = client.post("/v1/variants/evil/gate")
-        assert gate.status_code == 422, gate.text
-        detail = gate.json()["detail"][0]
-        assert detail["loc"] == ["config", "path"] and "JSON expected" in detail["msg"]
+        gate = finished_job(client, client.post("/v1/variants/evil/gate"))
+        assert gate["status"] == "failed" and gate["result"] is None, gate
+        error = gate["error"]
+        assert error["loc"] == ["config", "path"] and "JSON expected" in error["msg"]
+        assert error["status"] == 422
     assert not marker.exists()
     with db.session_scope(db.get_engine(settings.database_url)) as s:
         assert count(s, GateRun) == 0

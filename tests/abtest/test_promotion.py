@@ -20,6 +20,7 @@ from analysis.gate_policy import BASELINE_POLICY, GatePolicy
 from models.arms.base import ArmError, Prediction
 from models.dataset import IntentRecord, load_split, normalize_intent, write_records
 from models.tools import ToolConfig
+from tests.gate_helpers import finished_job
 
 # A small test set keeps these tests fast; the bundled one is used where "current" matters.
 SMALL = load_split("test")[:60]
@@ -337,9 +338,12 @@ def test_api_gate_promote_conclude(client):
     assert broken.status_code == 422
     assert broken.json()["detail"][0]["loc"] == ["config", "path"]
     assert client.get("/v1/variants/broken").status_code == 404
-    failed = client.post("/v1/variants/knn/gate", json={"actor": "dana"})
-    assert failed.status_code == 201, failed.text
-    assert failed.json()["passed"] is False and failed.json()["actor"] == "dana"
+    accepted = client.post("/v1/variants/knn/gate", json={"actor": "dana"})
+    assert accepted.status_code == 202, accepted.text  # a job: the evaluation runs after
+    assert accepted.json()["kind"] == "gate" and accepted.json()["actor"] == "dana"
+    failed = finished_job(client, accepted)
+    assert failed["status"] == "succeeded" and failed["actor"] == "dana", failed
+    assert failed["result"]["passed"] is False and failed["result"]["actor"] == "dana"
     refused = client.post("/v1/variants/knn/promote", json={})
     assert refused.status_code == 409
     detail = refused.json()["detail"][0]
@@ -355,12 +359,12 @@ def test_api_gate_promote_conclude(client):
         update={"gate_policy_minimum": "baseline-v2"}
     )  # the operator lowers the minimum: now the looser policy may run
     at_minimum = {**LOOSE, "overall_floor": 0.45, "tool_final_floor": 0.4}
-    passed = client.post("/v1/variants/knn/gate", json={"policy": at_minimum})
-    assert passed.status_code == 201 and passed.json()["passed"] is True, passed.text
+    passed = finished_job(client, client.post("/v1/variants/knn/gate", json={"policy": at_minimum}))
+    assert passed["result"]["passed"] is True, passed
     promoted = client.post("/v1/variants/knn/promote")
     assert promoted.status_code == 200, promoted.text
     assert promoted.json()["variant"]["status"] == "approved"
-    assert promoted.json()["promotion"]["gate_run_id"] == passed.json()["id"]
+    assert promoted.json()["promotion"]["gate_run_id"] == passed["result"]["id"]
     runs = client.get("/v1/variants/knn/gate-runs").json()
     assert [r["passed"] for r in runs] == [True, False]
     assert client.get("/v1/variants/nobody/gate-runs").status_code == 404

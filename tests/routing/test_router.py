@@ -326,3 +326,64 @@ def test_arm_that_cannot_be_built_falls_back():
     router = Router(catalog, MemoryStore(), provider, FakeWriter())
     routed = run(router.handle_project("p1", "warm"))
     assert routed.fallback and "no such model" in routed.error
+
+
+class RecallingStore(MemoryStore):
+    """A store whose first assignments the gateway writes: the router must only recall and
+    remember through the protocol, never call `put_first`."""
+
+    writes_with_events = True
+
+    def __init__(self):
+        super().__init__()
+        self.recalls = []
+
+    async def recall(self, experiment_id, project_id, *, deep):
+        self.recalls.append((experiment_id, project_id, deep))
+        return await super().recall(experiment_id, project_id, deep=deep)
+
+    async def put_first(self, experiment_id, project_id, proposed):
+        raise AssertionError("put_first is not the route of a store written with events")
+
+
+class AssigningWriter(FakeWriter):
+    """First writer wins on assignments, like the event stores."""
+
+    def __init__(self):
+        super().__init__()
+        self.assignments = {}
+
+    def write_together(self, assignments, rows):
+        for experiment_id, project_id, arm_id, source in assignments:
+            self.assignments.setdefault((experiment_id, project_id), (arm_id, source))
+        stored = {(e, p): self.assignments[(e, p)] for e, p, _, _ in assignments}
+        return stored, self.write_events(rows)
+
+
+def test_a_store_written_with_events_is_recalled_and_remembered_through_the_protocol():
+    store = RecallingStore()
+    writer = AssigningWriter()
+    arms = {"teacher": FakeArm("teacher"), "student": FakeArm("student", STUDENT)}
+    catalog = ExperimentCatalog(lambda: [exp()])
+    router = Router(catalog, store, lambda arm: arms[arm.variant], writer)
+    first = run(router.handle_project("p1", "warm"))
+    again = run(router.handle_project("p1", "warm"))
+    assert store.recalls == [(1, "p1", False), (1, "p1", False)]  # allocation never changed
+    assert writer.assignments == {(1, "p1"): (11, "hash")}  # stored with the start event
+    assert store.data[(1, "p1")].arm == first.arm == again.arm == "student"  # remembered
+
+
+def test_every_assignment_store_implements_the_protocol():
+    import inspect
+
+    from routing.assignment import AssignmentStore, CachedStore
+    from routing.eventlog.gateway import DatabaseStore
+
+    members = ("get", "put_first", "recall", "remember")
+    for store in (MemoryStore, CachedStore, DatabaseStore):
+        assert isinstance(store.writes_with_events, bool), store
+        for name in members:
+            wanted = inspect.signature(getattr(AssignmentStore, name))
+            assert inspect.signature(getattr(store, name)).parameters.keys() == (
+                wanted.parameters.keys()
+            ), (store, name)
