@@ -198,6 +198,13 @@ def _exported_ids(folder: Path, files: list[dict[str, Any]], low: int, high: int
     return ids
 
 
+def exported_ids(folder: Path, name: str, low: int, high: int) -> set[int]:
+    """Ids in (low, high] of the table `name` that the export in `folder` holds (per its
+    manifest; none without one)."""
+    state = read_manifest(folder)["tables"].get(name, {})
+    return _exported_ids(folder, state.get("files", []), low, high)
+
+
 def _selection(
     connection: Connection, source: Source, state: dict[str, Any], since: datetime | None
 ) -> tuple[sa.Select | None, int]:
