@@ -89,13 +89,18 @@ def month_partitions(connection: Connection) -> dict[date, str]:
     return found
 
 
-def create_month(connection: Connection, month: date) -> int:
-    """Create the partition of `month` in the caller's transaction; rows of the month already
-    in the default partition move into it. Returns how many moved."""
-    low, high = _start(month), _start(add_months(month, 1))
-    # Parent first, as every writer locks it: a writer waits here instead of deadlocking.
+def lock_events(connection: Connection) -> None:
+    """Lock `events` (and so its partitions) for a change of partitions, in the caller's
+    transaction. The parent first, as every writer locks it: a writer waits for the change
+    instead of deadlocking with it; a change that waits over 10 s for a long reader gives up."""
     connection.execute(sa.text("SET LOCAL lock_timeout = '10s'"))
     connection.execute(sa.text("LOCK TABLE events IN ACCESS EXCLUSIVE MODE"))
+
+
+def create_month(connection: Connection, month: date) -> int:
+    """Create the partition of `month` in the caller's transaction (`lock_events` first); rows
+    of the month already in the default partition move into it. Returns how many moved."""
+    low, high = _start(month), _start(add_months(month, 1))
     connection.execute(sa.text("CREATE TEMP TABLE _abtest_moved (LIKE events) ON COMMIT DROP"))
     moved = connection.execute(
         sa.text(
@@ -129,6 +134,7 @@ def ensure_partitions(
     for month in wanted:
         if month not in existing:
             with engine.begin() as connection:
+                lock_events(connection)
                 if month not in month_partitions(connection):  # not made meanwhile
                     create_month(connection, month)
                     created.append(f"events_{month:%Y_%m}")
@@ -160,14 +166,24 @@ def _facts(connection: Connection, name: str) -> _Facts:
 
 
 def _unexported(connection: Connection, name: str, facts: _Facts, folder: Path) -> int:
-    """How many rows of the partition the export in `folder` does not hold."""
+    """How many rows of the partition the export in `folder` does not hold (ids compared in
+    sorted arrays, streamed from the database in chunks)."""
+    import numpy as np
+
     if facts.rows == 0:
         return 0
-    held = export.exported_ids(folder, "events", facts.min_id - 1, facts.max_id)
+    held = export.exported_id_array(folder, "events", facts.min_id - 1, facts.max_id)
     if len(held) < facts.rows:
         return facts.rows - len(held)  # (a lower bound; enough to keep the partition)
-    ids = connection.execute(sa.text(f"SELECT id FROM {name}")).scalars()
-    return sum(1 for i in ids if i not in held)
+    missing = 0
+    result = connection.execute(
+        sa.text(f"SELECT id FROM {name}").execution_options(yield_per=100_000)
+    )
+    for chunk in result.scalars().partitions():
+        ids = np.fromiter(chunk, dtype=np.int64, count=len(chunk))
+        at = np.minimum(np.searchsorted(held, ids), len(held) - 1)
+        missing += int(np.count_nonzero(held[at] != ids))
+    return missing
 
 
 def _rollup_problem(connection: Connection, facts: _Facts) -> str | None:
@@ -277,8 +293,7 @@ def _drop(
 ) -> PartitionState:
     month = date.fromisoformat(f"{state.month}-01")
     with engine.begin() as connection:
-        connection.execute(sa.text("SET LOCAL lock_timeout = '10s'"))
-        connection.execute(sa.text("LOCK TABLE events IN ACCESS EXCLUSIVE MODE"))
+        lock_events(connection)
         again, facts = _state(connection, month, state.name, folder, cutoff)
         if not again.droppable:  # a row came in between the check and the lock
             return again

@@ -132,6 +132,20 @@ def test_the_group_commit_statement_stores_an_id_once(pg):
     assert key_count(pg) == 3
 
 
+def test_a_spool_replayed_twice_stores_each_id_once(pg, tmp_path):
+    from routing.eventlog import EventSpool
+
+    spool = EventSpool(tmp_path)
+    store = PostgresEventStore(pg, TABLES, spool)
+    store.write_events(rows(2))  # "0" and "1" stored before the outage
+    spool.append("event", rows(3) + rows(3, datetime(2027, 1, 2, tzinfo=UTC)))
+    spool.append("event", rows(3))  # the same again: a client retry during the outage
+    assert store.replay() == 9
+    assert store.replay() == 0
+    assert sorted(i for i, _ in stored(pg)) == ["0", "1", "2"]
+    assert key_count(pg) == 3
+
+
 def _write_in_process(url: str, start: int) -> int:
     engine = db.make_engine(url)
     store = open_event_store(engine, TABLES, None)
@@ -195,6 +209,7 @@ def test_partitions_are_postgresql_only(sqlite_url, monkeypatch):
 def _old_month_with_a_rollup(pg):
     seeded = create_experiment(pg)
     with pg.begin() as connection:
+        partitions.lock_events(connection)
         partitions.create_month(connection, date(2025, 1, 1))
     store = open_event_store(pg, TABLES, None)
     arms = {f"p{i}": "control" if i % 2 else "treatment" for i in range(6)}
@@ -260,6 +275,56 @@ def test_a_row_that_is_not_exported_keeps_its_month(pg, tmp_path):
     state = _by_name(partitions.apply_retention(pg, folder, 1))["events_2025_01"]
     assert not state.droppable and "1 row(s) not in the export" in state.why
     assert len(stored(pg, "received_at < '2025-02-01'")) == 10
+
+
+def test_a_row_arriving_between_the_check_and_the_drop_keeps_the_month(pg, tmp_path):
+    seeded = _old_month_with_a_rollup(pg)
+    folder = tmp_path / "warehouse"
+    warehouse.export_events(pg, folder)
+    with pg.begin() as connection:
+        rollup.refresh(connection, seeded.experiment_id)
+    planned = _by_name(partitions.apply_retention(pg, folder, 1, dry_run=True))["events_2025_01"]
+    assert planned.droppable
+    late = event(seeded, "export", "p2", None, OLD + timedelta(days=3))
+    open_event_store(pg, TABLES, None).write_events([late])
+    kept = partitions._drop(pg, planned, folder, partitions._cutoff(1, None))
+    assert not kept.droppable and "not in the export" in kept.why
+    assert len(stored(pg, "received_at < '2025-02-01'")) == 10
+
+
+def test_the_scheduler_creates_months_exports_reports_and_drops(pg, tmp_path, monkeypatch):
+    seeded = _old_month_with_a_rollup(pg)
+    ahead = f"events_{partitions.add_months(partitions.month_of(datetime.now(UTC)), 2):%Y_%m}"
+    with pg.begin() as connection:
+        connection.execute(sa.text(f"DROP TABLE {ahead}"))  # (empty) not made ahead yet
+        rollup.refresh(connection, seeded.experiment_id)
+    monkeypatch.setenv("ABTEST_DATABASE_URL", pg.url.render_as_string(hide_password=False))
+    monkeypatch.setenv("ABTEST_WAREHOUSE_DIR", str(tmp_path / "warehouse"))
+    monkeypatch.setenv("ABTEST_EVENTS_RETENTION_MONTHS", "1")
+    result = CliRunner().invoke(app, ["scheduler", "--once"])
+    assert result.exit_code == 0, result.output
+    assert f"created event partitions {ahead}" in result.output
+    assert "retention: events_2025_01 dropped 9 row(s)" in result.output
+    assert stored(pg, "received_at < '2025-02-01'") == []
+    assert (tmp_path / "warehouse" / "manifest.json").exists()
+
+
+def test_event_upkeep_failures_are_warnings_not_fatal(pg, tmp_path, monkeypatch):
+    from abtest.cli import serving_cmds
+    from abtest.settings import load_settings
+
+    _old_month_with_a_rollup(pg)
+    blocker = tmp_path / "a file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("ABTEST_DATABASE_URL", pg.url.render_as_string(hide_password=False))
+    monkeypatch.setenv("ABTEST_WAREHOUSE_DIR", str(blocker))
+    monkeypatch.setenv("ABTEST_EVENTS_RETENTION_MONTHS", "1")
+    result = CliRunner().invoke(app, ["scheduler", "--once"])
+    assert result.exit_code == 0, result.output
+    assert "warning: events export" in result.output
+    assert len(stored(pg, "received_at < '2025-02-01'")) == 9  # nothing exported: kept
+    down = load_settings(database_url="postgresql+psycopg://nobody@127.0.0.1:1/none")
+    serving_cmds._ensure_partitions(down)  # an unreachable database: a warning, no exception
 
 
 def test_cli_lists_partitions_and_applies_retention(pg, tmp_path, monkeypatch):
