@@ -14,6 +14,8 @@ PostgreSQL only (SQLite keeps its plain table):
   written in the same statement or transaction as its event by every writer.
 - The BI views (0002) read `events`: they are dropped and created again with their own text.
 
+The upgrade copies every row into the new table (and its key into `event_keys`) in the migration's
+transaction: minutes for tens of millions of events, during which writes wait; plan a window.
 Downgrade restores the plain table (same ids) and drops `event_keys`.
 
 Revision ID: 0009_event_partitions

@@ -309,7 +309,20 @@ def test_the_scheduler_creates_months_exports_reports_and_drops(pg, tmp_path, mo
     assert (tmp_path / "warehouse" / "manifest.json").exists()
 
 
-def test_event_upkeep_failures_are_warnings_not_fatal(pg, tmp_path, monkeypatch):
+def test_an_unreadable_manifest_keeps_every_month_and_says_why(pg, tmp_path):
+    seeded = _old_month_with_a_rollup(pg)
+    with pg.begin() as connection:
+        rollup.refresh(connection, seeded.experiment_id)
+    folder = tmp_path / "warehouse"
+    folder.mkdir()
+    (folder / "manifest.json").write_text("{not json")
+    state = _by_name(partitions.apply_retention(pg, folder, 1))["events_2025_01"]
+    assert not state.droppable and not state.exported
+    assert "not a readable export manifest" in state.why
+    assert len(stored(pg, "received_at < '2025-02-01'")) == 9
+
+
+def test_event_upkeep_failures_are_warnings_not_fatal(pg, tmp_path, monkeypatch, capsys):
     from abtest.cli import serving_cmds
     from abtest.settings import load_settings
 
@@ -324,7 +337,9 @@ def test_event_upkeep_failures_are_warnings_not_fatal(pg, tmp_path, monkeypatch)
     assert "warning: events export" in result.output
     assert len(stored(pg, "received_at < '2025-02-01'")) == 9  # nothing exported: kept
     down = load_settings(database_url="postgresql+psycopg://nobody@127.0.0.1:1/none")
+    capsys.readouterr()
     serving_cmds._ensure_partitions(down)  # an unreachable database: a warning, no exception
+    assert "event partitions not checked" in capsys.readouterr().err
 
 
 def test_cli_lists_partitions_and_applies_retention(pg, tmp_path, monkeypatch):
