@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from importlib import resources
@@ -236,6 +237,30 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+# Not ORM tables, so autogenerate must leave them alone: the BI views (migration 0002) and, on
+# PostgreSQL, what partitioning the events (migration 0009) changes from `tables.Event` (the
+# plain table SQLite keeps): its month partitions, the key table, the client_event_id
+# uniqueness that moved there.
+VIEWS = frozenset({"abtest_arm_daily", "abtest_results"})
+PARTITION_NAME = re.compile(r"events_(\d{4}_\d{2}|default)")
+POSTGRES_ONLY = frozenset({"event_keys"})
+
+
+def autogenerate_includes(dialect: str) -> Callable[..., bool]:
+    """Alembic's `include_object` for a database of `dialect`: what autogenerate compares."""
+    postgres = dialect == "postgresql"
+
+    def include(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+        if type_ == "table":
+            if name in VIEWS:
+                return False
+            if postgres and (name in POSTGRES_ONLY or PARTITION_NAME.fullmatch(name or "")):
+                return False
+        return not (postgres and name == "uq_events_client_event_id")
+
+    return include
 
 
 def migrations_dir() -> Path:

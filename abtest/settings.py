@@ -132,6 +132,12 @@ class Settings(BaseSettings):
         default=Path("./abtest-warehouse"),
         description="Folder of `abtest events export` (Parquet + manifest) that Spark reads.",
     )
+    events_retention_months: int | None = Field(
+        default=None,
+        ge=1,
+        description="PostgreSQL: drop event month partitions older than this many months once "
+        "exported to warehouse_dir and rolled up (`abtest events retention`); unset: keep all.",
+    )
     spark_master: str = Field(
         default="local[2]", description="Spark master URL (local[N], spark://host:7077, ...)."
     )

@@ -198,6 +198,21 @@ def _exported_ids(folder: Path, files: list[dict[str, Any]], low: int, high: int
     return ids
 
 
+def exported_id_array(folder: Path, name: str, low: int, high: int) -> Any:
+    """The ids in (low, high] of the table `name` that the export in `folder` holds (per its
+    manifest; none without one), as a sorted numpy int64 array (8 bytes an id, not a set)."""
+    import numpy as np
+
+    pq = _pyarrow().parquet
+    parts = [np.empty(0, dtype=np.int64)]
+    for entry in read_manifest(folder)["tables"].get(name, {}).get("files", []):
+        if entry["max_id"] <= low or entry["min_id"] > high:
+            continue
+        ids = pq.read_table(folder / entry["path"], columns=["id"]).column("id").to_numpy()
+        parts.append(ids[(ids > low) & (ids <= high)].astype(np.int64))
+    return np.unique(np.concatenate(parts))
+
+
 def _selection(
     connection: Connection, source: Source, state: dict[str, Any], since: datetime | None
 ) -> tuple[sa.Select | None, int]:

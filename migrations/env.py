@@ -3,16 +3,11 @@
 from alembic import context
 from sqlalchemy import create_engine
 
+from abtest.db import autogenerate_includes
 from abtest.tables import Base
 
 config = context.config
 target_metadata = Base.metadata
-# SQL views made by migrations (0002_bi_views), not ORM tables: autogenerate must not drop them.
-VIEWS = {"abtest_arm_daily", "abtest_results"}
-
-
-def include_object(obj, name, type_, reflected, compare_to) -> bool:
-    return not (type_ == "table" and name in VIEWS)
 
 
 def run_migrations_online() -> None:
@@ -32,7 +27,7 @@ def run_migrations_online() -> None:
             target_metadata=target_metadata,
             render_as_batch=connection.dialect.name == "sqlite",
             compare_type=True,
-            include_object=include_object,
+            include_object=autogenerate_includes(connection.dialect.name),
         )
         context.run_migrations()
         if connection.dialect.name == "sqlite":

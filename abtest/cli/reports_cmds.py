@@ -14,6 +14,7 @@ from abtest.cli.common import (
     LazyModule,
     console,
     engine,
+    err_console,
     fail,
     print_json,
     print_table,
@@ -175,22 +176,60 @@ def build_scheduler(cron: str, job: Callable[[], object]) -> BlockingScheduler:
     return scheduler
 
 
+def maintain_events(stage: str) -> None:
+    """The scheduler's event-log upkeep (PostgreSQL; nothing on SQLite): at "start", create the
+    month partitions ahead; with ABTEST_EVENTS_RETENTION_MONTHS set, "export" the new events to
+    ABTEST_WAREHOUSE_DIR before the reports (which refresh the rollup) and apply the "retention"
+    after them. A failure is printed, never fatal: the default partition takes rows meanwhile."""
+    from sqlalchemy.exc import DBAPIError
+
+    from abtest import partitions
+    from analysis.export import ExportError
+
+    config = load_settings()
+    if stage != "start" and config.events_retention_months is None:
+        return
+    database = engine()
+    try:
+        if stage == "start":
+            created = partitions.ensure_partitions(database)
+            if created:
+                console.print(f"created event partitions {', '.join(created)}")
+        elif stage == "export" and database.dialect.name == "postgresql":
+            warehouse_service.export_events(database, config.warehouse_dir)
+        elif stage == "retention" and database.dialect.name == "postgresql":
+            states = partitions.apply_retention(
+                database, config.warehouse_dir, config.events_retention_months
+            )
+            for state in states:
+                if state.why.startswith("dropped"):
+                    console.print(f"retention: {state.name} {state.why}")
+    except (DBAPIError, ExportError, ServiceError) as exc:
+        err_console.print(f"[yellow]warning:[/] events {stage}: {exc}", soft_wrap=True)
+
+
 def scheduler(
     once: bool = typer.Option(False, "--once", help="Run the reports once now and exit."),
 ) -> None:
     """Run `abtest reports run --all` on the schedule in ABTEST_REPORT_CRON (UTC), counting
     with ABTEST_REPORT_ENGINE (spark: the new events are exported to ABTEST_WAREHOUSE_DIR first).
+    On PostgreSQL each run also creates the event month partitions ahead and, with
+    ABTEST_EVENTS_RETENTION_MONTHS set, exports the events and then drops the expired months.
     """
     cron = load_settings().report_cron
 
     def job() -> None:
+        maintain_events("start")
+        maintain_events("export")
         stored = run_all_reports(source=source_for(None, None))
         console.print(f"stored {len(stored)} report(s)")
+        maintain_events("retention")
 
     sched = build_scheduler(cron, job)
     if once:
         job()
         return
+    maintain_events("start")
     console.print(f"scheduler: reports on {cron!r} (UTC); Ctrl-C stops")
     try:
         sched.start()

@@ -56,6 +56,7 @@ def serve(
             "(events are spooled, API keys checked against Redis and the last known keys)",
             soft_wrap=True,
         )
+    _ensure_partitions(settings)
     if not enabled:
         common.err_console.print("[yellow]warning:[/] auth is OFF: every endpoint is open")
     if workers == 1:
@@ -72,6 +73,24 @@ def serve(
             workers=workers,
             log_level=log_level,
         )
+
+
+def _ensure_partitions(settings: Any) -> None:
+    """Create the event month partitions ahead (PostgreSQL). Never fatal: while the database is
+    unreachable or busy the default partition takes the rows, and the scheduler retries."""
+    from sqlalchemy.exc import DBAPIError
+
+    from abtest import db, partitions
+
+    try:
+        created = partitions.ensure_partitions(db.get_engine(settings.database_url))
+    except DBAPIError as exc:
+        common.err_console.print(
+            f"[yellow]warning:[/] event partitions not checked: {exc.orig}", soft_wrap=True
+        )
+        return
+    if created:
+        common.err_console.print(f"created event partitions {', '.join(created)}")
 
 
 def _remembers_a_database(settings: Any) -> bool:

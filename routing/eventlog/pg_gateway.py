@@ -29,8 +29,8 @@ import sqlalchemy as sa
 
 from routing.eventlog import EventStore, FirstAssignment, GroupCommit, WriteResult, is_unavailable
 from routing.eventlog.gateway import DatabaseGateway, Item, item_outcomes, split_items
-from routing.eventlog.postgres import batch_statement
-from routing.eventlog.schema import EVENT_COLUMNS, PG_EVENT_RECORD, json_text, rows_json
+from routing.eventlog.postgres import batch_statement, insert_rows_statement, json_rows
+from routing.eventlog.schema import json_text, rows_json
 from routing.eventlog.sql import batch_references
 
 
@@ -66,12 +66,7 @@ class PostgresGateway(DatabaseGateway):
         self._assignments = writer.tables.assignments.name
         self._events = writer.tables.events.name
         self._statement = batch_statement(self._assignments, self._events)
-        columns = ", ".join(EVENT_COLUMNS)
-        self._insert_rows = (
-            f"INSERT INTO {self._events} ({columns}) SELECT {columns} "
-            f"FROM jsonb_to_recordset(%s::jsonb) AS t({PG_EVENT_RECORD}) "
-            "ON CONFLICT (client_event_id) DO NOTHING RETURNING client_event_id"
-        )
+        self._insert_rows = insert_rows_statement(self._events, json_rows("%s"))
         # several batches in flight: PostgreSQL commits one while the loop prepares the next
         self._commit: GroupCommit[Item, Any] = GroupCommit(
             self._flush_async,

@@ -15,10 +15,14 @@ from sqlalchemy import Engine
 from routing.eventlog.schema import (
     COPY_TYPES,
     EVENT_COLUMNS,
+    EVENT_KEYS,
     INT4,
+    KEY_COLUMNS,
     PG_EVENT_RECORD,
+    PG_TYPES,
     TIME_COLUMNS,
     RoutingTables,
+    first_of_each_id,
     json_bytes,
     json_text,
     rows_json,
@@ -54,26 +58,74 @@ def first_assignment_ctes(assignments: str, events: str, param: str) -> str:
     )
 
 
+def json_rows(param: str) -> str:
+    """The event rows of the JSON array `param` as a relation, one per client_event_id (the
+    first of repeated ids, as a plain ON CONFLICT DO NOTHING would keep)."""
+    columns = ", ".join(EVENT_COLUMNS)
+    return (
+        f"(SELECT DISTINCT ON (client_event_id) {columns} FROM ROWS FROM "
+        f"(jsonb_to_recordset({param}::jsonb) AS ({PG_EVENT_RECORD})) "
+        f"WITH ORDINALITY AS r({columns}, n) ORDER BY client_event_id, n)"
+    )
+
+
+def keyed_insert_ctes(events: str, rows: str) -> str:
+    """`k` claims in EVENT_KEYS the id of every row of the relation `rows` (one row per id)
+    and `ev` stores the events whose id it claimed, returning their ids. A concurrent writer of
+    an id waits for the other's commit, then skips it, whichever partition each event is in."""
+    columns = ", ".join(EVENT_COLUMNS)
+    keys = ", ".join(KEY_COLUMNS)
+    return (
+        f"k AS (INSERT INTO {EVENT_KEYS} ({keys}) SELECT {keys} FROM {rows} "
+        "ON CONFLICT DO NOTHING RETURNING client_event_id), "
+        f"ev AS (INSERT INTO {events} ({columns}) "
+        f"SELECT {', '.join(f'w.{c}' for c in EVENT_COLUMNS)} FROM {rows} w "
+        "JOIN k ON k.client_event_id = w.client_event_id RETURNING client_event_id)"
+    )
+
+
+def insert_rows_statement(events: str, source: str, arms_from: str | None = None) -> str:
+    """Store the rows of the relation `source` once per client_event_id (`keyed_insert_ctes`);
+    an armless row takes its project's assignment in `arms_from` when given. Returns the ids
+    stored."""
+    selected = ", ".join(
+        "COALESCE(t.arm_id, a.arm_id) AS arm_id" if c == "arm_id" and arms_from else f"t.{c}"
+        for c in EVENT_COLUMNS
+    )
+    # LATERAL ... OFFSET 0 (not pulled up into a join): one index probe per armless row,
+    # whatever the often stale statistics of a fast-growing assignments table suggest.
+    join = (
+        f"LEFT JOIN LATERAL (SELECT arm_id FROM {arms_from} x WHERE t.arm_id IS NULL "
+        "AND x.experiment_id = t.experiment_id AND x.project_id = t.project_id OFFSET 0) a "
+        "ON true"
+        if arms_from
+        else ""
+    )
+    return (
+        f"WITH w AS (SELECT {selected} FROM {source} t {join}), "
+        f"{keyed_insert_ctes(events, 'w')} SELECT client_event_id FROM ev"
+    )
+
+
 def batch_statement(assignments: str, events: str) -> str:
     """The one statement of a batch; `%(a)s` and `%(r)s` are JSON arrays of the new
     assignments ({e, p, a, s}) and of the event rows."""
-    columns = ", ".join(EVENT_COLUMNS)
     arm = (
         "CASE WHEN t.type = 'start' THEN COALESCE(st.arm_id, t.arm_id, z.arm_id) "
-        "ELSE COALESCE(t.arm_id, st.arm_id, z.arm_id) END"
+        "ELSE COALESCE(t.arm_id, st.arm_id, z.arm_id) END AS arm_id"
     )
     selected = ", ".join(arm if c == "arm_id" else f"t.{c}" for c in EVENT_COLUMNS)
     return (
         f"WITH {first_assignment_ctes(assignments, events, '%(a)s')}, "
-        f"t AS (SELECT * FROM jsonb_to_recordset(%(r)s::jsonb) AS t({PG_EVENT_RECORD})), "
-        f"ev AS (INSERT INTO {events} ({columns}) SELECT {selected} FROM t "
+        f"w AS (SELECT {selected} FROM {json_rows('%(r)s')} t "
         "LEFT JOIN st ON st.e = t.experiment_id AND st.p = t.project_id "
         f"LEFT JOIN LATERAL (SELECT y.arm_id FROM {assignments} y WHERE t.arm_id IS NULL "
         "AND st.arm_id IS NULL AND y.experiment_id = t.experiment_id "
         "AND y.project_id = t.project_id OFFSET 0) z ON true "
-        # a start whose stored arm is invisible here (stored by a concurrent batch) waits
-        "WHERE NOT (t.type = 'start' AND st.e IS NOT NULL AND st.arm_id IS NULL) "
-        "ON CONFLICT (client_event_id) DO NOTHING RETURNING client_event_id) "
+        # a start whose stored arm is invisible here (stored by a concurrent batch) waits,
+        # its id unclaimed: the retry of `_insert_late_starts` stores it
+        "WHERE NOT (t.type = 'start' AND st.e IS NOT NULL AND st.arm_id IS NULL)), "
+        f"{keyed_insert_ctes(events, 'w')} "
         "SELECT e, p, arm_id, source FROM st "
         "UNION ALL SELECT NULL, client_event_id, NULL, NULL FROM ev"
     )
@@ -163,6 +215,20 @@ def copy_events(
             write(values)
 
 
+def copy_keys(cursor: Any, rows: Iterable[dict[str, Any]]) -> None:
+    """`COPY event_keys FROM STDIN` (binary) of the rows' ids: raises UniqueViolation when one
+    of them is stored already (`_pg_copy_events` then takes the ON CONFLICT route)."""
+    keys = ", ".join(KEY_COLUMNS)
+    with cursor.copy(f"COPY {EVENT_KEYS} ({keys}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types([PG_TYPES[name] for name in KEY_COLUMNS])
+        write = copy.write_row
+        for row in rows:
+            received = row.get("received_at")
+            if received.__class__ is not datetime or received.tzinfo is None:
+                received = _as_time(received)
+            write((row["client_event_id"], received))
+
+
 class PostgresEventStore(SqlEventStore):
     """The `EventStore` on PostgreSQL: one persistent connection per writer thread and raw
     psycopg statements; big batches go in with a binary COPY (see `_pg_copy_events`)."""
@@ -219,14 +285,12 @@ class PostgresEventStore(SqlEventStore):
         """Big batch: dedupe, skip ids already stored, COPY the rest straight into the table
         (missing arms resolved from the assignments on the way). The COPY runs in a savepoint:
         if one of its ids is stored after all (a concurrent writer, or a duplicate that the
-        sampled probe missed), it fails on the unique index, rolls back to the savepoint, and
-        the rows take the ON CONFLICT DO NOTHING route instead: never a duplicate, and the
-        returned ids are exactly the ones this call stored."""
+        sampled probe missed), the COPY of its key fails on event_keys' primary key, rolls back
+        to the savepoint, and the rows take the ON CONFLICT DO NOTHING route instead: never a
+        duplicate, and the returned ids are exactly the ones this call stored."""
         import psycopg
 
-        unique: dict[str, dict[str, Any]] = {}
-        for row in rows:  # the first of repeated ids wins, as with ON CONFLICT DO NOTHING
-            unique.setdefault(row["client_event_id"], row)
+        unique = {row["client_event_id"]: row for row in first_of_each_id(rows)}
         ids = list(unique)
         # A fresh batch has no stored ids and a retried one has (nearly) all of them: probe a
         # sample, and every id only when the sample finds one.
@@ -242,6 +306,7 @@ class PostgresEventStore(SqlEventStore):
             self._before_copy()
         cursor.execute("SAVEPOINT abtest_events_copy")
         try:
+            copy_keys(cursor, fresh)  # a stored id fails here, before any event is copied
             copy_events(cursor, self.tables.events.name, fresh, arms)
         except psycopg.errors.UniqueViolation:
             cursor.execute("ROLLBACK TO SAVEPOINT abtest_events_copy")
@@ -254,7 +319,7 @@ class PostgresEventStore(SqlEventStore):
         a generic plan of the prepared statement would make of `= ANY(%s)`)."""
         cursor.execute(
             "SELECT k.id FROM json_array_elements_text(%s::json) AS k(id) CROSS JOIN LATERAL "
-            f"(SELECT 1 FROM {self.tables.events.name} e WHERE e.client_event_id = k.id "
+            f"(SELECT 1 FROM {EVENT_KEYS} e WHERE e.client_event_id = k.id "
             "OFFSET 0) e",
             [orjson.dumps(ids).decode()],
         )
@@ -294,33 +359,18 @@ class PostgresEventStore(SqlEventStore):
         if direct_copy and len(rows) >= self.copy_threshold:
             return self._pg_copy_events(cursor, rows)
         events, assignments = self.tables.events.name, self.tables.assignments.name
-        columns = ", ".join(EVENT_COLUMNS)
-        selected = ", ".join(
-            "COALESCE(t.arm_id, a.arm_id)" if c == "arm_id" else f"t.{c}" for c in EVENT_COLUMNS
-        )
-        # LATERAL ... OFFSET 0 (not pulled up into a join): one index probe per armless row,
-        # whatever the often stale statistics of a fast-growing assignments table suggest.
-        join = (
-            f"LEFT JOIN LATERAL (SELECT arm_id FROM {assignments} x WHERE t.arm_id IS NULL "
-            "AND x.experiment_id = t.experiment_id AND x.project_id = t.project_id OFFSET 0) a "
-            "ON true "
-            "ON CONFLICT (client_event_id) DO NOTHING RETURNING client_event_id"
-        )
         if len(rows) >= self.copy_threshold:
+            columns = ", ".join(EVENT_COLUMNS)
             cursor.execute(
                 "CREATE TEMP TABLE IF NOT EXISTS _abtest_events_in ON COMMIT DELETE ROWS "
                 f"AS SELECT {columns} FROM {events} WITH NO DATA"
             )
-            copy_events(cursor, "_abtest_events_in", rows)
-            cursor.execute(
-                f"INSERT INTO {events} ({columns}) SELECT {selected} "
-                f"FROM _abtest_events_in t {join}"
-            )
+            copy_events(cursor, "_abtest_events_in", first_of_each_id(rows))
+            source = "(SELECT DISTINCT ON (client_event_id) * FROM _abtest_events_in)"
+            cursor.execute(insert_rows_statement(events, source, assignments))
         else:
             cursor.execute(
-                f"INSERT INTO {events} ({columns}) SELECT {selected} "
-                f"FROM jsonb_to_recordset(%s::jsonb) AS t({PG_EVENT_RECORD}) {join}",
-                [rows_json(rows)],
+                insert_rows_statement(events, json_rows("%s"), assignments), [rows_json(rows)]
             )
         return {row[0] for row in cursor.fetchall()}
 

@@ -37,6 +37,12 @@ PG_TYPES: dict[str, str] = {
     "attributes": "jsonb",
 }
 EVENT_COLUMNS = tuple(PG_TYPES)  # the order of the table's columns (after its id)
+# PostgreSQL: `events` is partitioned by month of received_at (migration 0009), and a unique
+# index of a partitioned table must hold the partition key, so client_event_id is unique in
+# this unpartitioned table instead. Every PostgreSQL writer claims an event's key here in the
+# statement (or transaction) that stores the event: the key that wins is the event stored.
+EVENT_KEYS = "event_keys"
+KEY_COLUMNS = ("client_event_id", "received_at")  # of PG_TYPES; its primary key is the first
 
 
 def _columns_of(*types: str) -> tuple[str, ...]:
@@ -86,6 +92,14 @@ class EventRecord:
 
     def to_row(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in EVENT_COLUMNS}
+
+
+def first_of_each_id(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The first row of each client_event_id (the one a plain ON CONFLICT DO NOTHING keeps)."""
+    unique: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        unique.setdefault(row["client_event_id"], row)
+    return list(unique.values())
 
 
 def row_to_json(row: dict[str, Any]) -> str:

@@ -10,7 +10,14 @@ import sqlalchemy as sa
 from sqlalchemy import Engine, Table
 from sqlalchemy.dialects import postgresql, sqlite
 
-from routing.eventlog.schema import RoutingTables, check_storable, utcnow
+from routing.eventlog.schema import (
+    EVENT_KEYS,
+    KEY_COLUMNS,
+    RoutingTables,
+    check_storable,
+    first_of_each_id,
+    utcnow,
+)
 from routing.eventlog.spool import EventSpool
 from routing.eventlog.store import (
     EventStore,
@@ -61,13 +68,20 @@ class SqlEventStore:
         with self.engine.begin() as conn:
             self._check_references(conn, rows)
             rows = self._resolve_arms(conn, rows)
-            statement = _insert(conn, events).on_conflict_do_nothing(
-                index_elements=["client_event_id"]
-            )
-            known = self._known_ids(conn, rows)
-            conn.execute(statement, rows)
+            if conn.dialect.name == "postgresql":  # partitioned: the ids are in EVENT_KEYS
+                rows = first_of_each_id(rows)
+                new_ids = _claim_keys(conn, rows)
+                claimed = [row for row in rows if row["client_event_id"] in new_ids]
+                if claimed:
+                    conn.execute(events.insert(), claimed)
+            else:
+                statement = _insert(conn, events).on_conflict_do_nothing(
+                    index_elements=["client_event_id"]
+                )
+                new_ids = {row["client_event_id"] for row in rows} - self._known_ids(conn, rows)
+                conn.execute(statement, rows)
             self._reconcile_unknown_experiment(conn, rows)
-        return {row["client_event_id"] for row in rows} - known
+        return new_ids
 
     # references (the events table has no foreign keys) -------------------------------------
 
@@ -192,12 +206,16 @@ class SqlEventStore:
         self, conn: sa.Connection, rows: Sequence[dict[str, Any]]
     ) -> None:
         """Rows stored without an experiment take the project's latest assignment, if any."""
-        ids = [row["client_event_id"] for row in rows if row.get("experiment_id") is None]
-        for start in range(0, len(ids), 500):
-            events = self.tables.events
+        orphans = [row for row in rows if row.get("experiment_id") is None]
+        events = self.tables.events
+        for start in range(0, len(orphans), 500):
+            chunk = orphans[start : start + 500]
             conn.execute(
                 self._adopt_statement(
-                    events.c.client_event_id.in_(ids[start : start + 500]),
+                    events.c.client_event_id.in_([row["client_event_id"] for row in chunk]),
+                    # the same rows; lets ix_events_orphans (project_id, armless) find them
+                    # without an index on client_event_id (PostgreSQL: see EVENT_KEYS)
+                    events.c.project_id.in_({row["project_id"] for row in chunk}),
                     events.c.experiment_id.is_(None),
                 )
             )
@@ -371,6 +389,20 @@ def _starts_take_stored_arms(
             row = {**row, "arm_id": found[0]}
         fixed.append(row)
     return fixed
+
+
+_event_keys = sa.table(EVENT_KEYS, *(sa.column(name) for name in KEY_COLUMNS))
+
+
+def _claim_keys(conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> set[str]:
+    """PostgreSQL: claim the ids of `rows` (one row per id) in EVENT_KEYS in this transaction;
+    returns those claimed (an id stored or being stored by another writer is not)."""
+    claimed: set[str] = set()
+    for start in range(0, len(rows), 1000):
+        keys = [{name: row[name] for name in KEY_COLUMNS} for row in rows[start : start + 1000]]
+        statement = postgresql.insert(_event_keys).values(keys).on_conflict_do_nothing()
+        claimed.update(conn.execute(statement.returning(_event_keys.c.client_event_id)).scalars())
+    return claimed
 
 
 def _insert(conn: sa.Connection, table: Table) -> Any:

@@ -11,7 +11,11 @@ from abtest.tables import Base
 
 def test_autogenerate_finds_no_difference(engine):
     with engine.connect() as connection:
-        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        opts = {
+            "compare_type": True,
+            "include_object": db.autogenerate_includes(engine.dialect.name),
+        }
+        context = MigrationContext.configure(connection, opts=opts)
         assert compare_metadata(context, Base.metadata) == []
 
 

@@ -68,6 +68,24 @@ def test_the_migrated_database_matches_the_schema(engine):
             assert spelled in SPELLINGS[PG_TYPES[column["name"]]], column["name"]
 
 
+def test_the_key_table_is_spelled_by_the_schema(engine):
+    """PostgreSQL: event_keys (migration 0009) has KEY_COLUMNS, typed as in PG_TYPES and as the
+    events columns they copy; SQLite keeps the unique client_event_id on events itself."""
+    from routing.eventlog.schema import EVENT_KEYS, KEY_COLUMNS
+
+    inspector = sa.inspect(engine)
+    if engine.dialect.name != "postgresql":
+        assert not inspector.has_table(EVENT_KEYS)
+        return
+    columns = inspector.get_columns(EVENT_KEYS)
+    assert tuple(c["name"] for c in columns) == KEY_COLUMNS
+    events = {c["name"]: c for c in inspector.get_columns(Event.__tablename__)}
+    for column in columns:
+        assert _spelling(column["type"]) in SPELLINGS[PG_TYPES[column["name"]]]
+        assert str(column["type"]) == str(events[column["name"]]["type"])  # same limits
+    assert inspector.get_pk_constraint(EVENT_KEYS)["constrained_columns"] == [KEY_COLUMNS[0]]
+
+
 def test_open_event_store_picks_one_store_per_backend(engine):
     from abtest.runtime import TABLES
     from routing.eventlog import EventStore, PostgresEventStore, SqlEventStore, open_event_store
