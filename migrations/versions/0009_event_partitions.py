@@ -19,7 +19,7 @@ transaction: minutes for tens of millions of events, during which writes wait; p
 Downgrade restores the plain table (same ids) and drops `event_keys`.
 
 Revision ID: 0009_event_partitions
-Revises: 0007_decisions
+Revises: 0008_jobs
 Create Date: 2026-12-06 23:20:00
 """
 
@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0009_event_partitions"
-down_revision: str | None = "0007_decisions"
+down_revision: str | None = "0008_jobs"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

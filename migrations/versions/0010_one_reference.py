@@ -9,7 +9,7 @@ reference rule) is refused with their names: which one stays the reference is a 
 an engineer, not for a migration.
 
 Revision ID: 0010_one_reference
-Revises: 0007_decisions
+Revises: 0009_event_partitions
 Create Date: 2026-12-06 23:30:00
 """
 
@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0010_one_reference"
-down_revision: str | None = "0007_decisions"
+down_revision: str | None = "0009_event_partitions"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
