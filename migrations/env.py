@@ -19,6 +19,10 @@ def run_migrations_online() -> None:
         engine = create_engine(normalize_url(get_settings().database_url))
     with engine.begin() as connection:
         if connection.dialect.name == "sqlite":
+            # pysqlite opens a transaction only before DML, so a migration's DDL would commit on
+            # its own and a failed upgrade would leave half a revision behind: begin here, so
+            # that a whole upgrade rolls back together, as on PostgreSQL.
+            connection.exec_driver_sql("BEGIN")
             # Batch migrations rebuild a table and rename it into place; without this, SQLite
             # re-checks every view during the rename and fails while the old table is gone.
             connection.exec_driver_sql("PRAGMA legacy_alter_table=ON")

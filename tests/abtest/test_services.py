@@ -180,6 +180,9 @@ def test_upgrade_refuses_a_database_with_two_active_references(empty_engine):
             )  # fmt: skip
     with pytest.raises(RuntimeError, match=r"2 active reference teachers \(gpt, answers\)"):
         db.upgrade(empty_engine)
+    # the refused upgrade rolled back whole, on SQLite too (no table of 0008 left behind)
+    assert db.current_revision(empty_engine) == "0007_decisions"
+    assert "jobs" not in sa.inspect(empty_engine).get_table_names()
     with empty_engine.begin() as connection:
         connection.execute(variants.update().where(variants.c.name == "answers")
                            .values(status="archived"))  # fmt: skip
