@@ -15,7 +15,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from abtest import db
 from abtest.settings import Settings
-from analysis import rollup
 from routing.eventlog import is_unavailable
 
 log = logging.getLogger(__name__)
@@ -67,7 +66,9 @@ class AppState:
         so a report read there never refreshes the rollup (reads do not write)."""
         cached = self.extras.get("read_engine")
         if cached is None or cached[0] is not self.engine:
-            cached = (self.engine, self.engine.execution_options(**{rollup.READ_ONLY: True}))
+            from analysis.rollup import READ_ONLY  # lazily: the CLI imports this module
+
+            cached = (self.engine, self.engine.execution_options(**{READ_ONLY: True}))
             self.extras["read_engine"] = cached
         return cached[1]
 
