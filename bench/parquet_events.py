@@ -188,6 +188,6 @@ def rows(folder: Path, table: str) -> list[dict[str, Any]]:
     out = []
     for path in export.manifest_files(Path(folder), table):
         experiment = int(path.relative_to(folder / table).parts[0].split("=")[1])
-        for row in pq.read_table(path).to_pylist():
+        for row in pq.ParquetFile(path).read().to_pylist():
             out.append({**row, "experiment_id": experiment})
     return out
