@@ -240,6 +240,7 @@ def _bench_writer():
     """bench/parquet_events.py (the 100M-event benchmark's writer; bench/ is not a package)."""
     path = Path(__file__).resolve().parents[2] / "bench" / "parquet_events.py"
     spec = importlib.util.spec_from_file_location("bench_parquet_events", path)
+    assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)
@@ -286,9 +287,9 @@ def test_the_benchmarks_direct_parquet_is_what_the_export_writes(pg, tmp_path, s
     scope = Scope(seeded.experiment_id)
     counted = []
     for folder in (direct, exported):
-        source = SparkSource(spark, folder)
+        by_spark = SparkSource(spark, folder)
         counted.append(
-            (source.project_counts(scope, ATTRIBUTES, True), source.guardrail_stats(scope))
+            (by_spark.project_counts(scope, ATTRIBUTES, True), by_spark.guardrail_stats(scope))
         )
     assert close(as_plain(list(counted[0])), as_plain(list(counted[1])))
     assert sum(day.starts for day in counted[0][0].daily) == 3000
