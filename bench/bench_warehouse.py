@@ -19,6 +19,11 @@ the Python process's max RSS for pandas. Every engine's per-arm totals are check
 others.
 
     python bench/bench_warehouse.py --sizes 100000,1000000
+
+``--parquet-direct 1000000,100000000`` skips the database: the Parquet files are written
+directly by `parquet_events` (same layout and schema as the export) and only Spark and pandas
+run, pandas under an address-space cap (``--memory-cap-gb``), both under ``--time-cap-s``; an
+engine that runs out of either is reported with the peak it reached. Run it under ``nice``.
 """
 
 from __future__ import annotations
