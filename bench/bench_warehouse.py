@@ -19,6 +19,11 @@ the Python process's max RSS for pandas. Every engine's per-arm totals are check
 others.
 
     python bench/bench_warehouse.py --sizes 100000,1000000
+
+``--parquet-direct 1000000,100000000`` skips the database: the Parquet files are written
+directly by `parquet_events` (same layout and schema as the export) and only Spark and pandas
+run, pandas under an address-space cap (``--memory-cap-gb``), both under ``--time-cap-s``; an
+engine that runs out of either is reported with the peak it reached. Run it under ``nice``.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -197,28 +203,120 @@ def run_engine(engine_name: str, url: str, folder: str) -> dict:
     return result
 
 
-def measure(engine_name: str, url: str, folder: str) -> dict:
-    output = subprocess.run(
-        [sys.executable, __file__, "--engine", engine_name, "--url", url, "--folder", folder],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(HERE.parent)},
-    )
-    if output.returncode:
-        raise SystemExit(f"{engine_name} failed:\n{output.stderr[-3000:]}")
-    return json.loads(output.stdout.strip().splitlines()[-1])
+def measure(engine_name: str, url: str, folder: str, limits: Limits | None = None) -> dict:
+    """Run one engine in its own process; its peak RSS comes from the kernel (wait4)."""
+    command = [sys.executable, __file__, "--engine", engine_name, "--url", url, "--folder", folder]
+    if limits is not None:
+        command += ["--memory-cap-gb", str(limits.memory_gb)]
+    env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        child = subprocess.Popen(command, stdout=out, stderr=err, text=True, env=env)
+        start = time.perf_counter()
+        status, usage = _wait(child, limits.seconds if limits else None)
+        took = time.perf_counter() - start
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if status == 0:
+        return json.loads(stdout.strip().splitlines()[-1])
+    if limits is None:
+        raise SystemExit(f"{engine_name} failed:\n{stderr[-3000:]}")
+    why = "timed out" if status is None else f"failed ({stderr.strip().splitlines()[-1:]})"
+    return {"engine": engine_name, "failed": why, "seconds": took, "peak_mb": usage / 1024}
+
+
+@dataclass(frozen=True)
+class Limits:
+    memory_gb: float  # RLIMIT_AS of the engine's process
+    seconds: float  # killed after this
+
+
+def _wait(child: subprocess.Popen, seconds: float | None) -> tuple[int | None, int]:
+    """Wait for the child (killing it after `seconds`): its exit status (None: killed for
+    time) and its own peak RSS in KB."""
+    deadline = None if seconds is None else time.monotonic() + seconds
+    while True:
+        pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+        if pid:
+            child.returncode = os.waitstatus_to_exitcode(status)
+            return child.returncode, usage.ru_maxrss
+        if deadline is not None and time.monotonic() > deadline:
+            child.kill()
+            _, _, usage = os.wait4(child.pid, 0)
+            child.returncode = -9
+            return None, usage.ru_maxrss
+        time.sleep(0.5)
+
+
+def _report(results: list[dict]) -> None:
+    reference = next(r["totals"] for r in results if "totals" in r)
+    for r in results:
+        if "failed" in r:
+            print(
+                f"  {r['engine']:10s} {r['failed']} after {r['seconds']:.1f} s,"
+                f" peak {r['peak_mb']:7.0f} MB"
+            )
+            continue
+        extra = ""
+        if "jvm_start_s" in r:
+            extra = f" (counts {r['counts_s']:.1f} s; +{r['jvm_start_s']:.1f} s JVM start)"
+        if "refresh_s" in r:
+            extra = f" (full refresh {r['refresh_s']:.1f} s)"
+        same = "same totals" if r["totals"] == reference else f"DIFFERENT {r['totals']}"
+        print(
+            f"  {r['engine']:10s} {r['seconds']:7.2f} s{extra}  peak {r['peak_mb']:7.0f} MB"
+            f"  {same} {r['totals']}",
+            flush=True,
+        )
+
+
+def run_direct(sizes: list[int], engines: list[str], limits: Limits, root: str | None) -> None:
+    """Parquet written by `parquet_events` (no database): Spark and pandas over the files."""
+    import parquet_events
+
+    for events in sizes:
+        projects = events * 100 // 161  # 1 start + ~61 % exports per project
+        with tempfile.TemporaryDirectory(dir=root, prefix="bench-parquet-") as folder:
+            start = time.perf_counter()
+            written = parquet_events.write(Path(folder), projects)
+            took = time.perf_counter() - start
+            files = list(Path(folder).rglob("*.parquet"))
+            size_mb = sum(p.stat().st_size for p in files) / 2**20
+            print(
+                f"\n{projects} projects, {written} events written directly: {len(files)} files,"
+                f" {size_mb:.0f} MB, {took:.1f} s",
+                flush=True,
+            )
+            _report([measure(e, "", folder, limits) for e in engines])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100000", help="projects per run, comma-separated")
     parser.add_argument("--engines", default="pg-sql,pg-rollup,spark,pandas")
+    parser.add_argument(
+        "--parquet-direct",
+        metavar="EVENTS",
+        help="events per run, comma-separated: Parquet written directly (bench/parquet_events.py),"
+        " no database; only the spark and pandas engines",
+    )
+    parser.add_argument("--memory-cap-gb", type=float, default=14.0, help="per engine process")
+    parser.add_argument("--time-cap-s", type=float, default=3600.0, help="per engine process")
+    parser.add_argument("--root", help="folder for the Parquet files (default: the temp dir)")
     parser.add_argument("--engine", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.engine:
+        if args.engine == "pandas":  # the JVM reserves far more address space than it uses
+            cap = int(args.memory_cap_gb * 2**30)
+            resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
         print(json.dumps(run_engine(args.engine, args.url, args.folder)))
+        return
+    if args.parquet_direct:
+        engines = [e for e in args.engines.split(",") if e in ("spark", "pandas")]
+        sizes = [int(s) for s in args.parquet_direct.split(",")]
+        run_direct(sizes, engines, Limits(args.memory_cap_gb, args.time_cap_s), args.root)
         return
     from scratch_db import create_database, drop_database
 
@@ -231,8 +329,12 @@ def main() -> None:
             start = time.perf_counter()
             events = populate(url, size)
             took = time.perf_counter() - start
-            print(f"\n{size} projects, {events} events (generated in {took:.1f} s)")
-            with tempfile.TemporaryDirectory() as folder:
+            print(f"\n{size} projects, {events} events (generated in {took:.1f} s)", flush=True)
+            engines = args.engines.split(",")
+            if not {"spark", "pandas"} & set(engines):  # the database engines need no export
+                _report([measure(e, url, "") for e in engines])
+                continue
+            with tempfile.TemporaryDirectory(dir=args.root) as folder:
                 engine = db.make_engine(url)
                 start = time.perf_counter()
                 with engine.connect() as connection:
@@ -242,21 +344,10 @@ def main() -> None:
                 size_mb = sum(p.stat().st_size for p in Path(folder).rglob("*.parquet")) / 2**20
                 print(
                     f"  export: {exported.rows['events']} events in {len(exported.files)} files, "
-                    f"{size_mb:.1f} MB, {took:.1f} s"
+                    f"{size_mb:.1f} MB, {took:.1f} s",
+                    flush=True,
                 )
-                results = [measure(e, url, folder) for e in args.engines.split(",")]
-            reference = results[0]["totals"]
-            for r in results:
-                extra = ""
-                if "jvm_start_s" in r:
-                    extra = f" (counts {r['counts_s']:.1f} s; +{r['jvm_start_s']:.1f} s JVM start)"
-                if "refresh_s" in r:
-                    extra = f" (full refresh {r['refresh_s']:.1f} s)"
-                same = "same totals" if r["totals"] == reference else f"DIFFERENT {r['totals']}"
-                print(
-                    f"  {r['engine']:10s} {r['seconds']:7.2f} s{extra}  peak {r['peak_mb']:7.0f} MB"
-                    f"  {same}"
-                )
+                _report([measure(e, url, folder) for e in engines])
         finally:
             drop_database(name)
 

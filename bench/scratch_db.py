@@ -54,7 +54,11 @@ def two_arm_experiment(session: Session, key: str = "bench", start: bool = False
 
     services.register_variant(session, "teacher", "teacher", reference=True)
     services.register_variant(session, "student", "knn_student", {"fit": "train"})
-    promotion.run_gate(session, "student", "bench", BASELINE_POLICY, progress=False)
+    from abtest.settings import get_settings
+
+    # The benchmarks' student is the kNN baseline: its policy is the floor these runs accept.
+    floor = get_settings().model_copy(update={"gate_policy_minimum": BASELINE_POLICY.version})
+    promotion.run_gate(session, "student", "bench", BASELINE_POLICY, progress=False, settings=floor)
     promotion.promote(session, "student", "bench")
     experiment = services.create_experiment(
         session,

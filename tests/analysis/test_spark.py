@@ -5,11 +5,15 @@ All Spark tests share the session-scoped `spark` fixture: one JVM for the run.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
+import sys
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
@@ -233,3 +237,62 @@ def test_spark_sql_is_compiled_from_the_same_statement():
     assert params["experiment_id"] == 1 and params["window_micros"] == 86_400_000_000
     with pytest.raises(ValueError, match="plain identifier"):
         sufficient_stats.counts_statement(Scope(1), ("platform'; drop table events; --",))
+
+
+def _bench_writer():
+    """bench/parquet_events.py (the 100M-event benchmark's writer; bench/ is not a package)."""
+    path = Path(__file__).resolve().parents[2] / "bench" / "parquet_events.py"
+    spec = importlib.util.spec_from_file_location("bench_parquet_events", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def _layout(folder, table):
+    files = export.manifest_files(folder, table)
+    schemas = {str(pq.read_schema(f).remove_metadata()) for f in files}
+    return sorted({f.parent.relative_to(folder).as_posix() for f in files}), schemas
+
+
+def test_the_benchmarks_direct_parquet_is_what_the_export_writes(pg, tmp_path, spark):
+    """bench_warehouse --parquet-direct skips the database: its files must be the ones an
+    export of the same rows writes (layout, schema, rows) and count the same on Spark."""
+    writer = _bench_writer()
+    seeded = create_experiment(pg)
+    arms = (seeded.arm_ids["control"], seeded.arm_ids["treatment"])
+    direct, exported = tmp_path / "direct", tmp_path / "exported"
+    events = writer.write(direct, 3000, chunk=1000, shape=writer.Shape(seeded.experiment_id, arms))
+    rows = {table: writer.rows(direct, table) for table in ("events", "assignments")}
+    for kind in ("start", "export"):  # SQL NULLs left out (None would store JSON null)
+        same_kind = [
+            {k: json.loads(v) if k == "attributes" else v for k, v in r.items() if v is not None}
+            for r in rows["events"]
+            if r["type"] == kind
+        ]
+        assert len({frozenset(r) for r in same_kind}) == 1  # one set of columns per insert
+        insert(pg, same_kind)
+    insert(pg, [], rows["assignments"])
+    with pg.connect() as connection:
+        result = export.export(connection, exported)
+    assert result.rows == {"events": events, "assignments": 3000} and 4500 < events < 5200
+    for source in export.SOURCES:
+        assert _layout(direct, source.name) == _layout(exported, source.name)
+        assert _layout(direct, source.name)[1] == {str(export.arrow_schema(source))}
+        written, read_back = (
+            sorted(writer.rows(folder, source.name), key=lambda r: r["id"])
+            for folder in (direct, exported)
+        )
+        assert len(written) == len(read_back)
+        for ours, theirs in zip(written, read_back, strict=True):  # JSON text included
+            assert ours == theirs, {k: (v, theirs[k]) for k, v in ours.items() if v != theirs[k]}
+    scope = Scope(seeded.experiment_id)
+    counted = []
+    for folder in (direct, exported):
+        by_spark = SparkSource(spark, folder)
+        counted.append(
+            (by_spark.project_counts(scope, ATTRIBUTES, True), by_spark.guardrail_stats(scope))
+        )
+    assert close(as_plain(list(counted[0])), as_plain(list(counted[1])))
+    assert sum(day.starts for day in counted[0][0].daily) == 3000
