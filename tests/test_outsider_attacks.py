@@ -340,3 +340,43 @@ def test_a_policy_looser_than_the_minimum_is_refused_everywhere(tmp_path, monkey
     get_settings.cache_clear()
     bad = runner.invoke(cli, ["gate", "knn"])
     assert bad.exit_code == 2 and "ABTEST_GATE_POLICY_MINIMUM" in bad.output
+
+
+# --- review 2: the gate jobs, partitions, typed reports round ----------------------------------
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"Content-Type": "application/x-www-form-urlencoded"}, {"Content-Type": "text/plain"}, {}],
+    ids=["curl-d", "text", "none"],
+)
+def test_admin_and_gate_bodies_are_json_without_a_json_content_type(settings, engine, headers):
+    """The README: "Bodies are JSON, with or without Content-Type: application/json (plain
+    `curl -d` works)". The FastAPI body routes (variants, gate, promote, archive) said 422."""
+    from tests.gate_helpers import FIT, reference_teacher
+
+    with db.session_scope(engine) as session:
+        reference_teacher(session)
+        services.register_variant(session, "knn", "knn_student", FIT)
+
+    def post(client: TestClient, path: str, body: dict) -> object:
+        return client.post(path, content=json.dumps(body).encode(), headers=headers)
+
+    with TestClient(create_app(settings)) as client:
+        made = post(client, "/v1/variants", {"name": "k2", "kind": "knn_student", "config": FIT})
+        assert made.status_code == 201, made.text
+        refused = post(client, "/v1/variants/knn/gate", {"actor": ""})  # read, then refused
+        assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == [
+            "body",
+            "actor",
+        ]
+        promote = post(client, "/v1/variants/knn/promote", {"actor": "dana"})
+        assert promote.status_code == 409 and promote.json()["detail"][0]["loc"] == ["gate"]
+        archived = post(client, "/v1/variants/k2/archive", {"actor": "dana"})
+        assert archived.status_code == 200, archived.text
+        bad = client.post("/v1/variants/knn/promote", content=b"{", headers=headers)
+        assert bad.status_code == 422
+        empty = client.post("/v1/variants/knn/promote", content=b"", headers=headers)
+        assert empty.status_code == 409  # no body: the defaults, as with JSON
+    with db.session_scope(engine) as session:
+        assert services.get_variant(session, "k2").status == "archived"
