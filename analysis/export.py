@@ -205,11 +205,19 @@ def exported_id_array(folder: Path, name: str, low: int, high: int) -> Any:
 
     pq = _pyarrow().parquet
     parts = [np.empty(0, dtype=np.int64)]
-    for entry in read_manifest(folder)["tables"].get(name, {}).get("files", []):
-        if entry["max_id"] <= low or entry["min_id"] > high:
-            continue
-        ids = pq.read_table(folder / entry["path"], columns=["id"]).column("id").to_numpy()
-        parts.append(ids[(ids > low) & (ids <= high)].astype(np.int64))
+    try:  # a listed file deleted or overwritten, an entry without its ids: not an export
+        for entry in read_manifest(folder)["tables"].get(name, {}).get("files", []):
+            if entry["max_id"] <= low or entry["min_id"] > high:
+                continue
+            ids = pq.read_table(folder / entry["path"], columns=["id"]).column("id").to_numpy()
+            parts.append(ids[(ids > low) & (ids <= high)].astype(np.int64))
+    except ExportError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ExportError(
+            f"{folder}: the export's {name} files do not match its manifest "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
     return np.unique(np.concatenate(parts))
 
 

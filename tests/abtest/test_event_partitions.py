@@ -359,3 +359,36 @@ def test_cli_lists_partitions_and_applies_retention(pg, tmp_path, monkeypatch):
     monkeypatch.setenv("ABTEST_EVENTS_RETENTION_MONTHS", "0")
     result = runner.invoke(app, ["events", "partitions"])
     assert result.exit_code != 0 and "EVENTS_RETENTION_MONTHS" in result.output.upper()
+
+
+@pytest.mark.parametrize("damage", ["deleted", "garbage", "entry"])
+def test_a_manifest_whose_files_are_gone_or_damaged_keeps_every_month_and_says_why(
+    pg, tmp_path, monkeypatch, damage
+):
+    """The manifest reads, but a file it lists was deleted or overwritten (or an entry lacks
+    its ids): retention keeps the month and says why; `events partitions` and the scheduler's
+    retention print one line instead of a traceback."""
+    seeded = _old_month_with_a_rollup(pg)
+    folder = tmp_path / "warehouse"
+    warehouse.export_events(pg, folder)
+    with pg.begin() as connection:
+        rollup.refresh(connection, seeded.experiment_id)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    entries = manifest["tables"]["events"]["files"]
+    if damage == "entry":
+        del entries[0]["min_id"]
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+    for entry in entries:
+        if damage == "deleted":
+            (folder / entry["path"]).unlink()
+        elif damage == "garbage":
+            (folder / entry["path"]).write_bytes(b"not parquet")
+    state = _by_name(partitions.apply_retention(pg, folder, 1))["events_2025_01"]
+    assert not state.droppable and not state.exported, state
+    assert str(folder) in state.why
+    assert len(stored(pg, "received_at < '2025-02-01'")) == 9
+    monkeypatch.setenv("ABTEST_DATABASE_URL", pg.url.render_as_string(hide_password=False))
+    monkeypatch.setenv("ABTEST_EVENTS_RETENTION_MONTHS", "1")
+    listed = CliRunner().invoke(app, ["events", "partitions", "--export-dir", str(folder)])
+    assert listed.exit_code == 0, listed.output
+    assert "Traceback" not in listed.output
