@@ -166,23 +166,29 @@ def _facts(connection: Connection, name: str) -> _Facts:
 
 
 def _unexported(connection: Connection, name: str, facts: _Facts, folder: Path) -> int:
-    """How many rows of the partition the export in `folder` does not hold (ids compared in
-    sorted arrays, streamed from the database in chunks)."""
+    """How many rows of the partition the export in `folder` does not hold: (id, received_at)
+    compared in sorted arrays, streamed from the database in chunks. The time is compared too
+    because an id alone may be another row's (a database restored from a backup reuses the
+    ids its lost rows had, and the export holds those lost rows)."""
     import numpy as np
 
     if facts.rows == 0:
         return 0
-    held = export.exported_id_array(folder, "events", facts.min_id - 1, facts.max_id)
+    held, held_at = export.exported_rows(
+        folder, "events", facts.min_id - 1, facts.max_id, stamp="received_at"
+    )
     if len(held) < facts.rows:
         return facts.rows - len(held)  # (a lower bound; enough to keep the partition)
     missing = 0
+    micros = "(extract(epoch FROM received_at) * 1000000)::bigint"
     result = connection.execute(
-        sa.text(f"SELECT id FROM {name}").execution_options(yield_per=100_000)
+        sa.text(f"SELECT id, {micros} FROM {name}").execution_options(yield_per=100_000)
     )
-    for chunk in result.scalars().partitions():
-        ids = np.fromiter(chunk, dtype=np.int64, count=len(chunk))
+    for chunk in result.partitions():
+        ids = np.fromiter((row[0] for row in chunk), dtype=np.int64, count=len(chunk))
+        at_ = np.fromiter((row[1] for row in chunk), dtype=np.int64, count=len(chunk))
         at = np.minimum(np.searchsorted(held, ids), len(held) - 1)
-        missing += int(np.count_nonzero(held[at] != ids))
+        missing += int(np.count_nonzero((held[at] != ids) | (held_at[at] != at_)))
     return missing
 
 
