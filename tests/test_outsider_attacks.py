@@ -380,3 +380,23 @@ def test_admin_and_gate_bodies_are_json_without_a_json_content_type(settings, en
         assert empty.status_code == 409  # no body: the defaults, as with JSON
     with db.session_scope(engine) as session:
         assert services.get_variant(session, "k2").status == "archived"
+
+
+@pytest.mark.parametrize("seed", [-1, 2**64])
+def test_a_gate_seed_numpy_refuses_is_a_synchronous_422_not_a_failed_job(settings, engine, seed):
+    """A policy stricter than the minimum but with a seed the bootstrap cannot use was queued,
+    then failed in the background as an 'unexpected' 500 (CLI: a traceback)."""
+    from abtest.tables import GateRun, Job
+    from tests.gate_helpers import FIT, reference_teacher
+
+    with db.session_scope(engine) as session:
+        reference_teacher(session)
+        services.register_variant(session, "knn", "knn_student", FIT)
+    with TestClient(create_app(settings)) as client:
+        policy = {"version": "strict", "bootstrap_seed": seed}
+        answer = client.post("/v1/variants/knn/gate", json={"policy": policy})
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["detail"][0]["loc"] == ["policy", "bootstrap_seed"]
+    with db.session_scope(engine) as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == 0
+        assert session.scalar(select(func.count()).select_from(GateRun)) == 0
