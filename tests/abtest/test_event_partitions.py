@@ -414,3 +414,35 @@ def test_an_id_reused_after_a_restore_is_not_taken_for_the_exported_row(pg, tmp_
     state = _by_name(partitions.apply_retention(pg, folder, 1))["events_2025_01"]
     assert not state.droppable and "2 row(s) not in the export" in state.why, state
     assert len(stored(pg, "received_at < '2025-02-01'")) == 9
+
+
+@pytest.mark.parametrize("route", ["jsonb", "copy", "portable"])
+def test_a_retry_of_a_dropped_event_is_stored_again_once_as_documented(pg, tmp_path, route):
+    """The README: "a retry of an event older than the retention is stored again, as new";
+    and a second retry of it is a duplicate again (its key came back with it)."""
+    seeded = _old_month_with_a_rollup(pg)
+    folder = tmp_path / "warehouse"
+    warehouse.export_events(pg, folder)
+    with pg.begin() as connection:
+        rollup.refresh(connection, seeded.experiment_id)
+        old = connection.execute(
+            sa.text("SELECT client_event_id FROM events_2025_01 WHERE type = 'export' LIMIT 1")
+        ).scalar_one()
+    assert _by_name(partitions.apply_retention(pg, folder, 1))["events_2025_01"].why.startswith(
+        "dropped"
+    )
+    store = (
+        SqlEventStore(pg, TABLES, None)
+        if route == "portable"
+        else PostgresEventStore(pg, TABLES, None)
+    )
+    if route == "copy":
+        store.copy_threshold = 1
+    retry = {
+        **event(seeded, "export", "p0", None, OLD + timedelta(hours=1)),
+        "client_event_id": old,
+    }
+    retry["received_at"] = datetime.now(UTC)
+    assert store.write_events([retry]).new_ids == {old}
+    assert store.write_events([retry]).new_ids == set()
+    assert len(stored(pg, f"client_event_id = '{old}'")) == 1
