@@ -400,3 +400,31 @@ def test_a_gate_seed_numpy_refuses_is_a_synchronous_422_not_a_failed_job(setting
     with db.session_scope(engine) as session:
         assert session.scalar(select(func.count()).select_from(Job)) == 0
         assert session.scalar(select(func.count()).select_from(GateRun)) == 0
+
+
+def test_a_gate_run_records_the_champion_it_was_compared_with(engine, settings, monkeypatch):
+    """The champion was read twice in `run_gate`: once to pick the comparison, once to record
+    it. A conclusion between the two reads stored a run judged on the teacher's floors alone
+    under the new student champion's id, which `promote` then accepted as compared with it."""
+    from tests.gate_helpers import FIT, reference_teacher
+
+    with db.session_scope(engine) as session:
+        reference_teacher(session)
+        services.register_variant(session, "knn", "knn_student", FIT)
+        rival = services.register_variant(session, "rival", "knn_student", FIT)
+        rival_id = rival.id
+    reads = []
+    real_champion = services.champion
+
+    def champion_changing_after_the_first_read(session):  # the conclusion lands here
+        reads.append(1)
+        if len(reads) == 1:
+            return real_champion(session)
+        return session.get(type(real_champion(session)), rival_id)
+
+    monkeypatch.setattr(services, "champion", champion_changing_after_the_first_read)
+    with db.session_scope(engine) as session:
+        run = promotion.run_gate(session, "knn", "dana", progress=False, settings=settings)
+        compared = run.metrics["champion"]
+        assert compared["kind"] == "teacher"
+        assert run.champion_id != rival_id  # recorded: what it was compared with
