@@ -428,3 +428,44 @@ def test_a_gate_run_records_the_champion_it_was_compared_with(engine, settings, 
         compared = run.metrics["champion"]
         assert compared["kind"] == "teacher"
         assert run.champion_id != rival_id  # recorded: what it was compared with
+
+
+def test_set_config_before_or_during_a_gate_job_is_recorded_and_refused_at_approval(
+    engine, settings, knn_file, monkeypatch
+):
+    """Queue a gate job, change the config, let it run; change it again while it evaluates.
+    The run records the config it evaluated (the second), and promote refuses the third."""
+    from tests.gate_helpers import FIT, reference_teacher
+
+    with db.session_scope(engine) as session:
+        reference_teacher(session)
+        services.register_variant(session, "knn", "knn_student", FIT)
+        job, work = promotion.start_gate_job(
+            session, "knn", "dana", promotion.GatePolicy(), settings, "me"
+        )
+    with db.session_scope(engine) as session:
+        services.update_variant_config(session, "knn", knn_file)  # before the job runs
+    evaluated = []
+    real_build = promotion.build_variant_arm
+
+    def build_then_edit(variant, config_settings=None):
+        evaluated.append(dict(variant.config))
+        with db.session_scope(engine) as other:  # while it evaluates
+            services.update_variant_config(other, "knn", FIT)
+        return real_build(variant.__class__(kind="knn_student", config=FIT, name="x"), None)
+
+    monkeypatch.setattr(promotion, "build_variant_arm", build_then_edit)
+    with db.session_scope(engine) as session:
+        result = work(session)
+    assert len(evaluated) == 1 and evaluated[0]["path"].endswith("knn.json")
+    assert result["config_sha256"] == services.config_hash(evaluated[0])
+    with db.session_scope(engine) as session:
+        stale = services.get_variant(session, "knn")
+        assert services.config_hash(stale.config) != result["config_sha256"]
+        from abtest.tables import GateRun
+
+        session.get(GateRun, result["id"]).passed = True  # as if it had passed: still stale
+        session.flush()
+        with pytest.raises(Conflict) as refused:
+            promotion.promote(session, "knn", "dana")
+        assert "evaluated another config" in refused.value.reason
