@@ -257,6 +257,8 @@ def _cutoff(retention_months: int | None, now: datetime | None) -> date | None:
         return None
     at = now or datetime.now(UTC)
     index = at.year * 12 + at.month - 1 - retention_months
+    if index < 12:  # before year 1: no month is older than such a retention
+        return date.min
     return date(index // 12, index % 12 + 1, min(at.day, 28))
 
 

@@ -446,3 +446,20 @@ def test_a_retry_of_a_dropped_event_is_stored_again_once_as_documented(pg, tmp_p
     assert store.write_events([retry]).new_ids == {old}
     assert store.write_events([retry]).new_ids == set()
     assert len(stored(pg, f"client_event_id = '{old}'")) == 1
+
+
+def test_a_retention_longer_than_the_calendar_keeps_every_month_without_a_traceback(
+    pg, tmp_path, monkeypatch
+):
+    """ABTEST_EVENTS_RETENTION_MONTHS=30000 reaches before year 1: `date` raised ValueError
+    out of `events partitions`, `events retention` and the scheduler's upkeep."""
+    _old_month_with_a_rollup(pg)
+    states = _by_name(partitions.apply_retention(pg, tmp_path / "warehouse", 30_000))
+    assert not states["events_2025_01"].droppable
+    assert "within the retention" in states["events_2025_01"].why
+    monkeypatch.setenv("ABTEST_DATABASE_URL", pg.url.render_as_string(hide_password=False))
+    monkeypatch.setenv("ABTEST_EVENTS_RETENTION_MONTHS", "30000")
+    for command in (["events", "partitions"], ["events", "retention"]):
+        result = CliRunner().invoke(app, command)
+        assert result.exit_code == 0, result.output
+    assert len(stored(pg, "received_at < '2025-02-01'")) == 9
