@@ -12,7 +12,9 @@ only when the month ended more than that many months ago, every row of it is in 
 (per the manifest in `ABTEST_WAREHOUSE_DIR`), and every experiment's rollup has merged it beyond
 its rescan window (`analysis.rollup.RESCAN_IDS`), so that no refresh counts the dropped rows as
 missing. The default partition is never dropped. Its rows' `event_keys` go with it: a retry of
-an event older than the retention is stored again, as a new event.
+an event older than the retention is stored again, as a new event. The experiments that had rows
+in it are recorded in `event_drops`: their read-only results then read the rollup (which holds
+the dropped rows) even while it is stale, never a scan of the events left.
 """
 
 from __future__ import annotations
@@ -312,6 +314,14 @@ def _drop(
             )
         )
         connection.execute(sa.text(f"DROP TABLE {state.name}"))
+        if facts.experiments:  # their read-only results must not scan the events left
+            connection.execute(
+                sa.text(
+                    "INSERT INTO event_drops (experiment_id, partition, dropped_at) "
+                    "VALUES (:experiment, :partition, now()) ON CONFLICT DO NOTHING"
+                ),
+                [{"experiment": e, "partition": state.name} for e in sorted(facts.experiments)],
+            )
     return PartitionState(
         state.name, state.month, facts.rows, True, True, f"dropped {facts.rows} row(s)"
     )

@@ -463,3 +463,33 @@ def test_a_retention_longer_than_the_calendar_keeps_every_month_without_a_traceb
         result = CliRunner().invoke(app, command)
         assert result.exit_code == 0, result.output
     assert len(stored(pg, "received_at < '2025-02-01'")) == 9
+
+
+def test_read_only_results_of_a_stale_rollup_keep_the_dropped_months(pg, tmp_path):
+    """After a drop, one new event makes the rollup stale and read-only results (`/results`,
+    `/dashboard`) fell back to scanning the events left: the dropped month's starts and exports
+    vanished from the report until the next refresh (for ever without one)."""
+    seeded = _old_month_with_a_rollup(pg)
+    folder = tmp_path / "warehouse"
+    warehouse.export_events(pg, folder)
+    with pg.begin() as connection:
+        rollup.refresh(connection, seeded.experiment_id)
+
+    def read_only_days():
+        with pg.connect() as connection:
+            reader = connection.execution_options(**{rollup.READ_ONLY: True})
+            return rollup.project_counts(reader, seeded.experiment_id, None, ()).daily
+
+    before = read_only_days()
+    assert any(day.day.year == 2025 for day in before)
+    done = _by_name(partitions.apply_retention(pg, folder, 1))["events_2025_01"]
+    assert done.why.startswith("dropped")
+    late = event(seeded, "start", "new", "control", datetime.now(UTC))
+    open_event_store(pg, TABLES, None).write_events([late])
+    with pg.connect() as connection:
+        assert not rollup.is_fresh(connection, seeded.experiment_id)
+    assert read_only_days() == before  # the rollup as of its last refresh, not a partial scan
+    with pg.begin() as connection:
+        rollup.refresh(connection, seeded.experiment_id)
+    after = read_only_days()
+    assert [d for d in after if d.day.year == 2025] == [d for d in before if d.day.year == 2025]
