@@ -219,6 +219,17 @@ def _rollup_problem(connection: Connection, facts: _Facts) -> str | None:
     return None
 
 
+def _rollups_over(connection: Connection, facts: _Facts) -> list[int]:
+    """The experiments whose rollup may hold rows of the partition: those with rows in it, and
+    every rollup that merged into its id range (an export logged without experiment counts for
+    the experiment its project's assignment names)."""
+    merged = connection.execute(
+        sa.text("SELECT experiment_id FROM rollup_watermarks WHERE last_event_id >= :low"),
+        {"low": facts.min_id},
+    ).scalars()
+    return sorted(set(facts.experiments) | {int(e) for e in merged})
+
+
 def _state(
     connection: Connection,
     month: date | None,
@@ -314,13 +325,14 @@ def _drop(
             )
         )
         connection.execute(sa.text(f"DROP TABLE {state.name}"))
-        if facts.experiments:  # their read-only results must not scan the events left
+        touched = _rollups_over(connection, facts)
+        if touched:  # their read-only results must not scan the events left
             connection.execute(
                 sa.text(
                     "INSERT INTO event_drops (experiment_id, partition, dropped_at) "
                     "VALUES (:experiment, :partition, now()) ON CONFLICT DO NOTHING"
                 ),
-                [{"experiment": e, "partition": state.name} for e in sorted(facts.experiments)],
+                [{"experiment": e, "partition": state.name} for e in touched],
             )
     return PartitionState(
         state.name, state.month, facts.rows, True, True, f"dropped {facts.rows} row(s)"

@@ -493,3 +493,24 @@ def test_read_only_results_of_a_stale_rollup_keep_the_dropped_months(pg, tmp_pat
         rollup.refresh(connection, seeded.experiment_id)
     after = read_only_days()
     assert [d for d in after if d.day.year == 2025] == [d for d in before if d.day.year == 2025]
+
+
+def test_a_drop_records_every_rollup_that_merged_its_id_range(pg, tmp_path):
+    """An export logged without experiment counts for the experiment of its project's
+    assignment: that experiment's rollup holds the dropped row although no row names it."""
+    seeded = _old_month_with_a_rollup(pg)
+    other = create_experiment(pg, key="other")
+    folder = tmp_path / "warehouse"
+    warehouse.export_events(pg, folder)
+    with pg.begin() as connection:
+        for experiment in (seeded, other):
+            rollup.refresh(connection, experiment.experiment_id)
+    assert _by_name(partitions.apply_retention(pg, folder, 1))["events_2025_01"].droppable
+    with pg.connect() as connection:
+        recorded = connection.execute(
+            sa.text("SELECT experiment_id, partition FROM event_drops ORDER BY 1")
+        ).all()
+    assert recorded == [
+        (seeded.experiment_id, "events_2025_01"),
+        (other.experiment_id, "events_2025_01"),
+    ]
