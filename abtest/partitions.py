@@ -315,6 +315,8 @@ def _drop(
     month = date.fromisoformat(f"{state.month}-01")
     with engine.begin() as connection:
         lock_events(connection)
+        if state.name not in month_partitions(connection).values():  # another retention won
+            return PartitionState(state.name, state.month, 0, True, False, "already dropped")
         again, facts = _state(connection, month, state.name, folder, cutoff)
         if not again.droppable:  # a row came in between the check and the lock
             return again

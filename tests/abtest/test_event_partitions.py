@@ -514,3 +514,18 @@ def test_a_drop_records_every_rollup_that_merged_its_id_range(pg, tmp_path):
         (seeded.experiment_id, "events_2025_01"),
         (other.experiment_id, "events_2025_01"),
     ]
+
+
+def test_a_second_retention_finding_the_month_gone_says_so(pg, tmp_path):
+    """Two retentions at once (two schedulers, or the CLI beside one): the second one's plan
+    names a month the first dropped; it read the missing table and failed with a database
+    error."""
+    seeded = _old_month_with_a_rollup(pg)
+    folder = tmp_path / "warehouse"
+    warehouse.export_events(pg, folder)
+    with pg.begin() as connection:
+        rollup.refresh(connection, seeded.experiment_id)
+    planned = _by_name(partitions.apply_retention(pg, folder, 1, dry_run=True))["events_2025_01"]
+    assert partitions.apply_retention(pg, folder, 1)  # the first one drops it
+    again = partitions._drop(pg, planned, folder, partitions._cutoff(1, None))
+    assert again.name == "events_2025_01" and "already dropped" in again.why
