@@ -12,7 +12,9 @@ only when the month ended more than that many months ago, every row of it is in 
 (per the manifest in `ABTEST_WAREHOUSE_DIR`), and every experiment's rollup has merged it beyond
 its rescan window (`analysis.rollup.RESCAN_IDS`), so that no refresh counts the dropped rows as
 missing. The default partition is never dropped. Its rows' `event_keys` go with it: a retry of
-an event older than the retention is stored again, as a new event.
+an event older than the retention is stored again, as a new event. The experiments that had rows
+in it are recorded in `event_drops`: their read-only results then read the rollup (which holds
+the dropped rows) even while it is stale, never a scan of the events left.
 """
 
 from __future__ import annotations
@@ -166,23 +168,29 @@ def _facts(connection: Connection, name: str) -> _Facts:
 
 
 def _unexported(connection: Connection, name: str, facts: _Facts, folder: Path) -> int:
-    """How many rows of the partition the export in `folder` does not hold (ids compared in
-    sorted arrays, streamed from the database in chunks)."""
+    """How many rows of the partition the export in `folder` does not hold: (id, received_at)
+    compared in sorted arrays, streamed from the database in chunks. The time is compared too
+    because an id alone may be another row's (a database restored from a backup reuses the
+    ids its lost rows had, and the export holds those lost rows)."""
     import numpy as np
 
     if facts.rows == 0:
         return 0
-    held = export.exported_id_array(folder, "events", facts.min_id - 1, facts.max_id)
+    held, held_at = export.exported_rows(
+        folder, "events", facts.min_id - 1, facts.max_id, stamp="received_at"
+    )
     if len(held) < facts.rows:
         return facts.rows - len(held)  # (a lower bound; enough to keep the partition)
     missing = 0
+    micros = "(extract(epoch FROM received_at) * 1000000)::bigint"
     result = connection.execute(
-        sa.text(f"SELECT id FROM {name}").execution_options(yield_per=100_000)
+        sa.text(f"SELECT id, {micros} FROM {name}").execution_options(yield_per=100_000)
     )
-    for chunk in result.scalars().partitions():
-        ids = np.fromiter(chunk, dtype=np.int64, count=len(chunk))
+    for chunk in result.partitions():
+        ids = np.fromiter((row[0] for row in chunk), dtype=np.int64, count=len(chunk))
+        at_ = np.fromiter((row[1] for row in chunk), dtype=np.int64, count=len(chunk))
         at = np.minimum(np.searchsorted(held, ids), len(held) - 1)
-        missing += int(np.count_nonzero(held[at] != ids))
+        missing += int(np.count_nonzero((held[at] != ids) | (held_at[at] != at_)))
     return missing
 
 
@@ -209,6 +217,17 @@ def _rollup_problem(connection: Connection, facts: _Facts) -> str | None:
         ):
             return f"it is inside experiment {experiment_id}'s rollup rescan window"
     return None
+
+
+def _rollups_over(connection: Connection, facts: _Facts) -> list[int]:
+    """The experiments whose rollup may hold rows of the partition: those with rows in it, and
+    every rollup that merged into its id range (an export logged without experiment counts for
+    the experiment its project's assignment names)."""
+    merged = connection.execute(
+        sa.text("SELECT experiment_id FROM rollup_watermarks WHERE last_event_id >= :low"),
+        {"low": facts.min_id},
+    ).scalars()
+    return sorted(set(facts.experiments) | {int(e) for e in merged})
 
 
 def _state(
@@ -251,6 +270,8 @@ def _cutoff(retention_months: int | None, now: datetime | None) -> date | None:
         return None
     at = now or datetime.now(UTC)
     index = at.year * 12 + at.month - 1 - retention_months
+    if index < 12:  # before year 1: no month is older than such a retention
+        return date.min
     return date(index // 12, index % 12 + 1, min(at.day, 28))
 
 
@@ -294,6 +315,8 @@ def _drop(
     month = date.fromisoformat(f"{state.month}-01")
     with engine.begin() as connection:
         lock_events(connection)
+        if state.name not in month_partitions(connection).values():  # another retention won
+            return PartitionState(state.name, state.month, 0, True, False, "already dropped")
         again, facts = _state(connection, month, state.name, folder, cutoff)
         if not again.droppable:  # a row came in between the check and the lock
             return again
@@ -304,6 +327,15 @@ def _drop(
             )
         )
         connection.execute(sa.text(f"DROP TABLE {state.name}"))
+        touched = _rollups_over(connection, facts)
+        if touched:  # their read-only results must not scan the events left
+            connection.execute(
+                sa.text(
+                    "INSERT INTO event_drops (experiment_id, partition, dropped_at) "
+                    "VALUES (:experiment, :partition, now()) ON CONFLICT DO NOTHING"
+                ),
+                [{"experiment": e, "partition": state.name} for e in touched],
+            )
     return PartitionState(
         state.name, state.month, facts.rows, True, True, f"dropped {facts.rows} row(s)"
     )

@@ -266,9 +266,8 @@ def _evaluate(
 # --- gate runs ----------------------------------------------------------------------------------
 
 
-def _comparison_baseline(session: Session, candidate: Variant) -> Variant | None:
+def _comparison_baseline(champion: Variant | None) -> Variant | None:
     """The student champion to compare with, or None when the champion is the teacher."""
-    champion = services.champion(session)
     if champion is None or champion.kind in TEACHER_KINDS:
         return None
     return champion
@@ -292,14 +291,14 @@ def run_gate(
     arm_builder = arm_builder or _default_builder(settings)
     test_set = load_test_set(test_set_path)
     candidate = _evaluate(variant, test_set, batch_size, progress, arm_builder, policy)
-    baseline = _comparison_baseline(session, variant)
+    champion = services.champion(session)  # read once: the run records what it compared with
+    baseline = _comparison_baseline(champion)
     metrics: dict[str, Any] = {
         "candidate": candidate.as_dict(),
         "policy": policy.as_dict(),
         "champion": None,
     }
     if baseline is None:
-        champion = services.champion(session)
         metrics["champion"] = {
             "name": champion.name if champion else None,
             "kind": "teacher",

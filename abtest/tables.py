@@ -344,6 +344,17 @@ class RollupWatermark(Base):
     refreshed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
+class EventDrop(Base):
+    """An experiment whose events went with a month partition that retention dropped
+    (`abtest.partitions`, migration 0011): its rollup holds them, a scan of the events left does
+    not, so its read-only results use the rollup even while it is stale (`analysis.rollup`)."""
+
+    __tablename__ = "event_drops"
+    experiment_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    partition: Mapped[str] = mapped_column(String(40), primary_key=True)
+    dropped_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class AllocationPeriod(Base):
     """The weights of a started experiment from `started_at` until the next period starts.
 

@@ -201,16 +201,42 @@ def _exported_ids(folder: Path, files: list[dict[str, Any]], low: int, high: int
 def exported_id_array(folder: Path, name: str, low: int, high: int) -> Any:
     """The ids in (low, high] of the table `name` that the export in `folder` holds (per its
     manifest; none without one), as a sorted numpy int64 array (8 bytes an id, not a set)."""
+    return exported_rows(folder, name, low, high)[0]
+
+
+def exported_rows(
+    folder: Path, name: str, low: int, high: int, stamp: str | None = None
+) -> tuple[Any, Any]:
+    """`exported_id_array`, and beside each id its row's `stamp` column (a timestamp, as int64
+    microseconds since the epoch; an empty array without `stamp`): an id the database handed
+    out again (a restored backup) is then not taken for the exported row it once was."""
     import numpy as np
 
     pq = _pyarrow().parquet
-    parts = [np.empty(0, dtype=np.int64)]
-    for entry in read_manifest(folder)["tables"].get(name, {}).get("files", []):
-        if entry["max_id"] <= low or entry["min_id"] > high:
-            continue
-        ids = pq.read_table(folder / entry["path"], columns=["id"]).column("id").to_numpy()
-        parts.append(ids[(ids > low) & (ids <= high)].astype(np.int64))
-    return np.unique(np.concatenate(parts))
+    columns = ["id", stamp] if stamp else ["id"]
+    ids_parts = [np.empty(0, dtype=np.int64)]
+    stamp_parts = [np.empty(0, dtype=np.int64)]
+    try:  # a listed file deleted or overwritten, an entry without its ids: not an export
+        for entry in read_manifest(folder)["tables"].get(name, {}).get("files", []):
+            if entry["max_id"] <= low or entry["min_id"] > high:
+                continue
+            read = pq.read_table(folder / entry["path"], columns=columns)
+            ids = read.column("id").to_numpy()
+            keep = (ids > low) & (ids <= high)
+            ids_parts.append(ids[keep].astype(np.int64))
+            if stamp:
+                times = read.column(stamp).to_numpy().astype("datetime64[us]").astype(np.int64)
+                stamp_parts.append(times[keep])
+    except ExportError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ExportError(
+            f"{folder}: the export's {name} files do not match its manifest "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
+    ids, first = np.unique(np.concatenate(ids_parts), return_index=True)
+    stamps = np.concatenate(stamp_parts)[first] if stamp else np.empty(0, dtype=np.int64)
+    return ids, stamps
 
 
 def _selection(

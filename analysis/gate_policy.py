@@ -40,6 +40,9 @@ class PolicyError(ValueError):
         self.reason = reason
 
 
+MAX_SEED = 2**63 - 1  # a bootstrap seed: non-negative (numpy), and a 64-bit integer wherever stored
+
+
 @dataclass(frozen=True)
 class GatePolicy:
     version: str = "gate-v2"
@@ -75,6 +78,8 @@ class GatePolicy:
         _check_number("bootstrap_confidence", self.bootstrap_confidence, 0.5, 0.999)
         if isinstance(self.bootstrap_seed, bool) or not isinstance(self.bootstrap_seed, int):
             raise PolicyError("bootstrap_seed", "must be an integer")
+        if not 0 <= self.bootstrap_seed <= MAX_SEED:  # numpy refuses a negative seed
+            raise PolicyError("bootstrap_seed", f"must be between 0 and {MAX_SEED}")
 
     @property
     def fingerprint(self) -> str:

@@ -113,6 +113,7 @@ intent_counts = table(
     column("export_day", sa.Date),
     column("projects", sa.BigInteger),
 )
+event_drops = table("event_drops", column("experiment_id", sa.Integer))  # abtest.partitions
 rollup_watermarks = table(
     "rollup_watermarks",
     column("experiment_id", sa.Integer),
@@ -525,8 +526,13 @@ def is_fresh(connection: Connection, experiment_id: int, rescan_ids: int = RESCA
 
 
 def _use_scan(connection: Connection, experiment_id: int) -> bool:
-    """A read-only connection reads the events when the rollup is stale (it cannot refresh)."""
-    return reads_only(connection) and not is_fresh(connection, experiment_id)
+    """A read-only connection reads the events when the rollup is stale (it cannot refresh),
+    unless retention dropped some of the experiment's events (`event_drops`): the rollup holds
+    them and a scan would not, so it reads the rollup as of its last refresh."""
+    if not reads_only(connection) or is_fresh(connection, experiment_id):
+        return False
+    dropped = sa.exists().where(event_drops.c.experiment_id == experiment_id)
+    return not connection.scalar(sa.select(dropped))
 
 
 def refresh(

@@ -340,3 +340,132 @@ def test_a_policy_looser_than_the_minimum_is_refused_everywhere(tmp_path, monkey
     get_settings.cache_clear()
     bad = runner.invoke(cli, ["gate", "knn"])
     assert bad.exit_code == 2 and "ABTEST_GATE_POLICY_MINIMUM" in bad.output
+
+
+# --- review 2: the gate jobs, partitions, typed reports round ----------------------------------
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"Content-Type": "application/x-www-form-urlencoded"}, {"Content-Type": "text/plain"}, {}],
+    ids=["curl-d", "text", "none"],
+)
+def test_admin_and_gate_bodies_are_json_without_a_json_content_type(settings, engine, headers):
+    """The README: "Bodies are JSON, with or without Content-Type: application/json (plain
+    `curl -d` works)". The FastAPI body routes (variants, gate, promote, archive) said 422."""
+    from tests.gate_helpers import FIT, reference_teacher
+
+    with db.session_scope(engine) as session:
+        reference_teacher(session)
+        services.register_variant(session, "knn", "knn_student", FIT)
+
+    def post(client: TestClient, path: str, body: dict) -> object:
+        return client.post(path, content=json.dumps(body).encode(), headers=headers)
+
+    with TestClient(create_app(settings)) as client:
+        made = post(client, "/v1/variants", {"name": "k2", "kind": "knn_student", "config": FIT})
+        assert made.status_code == 201, made.text
+        refused = post(client, "/v1/variants/knn/gate", {"actor": ""})  # read, then refused
+        assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == [
+            "body",
+            "actor",
+        ]
+        promote = post(client, "/v1/variants/knn/promote", {"actor": "dana"})
+        assert promote.status_code == 409 and promote.json()["detail"][0]["loc"] == ["gate"]
+        archived = post(client, "/v1/variants/k2/archive", {"actor": "dana"})
+        assert archived.status_code == 200, archived.text
+        bad = client.post("/v1/variants/knn/promote", content=b"{", headers=headers)
+        assert bad.status_code == 422
+        empty = client.post("/v1/variants/knn/promote", content=b"", headers=headers)
+        assert empty.status_code == 409  # no body: the defaults, as with JSON
+    with db.session_scope(engine) as session:
+        assert services.get_variant(session, "k2").status == "archived"
+
+
+@pytest.mark.parametrize("seed", [-1, 2**64])
+def test_a_gate_seed_numpy_refuses_is_a_synchronous_422_not_a_failed_job(settings, engine, seed):
+    """A policy stricter than the minimum but with a seed the bootstrap cannot use was queued,
+    then failed in the background as an 'unexpected' 500 (CLI: a traceback)."""
+    from abtest.tables import GateRun, Job
+    from tests.gate_helpers import FIT, reference_teacher
+
+    with db.session_scope(engine) as session:
+        reference_teacher(session)
+        services.register_variant(session, "knn", "knn_student", FIT)
+    with TestClient(create_app(settings)) as client:
+        policy = {"version": "strict", "bootstrap_seed": seed}
+        answer = client.post("/v1/variants/knn/gate", json={"policy": policy})
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["detail"][0]["loc"] == ["policy", "bootstrap_seed"]
+    with db.session_scope(engine) as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == 0
+        assert session.scalar(select(func.count()).select_from(GateRun)) == 0
+
+
+def test_a_gate_run_records_the_champion_it_was_compared_with(engine, settings, monkeypatch):
+    """The champion was read twice in `run_gate`: once to pick the comparison, once to record
+    it. A conclusion between the two reads stored a run judged on the teacher's floors alone
+    under the new student champion's id, which `promote` then accepted as compared with it."""
+    from tests.gate_helpers import FIT, reference_teacher
+
+    with db.session_scope(engine) as session:
+        reference_teacher(session)
+        services.register_variant(session, "knn", "knn_student", FIT)
+        rival = services.register_variant(session, "rival", "knn_student", FIT)
+        rival_id = rival.id
+    reads = []
+    real_champion = services.champion
+
+    def champion_changing_after_the_first_read(session):  # the conclusion lands here
+        reads.append(1)
+        if len(reads) == 1:
+            return real_champion(session)
+        return session.get(type(real_champion(session)), rival_id)
+
+    monkeypatch.setattr(services, "champion", champion_changing_after_the_first_read)
+    with db.session_scope(engine) as session:
+        run = promotion.run_gate(session, "knn", "dana", progress=False, settings=settings)
+        compared = run.metrics["champion"]
+        assert compared["kind"] == "teacher"
+        assert run.champion_id != rival_id  # recorded: what it was compared with
+
+
+def test_set_config_before_or_during_a_gate_job_is_recorded_and_refused_at_approval(
+    engine, settings, knn_file, monkeypatch
+):
+    """Queue a gate job, change the config, let it run; change it again while it evaluates.
+    The run records the config it evaluated (the second), and promote refuses the third."""
+    from tests.gate_helpers import FIT, reference_teacher
+
+    with db.session_scope(engine) as session:
+        reference_teacher(session)
+        services.register_variant(session, "knn", "knn_student", FIT)
+        job, work = promotion.start_gate_job(
+            session, "knn", "dana", promotion.GatePolicy(), settings, "me"
+        )
+    with db.session_scope(engine) as session:
+        services.update_variant_config(session, "knn", knn_file)  # before the job runs
+    evaluated = []
+    real_build = promotion.build_variant_arm
+
+    def build_then_edit(variant, config_settings=None):
+        evaluated.append(dict(variant.config))
+        with db.session_scope(engine) as other:  # while it evaluates
+            services.update_variant_config(other, "knn", FIT)
+        return real_build(variant.__class__(kind="knn_student", config=FIT, name="x"), None)
+
+    monkeypatch.setattr(promotion, "build_variant_arm", build_then_edit)
+    with db.session_scope(engine) as session:
+        result = work(session)
+    assert len(evaluated) == 1 and evaluated[0]["path"].endswith("knn.json")
+    assert result["config_sha256"] == services.config_hash(evaluated[0])
+    with db.session_scope(engine) as session:
+        stale = services.get_variant(session, "knn")
+        assert services.config_hash(stale.config) != result["config_sha256"]
+        from abtest.tables import GateRun
+
+        session.get(GateRun, result["id"]).passed = True  # as if it had passed: still stale
+        session.flush()
+        with pytest.raises(Conflict) as refused:
+            promotion.promote(session, "knn", "dana")
+        assert "evaluated another config" in refused.value.reason

@@ -6,6 +6,9 @@
   body costs at most the limit in memory, whoever sends it.
 - A NUL character in the path or the query string (which PostgreSQL cannot store or compare)
   is a 422 naming where it is.
+- A body sent to a `/v1/` route is JSON whatever its `Content-Type` says (`curl -d` sends
+  `application/x-www-form-urlencoded`; some clients send none): the header is set to
+  `application/json` before FastAPI reads a body model, as `POST /v1/projects` reads it.
 - Validation errors never echo large or unencodable input (`safe_errors`).
 """
 
@@ -22,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from routing.eventlog import text_problem
 
 BATCH_PATH = "/v1/events:batch"
+API_PREFIX = "/v1/"  # every route below reads a JSON body (the sign-in form is at /login)
 MAX_ECHO_CHARS = 200  # longer input is never echoed in an error body
 MAX_LOC_CHARS = 100
 
@@ -120,7 +124,25 @@ class RequestGuard:
         if body is False:
             await send_json(send, 413, too_large(limit))
             return
+        if body and scope["path"].startswith(API_PREFIX):
+            scope = as_json(scope)
         await self.app(scope, _replay(body, receive), send)
+
+
+def _is_json(content_type: bytes) -> bool:
+    media = content_type.split(b";", 1)[0].strip().lower()
+    return media == b"application/json" or (
+        media.startswith(b"application/") and media.endswith(b"+json")
+    )
+
+
+def as_json(scope: Scope) -> Scope:
+    """`scope` with its body declared JSON (`Content-Type: application/json`) unless it is."""
+    headers = scope["headers"]
+    if any(name == b"content-type" and _is_json(value) for name, value in headers):
+        return scope
+    kept = [(name, value) for name, value in headers if name != b"content-type"]
+    return {**scope, "headers": [*kept, (b"content-type", b"application/json")]}
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -359,3 +359,173 @@ def test_cli_lists_partitions_and_applies_retention(pg, tmp_path, monkeypatch):
     monkeypatch.setenv("ABTEST_EVENTS_RETENTION_MONTHS", "0")
     result = runner.invoke(app, ["events", "partitions"])
     assert result.exit_code != 0 and "EVENTS_RETENTION_MONTHS" in result.output.upper()
+
+
+@pytest.mark.parametrize("damage", ["deleted", "garbage", "entry"])
+def test_a_manifest_whose_files_are_gone_or_damaged_keeps_every_month_and_says_why(
+    pg, tmp_path, monkeypatch, damage
+):
+    """The manifest reads, but a file it lists was deleted or overwritten (or an entry lacks
+    its ids): retention keeps the month and says why; `events partitions` and the scheduler's
+    retention print one line instead of a traceback."""
+    seeded = _old_month_with_a_rollup(pg)
+    folder = tmp_path / "warehouse"
+    warehouse.export_events(pg, folder)
+    with pg.begin() as connection:
+        rollup.refresh(connection, seeded.experiment_id)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    entries = manifest["tables"]["events"]["files"]
+    if damage == "entry":
+        del entries[0]["min_id"]
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+    for entry in entries:
+        if damage == "deleted":
+            (folder / entry["path"]).unlink()
+        elif damage == "garbage":
+            (folder / entry["path"]).write_bytes(b"not parquet")
+    state = _by_name(partitions.apply_retention(pg, folder, 1))["events_2025_01"]
+    assert not state.droppable and not state.exported, state
+    assert str(folder) in state.why
+    assert len(stored(pg, "received_at < '2025-02-01'")) == 9
+    monkeypatch.setenv("ABTEST_DATABASE_URL", pg.url.render_as_string(hide_password=False))
+    monkeypatch.setenv("ABTEST_EVENTS_RETENTION_MONTHS", "1")
+    listed = CliRunner().invoke(app, ["events", "partitions", "--export-dir", str(folder)])
+    assert listed.exit_code == 0, listed.output
+    assert "Traceback" not in listed.output
+
+
+def test_an_id_reused_after_a_restore_is_not_taken_for_the_exported_row(pg, tmp_path):
+    """A database restored from a backup, beside the warehouse kept: the sequence hands out ids
+    the export already holds, for other events. Retention must not take those rows for the
+    exported ones (same id, another row) and drop rows that were never exported."""
+    seeded = _old_month_with_a_rollup(pg)
+    folder = tmp_path / "warehouse"
+    warehouse.export_events(pg, folder)
+    with pg.begin() as connection:
+        rollup.refresh(connection, seeded.experiment_id)
+        ids = connection.execute(sa.text("SELECT id FROM events_2025_01 ORDER BY id")).scalars()
+        reused = list(ids)[:2]
+        # the restore lost these two rows; two other events of the month got their ids
+        connection.execute(
+            sa.text("UPDATE events SET received_at = received_at + interval '1 day', "
+                    "client_event_id = 'restored-' || id WHERE id = ANY(:ids)"),
+            {"ids": reused},
+        )  # fmt: skip
+    state = _by_name(partitions.apply_retention(pg, folder, 1))["events_2025_01"]
+    assert not state.droppable and "2 row(s) not in the export" in state.why, state
+    assert len(stored(pg, "received_at < '2025-02-01'")) == 9
+
+
+@pytest.mark.parametrize("route", ["jsonb", "copy", "portable"])
+def test_a_retry_of_a_dropped_event_is_stored_again_once_as_documented(pg, tmp_path, route):
+    """The README: "a retry of an event older than the retention is stored again, as new";
+    and a second retry of it is a duplicate again (its key came back with it)."""
+    seeded = _old_month_with_a_rollup(pg)
+    folder = tmp_path / "warehouse"
+    warehouse.export_events(pg, folder)
+    with pg.begin() as connection:
+        rollup.refresh(connection, seeded.experiment_id)
+        old = connection.execute(
+            sa.text("SELECT client_event_id FROM events_2025_01 WHERE type = 'export' LIMIT 1")
+        ).scalar_one()
+    assert _by_name(partitions.apply_retention(pg, folder, 1))["events_2025_01"].why.startswith(
+        "dropped"
+    )
+    store = (
+        SqlEventStore(pg, TABLES, None)
+        if route == "portable"
+        else PostgresEventStore(pg, TABLES, None)
+    )
+    if route == "copy":
+        store.copy_threshold = 1
+    retry = {
+        **event(seeded, "export", "p0", None, OLD + timedelta(hours=1)),
+        "client_event_id": old,
+    }
+    retry["received_at"] = datetime.now(UTC)
+    assert store.write_events([retry]).new_ids == {old}
+    assert store.write_events([retry]).new_ids == set()
+    assert len(stored(pg, f"client_event_id = '{old}'")) == 1
+
+
+def test_a_retention_longer_than_the_calendar_keeps_every_month_without_a_traceback(
+    pg, tmp_path, monkeypatch
+):
+    """ABTEST_EVENTS_RETENTION_MONTHS=30000 reaches before year 1: `date` raised ValueError
+    out of `events partitions`, `events retention` and the scheduler's upkeep."""
+    _old_month_with_a_rollup(pg)
+    states = _by_name(partitions.apply_retention(pg, tmp_path / "warehouse", 30_000))
+    assert not states["events_2025_01"].droppable
+    assert "within the retention" in states["events_2025_01"].why
+    monkeypatch.setenv("ABTEST_DATABASE_URL", pg.url.render_as_string(hide_password=False))
+    monkeypatch.setenv("ABTEST_EVENTS_RETENTION_MONTHS", "30000")
+    for command in (["events", "partitions"], ["events", "retention"]):
+        result = CliRunner().invoke(app, command)
+        assert result.exit_code == 0, result.output
+    assert len(stored(pg, "received_at < '2025-02-01'")) == 9
+
+
+def test_read_only_results_of_a_stale_rollup_keep_the_dropped_months(pg, tmp_path):
+    """After a drop, one new event makes the rollup stale and read-only results (`/results`,
+    `/dashboard`) fell back to scanning the events left: the dropped month's starts and exports
+    vanished from the report until the next refresh (for ever without one)."""
+    seeded = _old_month_with_a_rollup(pg)
+    folder = tmp_path / "warehouse"
+    warehouse.export_events(pg, folder)
+    with pg.begin() as connection:
+        rollup.refresh(connection, seeded.experiment_id)
+
+    def read_only_days():
+        with pg.connect() as connection:
+            reader = connection.execution_options(**{rollup.READ_ONLY: True})
+            return rollup.project_counts(reader, seeded.experiment_id, None, ()).daily
+
+    before = read_only_days()
+    assert any(day.day.year == 2025 for day in before)
+    done = _by_name(partitions.apply_retention(pg, folder, 1))["events_2025_01"]
+    assert done.why.startswith("dropped")
+    late = event(seeded, "start", "new", "control", datetime.now(UTC))
+    open_event_store(pg, TABLES, None).write_events([late])
+    with pg.connect() as connection:
+        assert not rollup.is_fresh(connection, seeded.experiment_id)
+    assert read_only_days() == before  # the rollup as of its last refresh, not a partial scan
+    with pg.begin() as connection:
+        rollup.refresh(connection, seeded.experiment_id)
+    after = read_only_days()
+    assert [d for d in after if d.day.year == 2025] == [d for d in before if d.day.year == 2025]
+
+
+def test_a_drop_records_every_rollup_that_merged_its_id_range(pg, tmp_path):
+    """An export logged without experiment counts for the experiment of its project's
+    assignment: that experiment's rollup holds the dropped row although no row names it."""
+    seeded = _old_month_with_a_rollup(pg)
+    other = create_experiment(pg, key="other")
+    folder = tmp_path / "warehouse"
+    warehouse.export_events(pg, folder)
+    with pg.begin() as connection:
+        for experiment in (seeded, other):
+            rollup.refresh(connection, experiment.experiment_id)
+    assert _by_name(partitions.apply_retention(pg, folder, 1))["events_2025_01"].droppable
+    with pg.connect() as connection:
+        recorded = connection.execute(
+            sa.text("SELECT experiment_id, partition FROM event_drops ORDER BY 1")
+        ).all()
+    assert recorded == [
+        (seeded.experiment_id, "events_2025_01"),
+        (other.experiment_id, "events_2025_01"),
+    ]
+
+
+def test_a_second_retention_finding_the_month_gone_says_so(pg, tmp_path):
+    """Two retentions at once (two schedulers, or the CLI beside one): the second one's plan
+    names a month the first dropped; it read the missing table and failed with a database
+    error."""
+    seeded = _old_month_with_a_rollup(pg)
+    folder = tmp_path / "warehouse"
+    warehouse.export_events(pg, folder)
+    with pg.begin() as connection:
+        rollup.refresh(connection, seeded.experiment_id)
+    planned = _by_name(partitions.apply_retention(pg, folder, 1, dry_run=True))["events_2025_01"]
+    assert partitions.apply_retention(pg, folder, 1)  # the first one drops it
+    again = partitions._drop(pg, planned, folder, partitions._cutoff(1, None))
+    assert again.name == "events_2025_01" and "already dropped" in again.why
