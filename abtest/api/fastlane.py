@@ -15,7 +15,7 @@ from typing import Any
 from starlette.types import Receive, Scope, Send
 
 from abtest.api.deps import api_key_from
-from abtest.api.guard import read_body, send_json, too_large
+from abtest.api.guard import cross_site_refusal, cross_site_write, read_body, send_json, too_large
 from abtest.api.serving import serve_project
 
 PATH = "/v1/projects"
@@ -28,6 +28,9 @@ def is_project_post(scope: Scope) -> bool:
 async def answer_project(scope: Scope, receive: Receive, send: Send, state: Any) -> None:
     """Answer one `POST /v1/projects` (the app's `AppState` is `state`). The body is read,
     up to `max_body_bytes` (413 past it), before the API key is looked at."""
+    if cross_site_write(scope):
+        await send_json(send, 403, cross_site_refusal(), None)
+        return
     limit = state.settings.max_body_bytes
     body = await read_body(receive, limit)
     if body is None:  # the client went away

@@ -9,6 +9,10 @@
 - A body sent to a `/v1/` route is JSON whatever its `Content-Type` says (`curl -d` sends
   `application/x-www-form-urlencoded`; some clients send none): the header is set to
   `application/json` before FastAPI reads a body model, as `POST /v1/projects` reads it.
+- A browser's cross-site write to a `/v1/` route (`Sec-Fetch-Site: cross-site`, or an `Origin`
+  that is not the request's own host) is a 403: since any body reads as JSON, a web page
+  visited by an operator could otherwise post to a server running without keys. Clients that
+  are not browsers send neither header and are not affected.
 - Validation errors never echo large or unencodable input (`safe_errors`).
 """
 
@@ -113,6 +117,9 @@ class RequestGuard:
             detail = [{"loc": [where], "msg": "contains a NUL character", "type": "value_error"}]
             await send_json(send, 422, {"detail": detail})
             return
+        if cross_site_write(scope):
+            await send_json(send, 403, cross_site_refusal())
+            return
         limit = _limit(scope, self.settings)
         declared = _declared_length(scope)
         if declared is not None and declared > limit:
@@ -127,6 +134,29 @@ class RequestGuard:
         if body and scope["path"].startswith(API_PREFIX):
             scope = as_json(scope)
         await self.app(scope, _replay(body, receive), send)
+
+
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+def cross_site_refusal() -> dict[str, Any]:
+    detail = [{"loc": ["header", "origin"], "msg": "cross-site requests may not write",
+               "type": "cross_site"}]  # fmt: skip
+    return {"detail": detail}
+
+
+def cross_site_write(scope: Scope) -> bool:
+    """A browser's write to a `/v1/` route from another site (see the module doc)."""
+    if scope["method"] in SAFE_METHODS or not scope["path"].startswith(API_PREFIX):
+        return False
+    headers = dict(scope["headers"])
+    if headers.get(b"sec-fetch-site") == b"cross-site":
+        return True
+    origin = headers.get(b"origin")
+    if origin is None or origin == b"null":
+        return origin == b"null"  # a sandboxed page or a file: never the server's own page
+    host = origin.split(b"://", 1)[-1]
+    return host.lower() != headers.get(b"host", b"").lower()
 
 
 def _is_json(content_type: bytes) -> bool:

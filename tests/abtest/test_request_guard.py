@@ -165,3 +165,34 @@ def test_a_long_name_in_the_path_is_not_echoed_in_full(setup):
         response = c.get("/v1/variants/" + "n" * 20_000, headers={"X-API-Key": keys["analyst"]})
     assert response.status_code in (404, 422)
     assert len(response.content) < 1000
+
+
+@pytest.mark.parametrize(
+    "headers, refused",
+    [
+        ({"Origin": "https://evil.example"}, True),
+        ({"Sec-Fetch-Site": "cross-site"}, True),
+        ({"Origin": "null"}, True),
+        ({"Origin": "http://testserver"}, False),  # the server's own page
+        ({"Sec-Fetch-Site": "same-origin", "Origin": "http://testserver"}, False),
+        ({}, False),  # curl, SDKs, the app's backend: not a browser
+    ],
+    ids=["other-origin", "fetch-cross-site", "null-origin", "same-origin", "same-site", "none"],
+)
+def test_cross_site_browser_writes_are_refused_even_without_keys(setup, headers, refused):
+    """Any body reads as JSON (plain `curl -d` works), so without this a page an operator
+    visits could post a form to a server running without keys and register a variant."""
+    settings, _ = setup
+    body = json.dumps({"name": "k9", "kind": "knn_student", "config": {"fit": "train"}})
+    with client(settings, auth_enabled=False) as c:
+        answer = c.post("/v1/variants", content=body.encode(),
+                        headers={"Content-Type": "text/plain", **headers})  # fmt: skip
+        assert (answer.status_code == 403) is refused, answer.text
+        if refused:
+            assert answer.json()["detail"][0]["loc"] == ["header", "origin"]
+        project = c.post(
+            "/v1/projects", content=b'{"project_id": "p1", "intent": "x"}', headers=headers
+        )  # fmt: skip (the pure-ASGI hot path checks it too)
+        assert (project.status_code == 403) is refused, project.text
+        listed = [v["name"] for v in c.get("/v1/variants", headers=headers).json()]
+    assert ("k9" in listed) is not refused  # reads stay open; a refused write stored nothing
