@@ -275,6 +275,15 @@ def looser_than(policy: GatePolicy, minimum: GatePolicy) -> list[str]:
         for name in ("non_inferiority_margin", "max_parse_failure_rate", "max_repair_rate")
         if getattr(policy, name) > getattr(minimum, name)
     ]
+    if policy.bootstrap_resamples < minimum.bootstrap_resamples:  # a noisier lower bound
+        looser.append(
+            f"bootstrap_resamples {policy.bootstrap_resamples} < {minimum.bootstrap_resamples}"
+        )
+    if policy.bootstrap_seed != minimum.bootstrap_seed:  # else: re-run until a bound passes
+        looser.append(
+            f"bootstrap_seed {policy.bootstrap_seed} != {minimum.bootstrap_seed} "
+            "(the seed is the minimum's, not the runner's)"
+        )
     budget, least = policy.latency_p95_budget_ms, minimum.latency_p95_budget_ms
     if least is not None and (budget is None or budget > least):
         looser.append(f"latency_p95_budget_ms {budget} > {least:g}")

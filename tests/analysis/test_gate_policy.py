@@ -160,3 +160,17 @@ def test_policies_by_name_or_file(tmp_path):
     assert policy_named_or_file(str(path)).overall_floor == 0.7
     with pytest.raises(PolicyError, match="neither a named policy"):
         policy_named_or_file("gate-v9")
+
+
+def test_a_seed_of_ones_choosing_or_fewer_resamples_is_looser_than_the_minimum():
+    """Seed shopping: with the seed free, a borderline student is re-run until one bootstrap's
+    lower bound clears the floor; fewer resamples make a noisier bound. Both ask less."""
+    from analysis.gate_policy import looser_than
+
+    minimum = GatePolicy()
+    assert looser_than(GatePolicy(), minimum) == []
+    assert looser_than(GatePolicy(bootstrap_resamples=5000), minimum) == []  # more: stricter
+    shopped = looser_than(GatePolicy(bootstrap_seed=7), minimum)
+    assert shopped == ["bootstrap_seed 7 != 0 (the seed is the minimum's, not the runner's)"]
+    fewer = looser_than(GatePolicy(bootstrap_resamples=200), minimum)
+    assert fewer == ["bootstrap_resamples 200 < 1000"]
