@@ -89,10 +89,20 @@ def ensure_bootstrap_key(session: Session, key: str) -> bool:
     return True
 
 
+FINGERPRINT_CHARS = 12
+
+
+def key_fingerprint(key: str) -> str:
+    """What the audit trail records of the key that acted (the start of its stored hash, as
+    `abtest keys list` shows it), never the key."""
+    return hash_key(key)[:FINGERPRINT_CHARS]
+
+
 def key_summary(row: ApiKey) -> dict[str, Any]:
     return {
         "name": row.name,
         "role": row.role,
+        "fingerprint": row.key_hash[:FINGERPRINT_CHARS],
         "created_at": row.created_at.isoformat() if row.created_at else None,
         "revoked_at": row.revoked_at.isoformat() if row.revoked_at else None,
     }

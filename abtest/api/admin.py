@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from abtest import services
 from abtest.api.bodies import StrictBody
-from abtest.api.deps import app_state, db_session, require_role
+from abtest.api.deps import app_state, attributed_actor, db_session, require_role
 
 router = APIRouter(prefix="/v1", tags=["admin"])
 engineer = [Depends(require_role("engineer"))]
@@ -63,7 +63,7 @@ def create_variant(
         body.kind,
         body.config,
         body.description,
-        actor="api",
+        actor=attributed_actor(request, "api"),
         reference=body.reference,
         settings=app_state(request).settings,
     )
@@ -72,10 +72,13 @@ def create_variant(
 
 @router.post("/variants/{name}/archive", dependencies=engineer)
 def archive_variant(
-    name: str, body: ArchiveIn | None = None, session: Session = Depends(db_session)
+    name: str,
+    request: Request,
+    body: ArchiveIn | None = None,
+    session: Session = Depends(db_session),
 ) -> dict[str, Any]:
     """Take a variant out of service; 409 for the champion or a running experiment's arm."""
-    actor = (body or ArchiveIn()).actor
+    actor = attributed_actor(request, (body or ArchiveIn()).actor)
     return services.variant_summary(services.archive_variant(session, name, actor))
 
 

@@ -212,6 +212,21 @@ def require_role(*roles: str) -> Callable[[Request], Awaitable[str | None]]:
     return _check
 
 
+MAX_CLAIMED_ACTOR = 80  # + " (key <12 hex>)" fits the 100-character actor columns
+
+
+def attributed_actor(request: Request, claimed: str) -> str:
+    """The actor the audit trail records: the name the body gives, followed, when keys are
+    required, by the fingerprint of the key that made the request. A body's `actor` is a
+    claim; the key is what authenticated, so the record says both."""
+    key = request_api_key(request)
+    if not app_state(request).settings.auth_enabled or key is None:
+        return claimed
+    from abtest import auth
+
+    return f"{claimed[:MAX_CLAIMED_ACTOR]} (key {auth.key_fingerprint(key)})"
+
+
 @lru_cache(maxsize=1)
 def page_templates() -> jinja2.Environment:
     """The HTML pages (dashboard, sign-in), escaped."""

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from abtest import db, jobs, promotion, services
 from abtest.api.bodies import StrictBody
-from abtest.api.deps import app_state, db_session, require_role
+from abtest.api.deps import app_state, attributed_actor, db_session, require_role
 
 router = APIRouter(prefix="/v1", tags=["gates"])
 engineer = [Depends(require_role("engineer"))]
@@ -51,7 +51,12 @@ def run_gate(
     runner = jobs.job_runner(state)
     with db.session_scope(state.engine) as session:
         job, work = promotion.start_gate_job(
-            session, name, body.actor, policy, state.settings, runner.owner
+            session,
+            name,
+            attributed_actor(request, body.actor),
+            policy,
+            state.settings,
+            runner.owner,
         )
         summary = jobs.job_summary(job)
     runner.submit(job.id, work)  # after the commit: the worker reads the job's row
@@ -67,11 +72,14 @@ def list_gate_runs(name: str, session: Session = Depends(db_session)) -> list[di
 
 @router.post("/variants/{name}/promote", dependencies=engineer)
 def promote(
-    name: str, body: PromoteIn | None = None, session: Session = Depends(db_session)
+    name: str,
+    request: Request,
+    body: PromoteIn | None = None,
+    session: Session = Depends(db_session),
 ) -> dict[str, Any]:
     """Approve for traffic; 409 listing the failed criteria without a passing gate run."""
     body = body or PromoteIn()
-    promoted = promotion.promote(session, name, body.actor)
+    promoted = promotion.promote(session, name, attributed_actor(request, body.actor))
     return {
         "variant": services.variant_summary(services.get_variant(session, name)),
         "promotion": promotion.promotion_summary(promoted),
@@ -79,11 +87,18 @@ def promote(
 
 
 @router.post("/experiments/{key}/conclude", dependencies=engineer)
-def conclude(key: str, body: ConcludeIn, session: Session = Depends(db_session)) -> dict[str, Any]:
+def conclude(
+    key: str, body: ConcludeIn, request: Request, session: Session = Depends(db_session)
+) -> dict[str, Any]:
     """Conclude the experiment; the shipped arm's variant becomes the champion. 409 naming the
     decision when it does not support the shipped arm (unless `override` with a `reason`)."""
     experiment = promotion.conclude_experiment(
-        session, key, body.ship, body.actor, override=body.override, reason=body.reason
+        session,
+        key,
+        body.ship,
+        attributed_actor(request, body.actor),
+        override=body.override,
+        reason=body.reason,
     )
     champion = services.champion(session)
     return {

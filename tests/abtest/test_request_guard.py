@@ -196,3 +196,32 @@ def test_cross_site_browser_writes_are_refused_even_without_keys(setup, headers,
         assert (project.status_code == 403) is refused, project.text
         listed = [v["name"] for v in c.get("/v1/variants", headers=headers).json()]
     assert ("k9" in listed) is not refused  # reads stay open; a refused write stored nothing
+
+
+def test_the_audit_trail_names_the_key_that_acted_not_only_the_claimed_actor(setup):
+    """A body's `actor` is whatever the client typed; with keys required, the promotion
+    history also records the fingerprint of the key that made the change (as `keys list`
+    shows it), so "alice" cannot be claimed anonymously."""
+    from sqlalchemy import select
+
+    from abtest.tables import Promotion, Variant
+
+    settings, keys = setup
+    engineer = {"Authorization": f"Bearer {keys['engineer']}"}
+    body = {"name": "k9", "kind": "knn_student", "config": {"fit": "train"}}
+    with client(settings) as c:
+        assert c.post("/v1/variants", json=body, headers=engineer).status_code == 201
+        archived = c.post("/v1/variants/k9/archive", json={"actor": "alice"}, headers=engineer)
+        assert archived.status_code == 200, archived.text
+    engine = db.make_engine(settings.database_url)
+    with db.session_scope(engine) as session:
+        fingerprint = next(
+            auth.key_summary(k)["fingerprint"] for k in auth.list_keys(session)
+            if k.role == "engineer"
+        )  # fmt: skip
+        actors = session.scalars(
+            select(Promotion.actor).join(Variant).where(Variant.name == "k9")
+        ).all()
+    engine.dispose()
+    assert fingerprint == auth.key_fingerprint(keys["engineer"])
+    assert actors == [f"alice (key {fingerprint})"]
