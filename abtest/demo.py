@@ -53,6 +53,11 @@ COUNTRIES = ("US", "BR", "IN", "DE", "JP")
 EXPERIMENT_KEY = "teacher-vs-student"
 DAYS = 14
 EXPORT_DELAY_MIN = (2.0, 30.0)  # uniform minutes from a project's start to its export
+EXPORT_WINDOW_H = 1  # the demo experiment's attribution window
+# A day can be the simulation's last only once this much of it has passed: its first projects'
+# windows have closed by then, so today's report counts them (else, just after midnight UTC,
+# the last day is all pending and the timeline is a day short).
+LAST_DAY_NEEDS = timedelta(hours=EXPORT_WINDOW_H, minutes=EXPORT_DELAY_MIN[1] + 6)
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -180,7 +185,7 @@ def setup_platform(settings: Settings, console: Console, cache_dir: Path) -> lis
             # Peeked at daily: the always-valid (sequential) interval decides. The simulated
             # users export within minutes of the start, so a one-hour attribution window closes
             # well before the report (production default: 24 h).
-            settings={"sequential": True, "margin": "-2%", "export_window_h": 1},
+            settings={"sequential": True, "margin": "-2%", "export_window_h": EXPORT_WINDOW_H},
         )
         services.create_experiment(session, spec)
         experiment = services.start_experiment(session, EXPERIMENT_KEY)
@@ -212,10 +217,12 @@ def gate_student(settings: Settings, name: str, console: Console) -> bool:
     return bool(run.passed)
 
 
-def first_day(days: int = DAYS) -> datetime:
-    """Midnight (UTC) of the simulation's first day: `days` days ending today."""
-    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    return today - timedelta(days=days - 1)
+def first_day(days: int = DAYS, now: datetime | None = None) -> datetime:
+    """Midnight (UTC) of the simulation's first day: `days` days ending today, or yesterday
+    in the first `LAST_DAY_NEEDS` after midnight."""
+    ready = (now or datetime.now(UTC)) - LAST_DAY_NEEDS
+    last = ready.replace(hour=0, minute=0, second=0, microsecond=0)
+    return last - timedelta(days=days - 1)
 
 
 def day_of(index: int, total: int, days: int = DAYS) -> int:

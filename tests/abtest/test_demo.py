@@ -84,3 +84,19 @@ def test_demo_end_to_end(tmp_path: Path, monkeypatch):
     assert widths[-1] < widths[len(widths) // 2] < widths[1]  # the interval narrows
     assert report["sequential"] and report["comparisons"][0]["sequential"] is not None
     assert "relative difference after each day (always-valid)" in output
+
+
+def test_the_last_simulated_day_is_one_whose_projects_can_be_counted():
+    """Just after midnight UTC today's projects would all be inside their attribution window
+    (pending), and the demo's timeline a day short: the simulation ends yesterday then."""
+    from datetime import UTC, datetime, timedelta
+
+    def last_day(now: datetime) -> datetime:
+        return demo.first_day(now=now) + timedelta(days=demo.DAYS - 1)
+
+    midnight = datetime(2026, 12, 7, tzinfo=UTC)
+    assert last_day(midnight + timedelta(minutes=25)) == midnight - timedelta(days=1)
+    assert last_day(midnight + timedelta(hours=14)) == midnight
+    ready = midnight + demo.LAST_DAY_NEEDS
+    assert last_day(ready) == midnight
+    assert ready - timedelta(hours=demo.EXPORT_WINDOW_H) > midnight + timedelta(minutes=31)
