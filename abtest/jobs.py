@@ -125,6 +125,16 @@ def fail_interrupted(session: Session, now: datetime | None = None) -> int:
     return int(getattr(marked, "rowcount", 0) or 0)
 
 
+def fail_unstarted(engine: Engine, job_id: int) -> None:
+    """Mark failed (interrupted) a queued job no runner took: its server is shutting down."""
+    with db.session_scope(engine) as session:
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == "queued")
+            .values(status="failed", error=interrupted_error(), finished_at=utcnow())
+        )
+
+
 def error_of(exc: BaseException) -> dict[str, Any]:
     """A failed job's `error`: a `ServiceError`'s field, reason and HTTP status; anything else
     is named by its type only (details go to the server log, not to the caller)."""

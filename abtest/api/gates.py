@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from pydantic import Field
 from sqlalchemy.orm import Session
 
@@ -59,7 +59,13 @@ def run_gate(
             runner.owner,
         )
         summary = jobs.job_summary(job)
-    runner.submit(job.id, work)  # after the commit: the worker reads the job's row
+    try:
+        runner.submit(job.id, work)  # after the commit: the worker reads the job's row
+    except RuntimeError:  # this server is shutting down: no worker will take the job
+        jobs.fail_unstarted(state.engine, job.id)
+        detail = [{"loc": ["server"], "msg": "the server is shutting down; start the gate "
+                   "again (the job was marked failed)", "type": "unavailable"}]  # fmt: skip
+        raise HTTPException(503, detail=detail) from None
     response.headers["Location"] = summary["url"]
     return summary
 

@@ -294,3 +294,14 @@ def test_a_start_with_no_interrupted_job_writes_nothing(engine):
     assert job_row(engine, insert_job(engine, "queued", 2 * jobs.STALE_AFTER_S)).status == "queued"
     jobs.fail_interrupted_at_start(engine)
     assert count_status(engine, "failed") == 1
+
+
+def test_a_gate_asked_while_the_server_shuts_down_is_a_503_and_its_job_failed(client, engine):
+    """The runner is closed (shutdown has begun): the job row was committed but no worker
+    will take it; the answer says so (503, not a 500) and the job reads failed at once."""
+    jobs.job_runner(client.app.state.abtest).close()
+    answer = client.post("/v1/variants/knn/gate")
+    assert answer.status_code == 503, answer.text
+    assert answer.json()["detail"][0]["loc"] == ["server"]
+    assert count_status(engine, "queued") == 0 and count_status(engine, "failed") == 1
+    assert count(engine, GateRun) == 0
