@@ -22,7 +22,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import ColumnElement, Engine, select, update
 from sqlalchemy.orm import Session
 
 from abtest import db
@@ -117,10 +117,17 @@ def fail_interrupted(session: Session, now: datetime | None = None) -> int:
     stale = list(session.scalars(select(Job.id).where(*interrupted)))
     if not stale:
         return 0
+    return mark_interrupted(session, Job.id.in_(stale), *interrupted, now=now)
+
+
+def mark_interrupted(
+    session: Session, *where: ColumnElement[bool], now: datetime | None = None
+) -> int:
+    """Mark the jobs matching `where` failed with the interrupted error; returns how many."""
     marked = session.execute(
         update(Job)
-        .where(Job.id.in_(stale), *interrupted)
-        .values(status="failed", error=interrupted_error(), finished_at=now)
+        .where(*where)
+        .values(status="failed", error=interrupted_error(), finished_at=now or utcnow())
     )
     return int(getattr(marked, "rowcount", 0) or 0)
 
@@ -128,11 +135,7 @@ def fail_interrupted(session: Session, now: datetime | None = None) -> int:
 def fail_unstarted(engine: Engine, job_id: int) -> None:
     """Mark failed (interrupted) a queued job no runner took: its server is shutting down."""
     with db.session_scope(engine) as session:
-        session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == "queued")
-            .values(status="failed", error=interrupted_error(), finished_at=utcnow())
-        )
+        mark_interrupted(session, Job.id == job_id, Job.status == "queued")
 
 
 def error_of(exc: BaseException) -> dict[str, Any]:
@@ -237,11 +240,7 @@ class JobRunner:
         self._stopped.set()
         try:
             with db.session_scope(self.engine) as session:
-                session.execute(
-                    update(Job)
-                    .where(Job.owner == self.owner, Job.status.in_(UNFINISHED))
-                    .values(status="failed", error=interrupted_error(), finished_at=utcnow())
-                )
+                mark_interrupted(session, Job.owner == self.owner, Job.status.in_(UNFINISHED))
         except Exception as exc:  # noqa: BLE001 - they read as interrupted once stale anyway
             log.warning("could not mark this server's queued jobs interrupted: %s", exc)
 
