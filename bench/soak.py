@@ -86,17 +86,6 @@ def wait_up(base: str, timeout_s: float = 60) -> float:
     raise RuntimeError("abtest serve did not start")
 
 
-def stop_postgres(pg: ThrowawayPostgres) -> list[int]:
-    """SIGSTOP the postmaster first (no new backends after that), then all its children."""
-    main = int(Path(pg.data, "postmaster.pid").read_text().split()[0])
-    os.kill(main, signal.SIGSTOP)
-    children = subprocess.run(["pgrep", "-P", str(main)], capture_output=True, text=True)
-    pids = [int(pid) for pid in children.stdout.split()]
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
-    return [main, *pids]
-
-
 class Soak:
     def __init__(self, base: str, key: str, intents: list[str]) -> None:
         self.base = base
@@ -169,10 +158,8 @@ async def run(args: argparse.Namespace) -> dict:
                 await asyncio.sleep(3)
                 await asyncio.to_thread(pg.start)
             elif phase == "pg-hung":
-                pids = stop_postgres(pg)
-                await asyncio.sleep(8)
-                for pid in pids:
-                    os.kill(pid, signal.SIGCONT)
+                with pg.hung():
+                    await asyncio.sleep(8)
             elif phase == "server-kill-9":
                 server.send_signal(signal.SIGKILL)
                 server.wait()

@@ -115,30 +115,6 @@ def test_poison_during_an_outage_loses_nothing_and_is_reported(pg, tmp_path, mon
     engine.dispose()
 
 
-def _stop_all(server) -> list[int]:
-    """SIGSTOP the postmaster first (it forks no backend after that), then its children."""
-    with open(os.path.join(server.data, "postmaster.pid")) as handle:
-        main = int(handle.readline())
-    os.kill(main, signal.SIGSTOP)
-    children = subprocess.run(["pgrep", "-P", str(main)], capture_output=True, text=True)
-    pids = [int(pid) for pid in children.stdout.split()]
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
-    return [main, *pids]
-
-
-@contextlib.contextmanager
-def hung(server):
-    """Every PostgreSQL process stopped (SIGSTOP): connections accept, nothing answers."""
-    pids = _stop_all(server)
-    try:
-        yield
-    finally:
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
-
-
 def _serve(url: str, spool_dir, port: int, log) -> subprocess.Popen:
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("ABTEST_")},
@@ -215,7 +191,7 @@ def test_hung_database_spools_in_time_and_kill_9_loses_nothing(pg, tmp_path):
 
         for i in range(5):  # healthy: the key and the experiments become known
             note(project(i)[1])
-        with hung(pg), concurrent.futures.ThreadPoolExecutor(8) as pool:
+        with pg.hung(), concurrent.futures.ThreadPoolExecutor(8) as pool:
             results = list(pool.map(project, range(5, 13))) + list(pool.map(export, range(5, 9)))
             outcomes = [note(response) for _, response in results]
             slowest = max(elapsed for elapsed, _ in results)

@@ -12,10 +12,12 @@ import contextlib
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
@@ -87,6 +89,24 @@ class ThrowawayPostgres:
 
     def stop(self) -> None:
         self._run("pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
+
+    @contextlib.contextmanager
+    def hung(self) -> Iterator[None]:
+        """Every process of the server stopped (SIGSTOP; the postmaster first, so it forks no
+        backend after that): connections are accepted and nothing answers. SIGCONT on exit."""
+        with open(os.path.join(self.data, "postmaster.pid")) as handle:
+            main = int(handle.readline())
+        os.kill(main, signal.SIGSTOP)
+        children = subprocess.run(["pgrep", "-P", str(main)], capture_output=True, text=True)
+        pids = [main, *(int(pid) for pid in children.stdout.split())]
+        for pid in pids[1:]:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
 
     def destroy(self) -> None:
         with contextlib.suppress(subprocess.CalledProcessError):
