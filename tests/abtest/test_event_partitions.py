@@ -93,15 +93,20 @@ def test_upgrade_keeps_every_row_and_id_and_downgrade_restores_the_plain_table(p
 # --- one event per id, attacked ---------------------------------------------------------------
 
 
+def _store(pg, route: str, copy_from: int) -> SqlEventStore:
+    """The store behind one PostgreSQL write route: the jsonb batch, COPY from `copy_from`
+    rows, or the portable SQLAlchemy store."""
+    if route == "portable":
+        return SqlEventStore(pg, TABLES, None)
+    store = PostgresEventStore(pg, TABLES, None)
+    if route == "copy":
+        store.copy_threshold = copy_from
+    return store
+
+
 @pytest.mark.parametrize("route", ["jsonb", "copy", "portable"])
 def test_an_id_is_stored_once_in_a_batch_across_batches_and_across_months(pg, route):
-    store = (
-        SqlEventStore(pg, TABLES, None)
-        if route == "portable"
-        else PostgresEventStore(pg, TABLES, None)
-    )
-    if route == "copy":
-        store.copy_threshold = 3
+    store = _store(pg, route, copy_from=3)
     november = datetime(2026, 11, 30, 23, 59, 59, tzinfo=UTC)
     december = datetime(2026, 12, 1, 0, 0, 1, tzinfo=UTC)
     first = rows(4, november)
@@ -431,13 +436,7 @@ def test_a_retry_of_a_dropped_event_is_stored_again_once_as_documented(pg, tmp_p
     assert _by_name(partitions.apply_retention(pg, folder, 1))["events_2025_01"].why.startswith(
         "dropped"
     )
-    store = (
-        SqlEventStore(pg, TABLES, None)
-        if route == "portable"
-        else PostgresEventStore(pg, TABLES, None)
-    )
-    if route == "copy":
-        store.copy_threshold = 1
+    store = _store(pg, route, copy_from=1)
     retry = {
         **event(seeded, "export", "p0", None, OLD + timedelta(hours=1)),
         "client_event_id": old,
