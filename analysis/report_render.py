@@ -12,7 +12,7 @@ import json
 import math
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -207,12 +207,8 @@ def plot_images(report: Report) -> dict[str, str]:
     fig = Figure(figsize=(7, 3.2), dpi=90)
     ax = fig.subplots()
     for arm in report.arms:
-        name = arm.name
-        rate = [_nan(t.arms[name].rate) for t in timeline]
-        low = [_nan(t.arms[name].ci_low) for t in timeline]
-        high = [_nan(t.arms[name].ci_high) for t in timeline]
-        (line,) = ax.plot(x, rate, marker="o", label=name)
-        ax.fill_between(x, low, high, alpha=0.2, color=line.get_color())
+        points = [t.arms[arm.name] for t in timeline]
+        _band(ax, x, [p.rate for p in points], points, arm.name)
     _day_axis(ax, days)
     ax.set_title("Cumulative completion rate (95% Wilson interval)")
     ax.set_ylabel("exports / starts")
@@ -223,11 +219,8 @@ def plot_images(report: Report) -> dict[str, str]:
     ax = fig.subplots()
     for comparison in report.comparisons:
         name = comparison.arm
-        estimate = [_nan(t.relative[name].estimate) for t in timeline]
-        low = [_nan(t.relative[name].ci_low) for t in timeline]
-        high = [_nan(t.relative[name].ci_high) for t in timeline]
-        (line,) = ax.plot(x, estimate, marker="o", label=f"{name} / control - 1")
-        ax.fill_between(x, low, high, alpha=0.2, color=line.get_color())
+        relative = [t.relative[name] for t in timeline]
+        _band(ax, x, [p.estimate for p in relative], relative, f"{name} / control - 1")
     ax.axhline(0, color="black", linewidth=0.8)
     _day_axis(ax, days)
     ax.set_title("Relative difference with its always-valid interval")
@@ -247,6 +240,26 @@ def _day_axis(ax: Any, days: list[datetime]) -> None:
         ax.set_xlim(days[0] - timedelta(days=1), days[0] + timedelta(days=1))
     ax.xaxis.set_major_locator(DayLocator(interval=max(1, len(days) // 8)))
     ax.xaxis.set_major_formatter(DateFormatter("%Y-%m-%d"))
+
+
+class Interval(Protocol):
+    """A timeline point's interval (a `TimelineArm` or a `RelativePoint`)."""
+
+    @property
+    def ci_low(self) -> float | None: ...
+
+    @property
+    def ci_high(self) -> float | None: ...
+
+
+def _band(
+    ax: Any, x: Any, middle: Sequence[float | None], points: Sequence[Interval], label: str
+) -> None:
+    """One series over the days with each point's interval (`ci_low`, `ci_high`) shaded."""
+    (line,) = ax.plot(x, [_nan(value) for value in middle], marker="o", label=label)
+    low = [_nan(point.ci_low) for point in points]
+    high = [_nan(point.ci_high) for point in points]
+    ax.fill_between(x, low, high, alpha=0.2, color=line.get_color())
 
 
 def _nan(value: float | None) -> float:
